@@ -1,0 +1,3 @@
+from qinspect.cli import main
+
+main()

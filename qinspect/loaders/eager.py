@@ -1,0 +1,629 @@
+"""Eager-mode state_dicts -> :class:`Layer` objects with every key given a role.
+
+A state_dict has no graph. Modules are grouped from key prefixes; what each module is
+follows from the set of keys it owns (and from the module versions torch stores in
+``state_dict._metadata`` when present: dynamic ``Linear`` is version 4, static 3).
+Input-activation sources are inferred from module order and flagged as inferred.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from qinspect.loaders import tensors as T
+from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
+from qinspect.model import (
+    ActQuant,
+    InputSource,
+    KeyRef,
+    Layer,
+    Level,
+    Mode,
+    Note,
+    ObserverStats,
+    Role,
+    SourceKind,
+    TensorQuant,
+    Unrecognised,
+    Weight,
+)
+
+MARKERS = ("_packed_params", "_all_weight_values", "weight_fake_quant", "activation_post_process")
+ACTIVATION_DTYPE = "quint8"
+ASSUMED_WEIGHT_DTYPE = "qint8"
+OBSERVER_FIELDS = ("min_val", "max_val", "eps", "histogram")
+RNN_FLOAT = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+RNN_CELL = re.compile(r"^_all_weight_values\.(\d+)\.param$")
+CONV_KINDS = {3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
+RNN_KINDS = {4: "LSTM", 3: "GRU", 1: "RNN"}
+DYNAMIC_SOURCE = InputSource(SourceKind.DYNAMIC, None, False,
+                             "dynamic: quantized from each batch's own min/max at run time")
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``fc1._packed_params._packed_params`` -> (``fc1``, ``_packed_params._packed_params``)."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part in MARKERS:
+            return ".".join(parts[:i]), ".".join(parts[i:])
+    return ".".join(parts[:-1]), parts[-1]
+
+
+class Fields:
+    """The keys one module owns; tracks which were attributed so the rest is reported."""
+
+    def __init__(self, module: str, items: dict[str, tuple[str, Any]]) -> None:
+        self.module = module
+        self.items = items
+        self.refs: list[KeyRef] = []
+
+    def has(self, local: str) -> bool:
+        return local in self.items
+
+    def value(self, local: str) -> Any:
+        return self.items[local][1]
+
+    def key(self, local: str) -> str:
+        return self.items[local][0]
+
+    def take(self, local: str, role: Role) -> Any:
+        key, value = self.items.pop(local)
+        self.refs.append(KeyRef(key, role))
+        return value
+
+    def take_prefixed(self, prefix: str, role: Role) -> dict[str, Any]:
+        out = {}
+        for local in [name for name in self.items if name.startswith(prefix)]:
+            out[local[len(prefix):]] = self.take(local, role)
+        return out
+
+    def leftovers(self, kind: str) -> list[Unrecognised]:
+        return [
+            Unrecognised(key, T.describe(value), f"not expected in a {kind} module")
+            for key, value in self.items.values()
+        ]
+
+
+@dataclass
+class Context:
+    """File-level facts the per-module classification needs."""
+
+    versions: dict[str, int]
+    children: dict[str, set[str]]
+    has_quantize: bool
+    unrecognised: list[Unrecognised] = field(default_factory=list)
+
+
+def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], bool]:
+    """Group, classify and connect. Returns (layers, unrecognised, module_order_known)."""
+    groups = _group(raw.entries)
+    order_known = raw.metadata is not None
+    ordered = _order(groups, raw.metadata)
+    ctx = _context(groups, raw.metadata)
+    layers: list[Layer] = []
+    for module in ordered:
+        fields = Fields(module, groups[module])
+        built, leftovers = classify(fields, ctx)
+        layers.extend(built)
+        ctx.unrecognised.extend(leftovers)
+    layers = connect_inputs(layers, order_known)
+    return layers, ctx.unrecognised, order_known
+
+
+def _group(entries: dict[str, Any]) -> dict[str, dict[str, tuple[str, Any]]]:
+    groups: dict[str, dict[str, tuple[str, Any]]] = {}
+    for key, value in entries.items():
+        module, local = split_key(key)
+        groups.setdefault(module, {})[local] = (key, value)
+    return groups
+
+
+def _order(groups: dict[str, Any], metadata: dict[str, Any] | None) -> list[str]:
+    if not metadata:
+        return list(groups)
+    rank = {name: i for i, name in enumerate(metadata)}
+    return sorted(groups, key=lambda m: (rank.get(m, len(rank)), list(groups).index(m)))
+
+
+def _context(groups: dict[str, Any], metadata: dict[str, Any] | None) -> Context:
+    versions: dict[str, int] = {}
+    children: dict[str, set[str]] = {}
+    for name, info in (metadata or {}).items():
+        if isinstance(info, dict) and isinstance(info.get("version"), int):
+            versions[name] = info["version"]
+        if name:
+            parent, _, child = name.rpartition(".")
+            children.setdefault(parent, set()).add(child)
+    has_quantize = any(_is_quantize_stub(items) for items in groups.values())
+    return Context(versions, children, has_quantize)
+
+
+def _is_quantize_stub(items: dict[str, tuple[str, Any]]) -> bool:
+    if set(items) != {"scale", "zero_point"}:
+        return False
+    scale = items["scale"][1]
+    return T.is_tensor(scale) and tuple(scale.shape) == (1,)
+
+
+# --- classification -------------------------------------------------------------------
+
+
+def classify(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    """Decide what one module is from the keys it owns."""
+    for test, builder in CLASSIFIERS:
+        if test(f):
+            return builder(f, ctx)
+    return [], f.leftovers("unknown")
+
+
+def _packed_linear(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    packed = f.value("_packed_params._packed_params")
+    if not (isinstance(packed, tuple) and len(packed) == 2 and T.is_tensor(packed[0])):
+        bad = Unrecognised(
+            f.key("_packed_params._packed_params"),
+            T.describe(packed),
+            "packed params should be a (weight tensor, bias) pair",
+        )
+        f.items.pop("_packed_params._packed_params")
+        return [], [bad, *f.leftovers("packed Linear")]
+    w, b = f.take("_packed_params._packed_params", Role.WEIGHT)
+    f.refs[-1] = KeyRef(f.refs[-1].key, Role.WEIGHT)
+    declared = None
+    if f.has("_packed_params.dtype"):
+        declared = T.dtype_name(f.take("_packed_params.dtype", Role.PACKED_DTYPE))
+    key = f.refs[0].key
+    notes: list[Note] = []
+    weight = _weight(key, w, declared, notes)
+    version = ctx.versions.get(f.module)
+    dynamic = declared == "float16" or version == 4
+    if version is None and declared != "float16":
+        dynamic = not ctx.has_quantize and _is_placeholder(f)
+        if dynamic:
+            notes.append(Note(Level.INFO, "dynamic vs static inferred: no QuantStub in the "
+                              "file and output qparams at their 1.0/0 defaults"))
+    mode = Mode.DYNAMIC if dynamic else Mode.STATIC
+    output = _output_qparams(f, mode)
+    bias = T.float_values(b) if T.is_tensor(b) else None
+    if mode is Mode.STATIC:
+        notes.extend(_fused_relu_hint(output, "Linear"))
+    source = DYNAMIC_SOURCE if mode is Mode.DYNAMIC else None
+    layer = Layer(
+        name=f.module, kind="Linear", mode=mode, keys=(), weight=weight, bias=bias,
+        bias_key=key if bias is not None else None, output=output, input_source=source,
+        notes=tuple(notes),
+    )
+    return [_finish(layer, f)], f.leftovers("Linear")
+
+
+def _is_placeholder(f: Fields) -> bool:
+    if not (f.has("scale") and f.has("zero_point")):
+        return True
+    return float(f.value("scale")) == 1.0 and int(f.value("zero_point")) == 0
+
+
+def _output_qparams(f: Fields, mode: Mode) -> ActQuant | None:
+    if not (f.has("scale") and f.has("zero_point")):
+        return None
+    if mode is Mode.DYNAMIC:
+        f.take("scale", Role.UNUSED)
+        f.take("zero_point", Role.UNUSED)
+        return None
+    keys = (f.key("scale"), f.key("zero_point"))
+    scale = f.take("scale", Role.OUTPUT_QPARAMS)
+    zp = f.take("zero_point", Role.OUTPUT_QPARAMS)
+    return _act(scale, zp, keys)
+
+
+def _act(scale: Any, zero_point: Any, keys: tuple[str, ...]) -> ActQuant:
+    return ActQuant(
+        scale=float(T.float_values(scale).reshape(-1)[0]),
+        zero_point=int(np.asarray(zero_point.detach().numpy()).reshape(-1)[0]),
+        dtype=ACTIVATION_DTYPE,
+        dtype_assumed=True,
+        keys=keys,
+    )
+
+
+def _weight(key: str, t: Any, declared: str | None, notes: list[Note]) -> Weight:
+    stored = T.dtype_name(t.dtype)
+    shape = tuple(int(d) for d in t.shape)
+    if t.is_quantized:
+        quant = T.tensor_quant(t)
+        if declared is not None and declared != stored:
+            notes.append(Note(Level.WARNING, f"packed params record dtype {declared}, but the "
+                              f"stored weight is {stored}; {stored} is what the kernel uses"))
+        return Weight(key, shape, stored, T.int_values(t), quant, declared)
+    if declared == "float16":
+        notes.append(Note(Level.INFO, "float16 dynamic layer: torch stores the weight as "
+                          f"{stored} and casts it to float16 when packing"))
+    return Weight(key, shape, stored, T.float_values(t), None, declared)
+
+
+def _fused_relu_hint(output: ActQuant | None, kind: str) -> list[Note]:
+    if output is None or output.zero_point != 0:
+        return []
+    return [Note(Level.INFO, f"output zero point 0 (range starts at 0.0): consistent with a "
+                 f"fused {kind}ReLU; fused and unfused layers store the same keys")]
+
+
+def _embedding(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    t = f.value("_packed_params._packed_weight")
+    if not T.is_quantized(t):
+        bad = Unrecognised(f.key("_packed_params._packed_weight"), T.describe(t),
+                           "embedding packed weight should be a quantized tensor")
+        f.items.pop("_packed_params._packed_weight")
+        return [], [bad, *f.leftovers("Embedding")]
+    f.take("_packed_params._packed_weight", Role.WEIGHT)
+    key = f.refs[-1].key
+    declared = None
+    if f.has("_packed_params.dtype"):
+        declared = T.dtype_name(f.take("_packed_params.dtype", Role.PACKED_DTYPE))
+    notes: list[Note] = []
+    weight = _weight(key, t, declared, notes)
+    source = InputSource(SourceKind.NOT_QUANTIZED, None, False,
+                         "integer indices: nothing to quantize; the output rows are float")
+    layer = Layer(name=f.module, kind="Embedding or EmbeddingBag", mode=Mode.WEIGHT_ONLY,
+                  keys=(), weight=weight, input_source=source, notes=tuple(notes))
+    return [_finish(layer, f)], f.leftovers("Embedding")
+
+
+def _dynamic_rnn(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    layers: list[Layer] = []
+    bad: list[Unrecognised] = []
+    cells = sorted((int(RNN_CELL.match(n).group(1)), n) for n in list(f.items)
+                   if RNN_CELL.match(n))
+    for index, local in cells:
+        key, value = f.items.pop(local)
+        parsed = _parse_cell(value)
+        if parsed is None:
+            bad.append(Unrecognised(key, T.describe(value),
+                                    "dynamic RNN cell state not in the expected layout"))
+            continue
+        layers.extend(_cell_layers(f.module, index, key, parsed))
+    return layers, bad + f.leftovers("dynamic RNN")
+
+
+def _parse_cell(value: Any) -> list[tuple[str, Any, Any]] | None:
+    """CellParamsBase state -> [(gate name, weight, bias)] for its ih and hh packed params."""
+    if not isinstance(value, ScriptObjectState):
+        return None
+    payload = value.payload
+    if not (isinstance(payload, tuple) and len(payload) == 5 and isinstance(payload[4], list)):
+        return None
+    packed = payload[4]
+    if len(packed) != 2:
+        return None
+    out = []
+    for gate, obj in zip(("ih", "hh"), packed, strict=True):
+        inner = obj.payload if isinstance(obj, ScriptObjectState) else None
+        if not (isinstance(inner, tuple) and len(inner) == 2 and T.is_tensor(inner[0])):
+            return None
+        out.append((gate, inner[0], inner[1]))
+    return out
+
+
+def _cell_layers(module: str, index: int, key: str, parsed: list) -> list[Layer]:
+    hidden = int(parsed[1][1].shape[1])
+    gates = int(parsed[0][1].shape[0]) // max(hidden, 1)
+    kind = RNN_KINDS.get(gates, "RNN")
+    source = DYNAMIC_SOURCE
+    layers = []
+    for gate, w, b in parsed:
+        notes: list[Note] = [Note(Level.INFO, f"cell {index} is layer {index} of a "
+                                  f"unidirectional RNN (layer {index // 2}, direction "
+                                  f"{index % 2} if bidirectional: the file does not say)")]
+        weight = _weight(key, w, None, notes)
+        bias = T.float_values(b) if T.is_tensor(b) else None
+        layers.append(Layer(
+            name=f"{module}.cell{index}.{gate}", kind=f"{kind} gates ({gate})",
+            mode=Mode.DYNAMIC, keys=(KeyRef(key, Role.WEIGHT),), weight=weight, bias=bias,
+            bias_key=key if bias is not None else None, input_source=source,
+            notes=tuple(notes),
+        ))
+    return layers
+
+
+def _qat_layer(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    w = f.take("weight", Role.WEIGHT) if f.has("weight") else None
+    fq = f.take_prefixed("weight_fake_quant.", Role.WEIGHT_QPARAMS)
+    _reassign_roles(f, "weight_fake_quant.")
+    weight_obs = _observer(fq, [r.key for r in f.refs if ".weight_fake_quant.activation" in r.key])
+    notes: list[Note] = []
+    weight = None
+    if w is not None and "scale" in fq and "zero_point" in fq:
+        quant = _fake_quant_params(fq)
+        weight = Weight(f"{f.module}.weight", tuple(w.shape), T.dtype_name(w.dtype),
+                        T.float_values(w), quant)
+        notes.append(Note(Level.INFO, "weight fake-quant dtype not stored: qint8 assumed "
+                          "(every default QAT qconfig)"))
+    bias = _take_bias(f)
+    output, obs, mode = _prepared_output(f, default=Mode.QAT_PREPARED)
+    kind = _kind_from_weight(w)
+    converts = _converts(f.module, kind, output is not None or obs is not None, weight)
+    layer = Layer(name=f.module, kind=kind, mode=Mode.QAT_PREPARED, keys=(), weight=weight,
+                  bias=bias, bias_key=f"{f.module}.bias" if bias is not None else None,
+                  output=output, output_observer=obs, weight_observer=weight_obs,
+                  converts_to=converts, notes=tuple(notes))
+    del mode
+    return [_finish(layer, f)], f.leftovers(kind)
+
+
+def _reassign_roles(f: Fields, prefix: str) -> None:
+    """Observer statistics and flags inside a fake-quant get their own roles."""
+    for i, ref in enumerate(f.refs):
+        local = ref.key[len(f.module) + 1:] if f.module else ref.key
+        if not local.startswith(prefix):
+            continue
+        leaf = local.rsplit(".", 1)[1]
+        if leaf in ("fake_quant_enabled", "observer_enabled"):
+            f.refs[i] = KeyRef(ref.key, Role.FAKE_QUANT_FLAGS)
+        elif leaf in OBSERVER_FIELDS:
+            f.refs[i] = KeyRef(ref.key, Role.OBSERVER_STATS)
+
+
+def _fake_quant_params(fq: dict[str, Any]) -> TensorQuant:
+    scale = T.float_values(fq["scale"]).astype(np.float64).reshape(-1)
+    zp = fq["zero_point"].detach().numpy().astype(np.int64).reshape(-1)
+    per_channel = scale.size > 1
+    scheme = "per_channel_affine" if per_channel else "per_tensor_affine"
+    return TensorQuant(ASSUMED_WEIGHT_DTYPE, scheme, scale, zp, 0 if per_channel else None)
+
+
+def _observer(fields: dict[str, Any], keys: list[str]) -> ObserverStats | None:
+    lo = next((v for k, v in fields.items() if k.endswith("min_val")), None)
+    hi = next((v for k, v in fields.items() if k.endswith("max_val")), None)
+    if lo is None or hi is None or not (T.is_tensor(lo) and T.is_tensor(hi)):
+        return None
+    keep = tuple(k for k in keys if k.endswith(("min_val", "max_val")))
+    return ObserverStats(T.float_values(lo).reshape(-1), T.float_values(hi).reshape(-1), keep)
+
+
+def _take_bias(f: Fields) -> np.ndarray | None:
+    if not f.has("bias"):
+        return None
+    b = f.take("bias", Role.BIAS)
+    return T.float_values(b) if T.is_tensor(b) else None
+
+
+def _prepared_output(
+    f: Fields, default: Mode
+) -> tuple[ActQuant | None, ObserverStats | None, Mode]:
+    app = f.take_prefixed("activation_post_process.", Role.OUTPUT_QPARAMS)
+    _reassign_roles(f, "activation_post_process.")
+    obs = _observer(app, [r.key for r in f.refs if ".activation_post_process." in r.key])
+    if "scale" in app and "zero_point" in app:
+        keys = (f"{f.module}.activation_post_process.scale",
+                f"{f.module}.activation_post_process.zero_point")
+        return _act(app["scale"], app["zero_point"], _prefix_keys(f.module, keys)), obs, default
+    return None, obs, Mode.PTQ_PREPARED
+
+
+def _prefix_keys(module: str, keys: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(k.lstrip(".") for k in keys)
+
+
+def _kind_from_weight(w: Any) -> str:
+    if w is None:
+        return "module"
+    ndim = len(w.shape)
+    if ndim == 2:
+        return "Linear"
+    return CONV_KINDS.get(ndim, f"{ndim}-D weight")
+
+
+def _converts(module: str, kind: str, has_output: bool, weight: Weight | None) -> tuple:
+    p = f"{module}." if module else ""
+    out = []
+    if weight is not None:
+        target = f"{p}_packed_params._packed_params" if kind == "Linear" else f"{p}weight"
+        out.append((f"{p}weight + {p}weight_fake_quant.scale/zero_point", target))
+    if has_output:
+        out.append((f"{p}activation_post_process.scale", f"{p}scale"))
+        out.append((f"{p}activation_post_process.zero_point", f"{p}zero_point"))
+    return tuple(out)
+
+
+def _observed(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    """A prepared module with an output observer / fake-quant but no weight fake-quant."""
+    w = f.take("weight", Role.PARAM) if f.has("weight") and T.is_tensor(f.value("weight")) else None
+    bias = _take_bias(f) if w is not None else None
+    for stat in ("running_mean", "running_var", "num_batches_tracked"):
+        if f.has(stat):
+            f.take(stat, Role.NORM_STATS)
+    output, obs, mode = _prepared_output(f, default=Mode.QAT_PREPARED)
+    weight = None
+    kind = "activation (QuantStub, FloatFunctional or activation module)"
+    if w is not None:
+        kind = _kind_from_weight(w)
+        weight = Weight(f"{f.module}.weight", tuple(w.shape), T.dtype_name(w.dtype),
+                        T.float_values(w))
+        f.refs = [KeyRef(r.key, Role.WEIGHT) if r.key == weight.key else r for r in f.refs]
+    converts = _converts(f.module, kind, True, None)
+    if mode is Mode.PTQ_PREPARED:
+        converts = tuple((f"{src} (computed from min_val/max_val)".replace(
+            "activation_post_process.scale", "activation_post_process min/max"), dst)
+            for src, dst in converts[:1])
+    layer = Layer(name=f.module, kind=kind, mode=mode, keys=(), weight=weight, bias=bias,
+                  bias_key=f"{f.module}.bias" if bias is not None else None, output=output,
+                  output_observer=obs, converts_to=converts)
+    return [_finish(layer, f)], f.leftovers(kind)
+
+
+def _quantized_conv(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    t = f.take("weight", Role.WEIGHT)
+    key = f.refs[-1].key
+    notes: list[Note] = []
+    weight = _weight(key, t, None, notes)
+    bias = _take_bias(f)
+    output = _output_qparams(f, Mode.STATIC)
+    kind = CONV_KINDS.get(len(weight.shape), f"{len(weight.shape)}-D weight layer")
+    if weight.quant is not None and weight.quant.axis == 1:
+        kind = kind.replace("Conv", "ConvTranspose")
+    elif weight.quant is not None and weight.quant.axis is None:
+        notes.append(Note(Level.INFO, f"{kind} or ConvTranspose: per-tensor weights store "
+                          "the same keys"))
+    notes.extend(_fused_relu_hint(output, kind.split(" ")[0]))
+    layer = Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight, bias=bias,
+                  bias_key=f"{f.module}.bias" if bias is not None else None, output=output,
+                  notes=tuple(notes))
+    return [_finish(layer, f)], f.leftovers(kind)
+
+
+def _quantize_stub(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    keys = (f.key("scale"), f.key("zero_point"))
+    scale = f.take("scale", Role.INPUT_QPARAMS)
+    zp = f.take("zero_point", Role.INPUT_QPARAMS)
+    layer = Layer(
+        name=f.module, kind="Quantize (QuantStub)", mode=Mode.QUANTIZE, keys=(),
+        output=_act(scale, zp, keys),
+        input_source=InputSource(SourceKind.NOT_QUANTIZED, None, False,
+                                 "the model's float input, quantized here"),
+    )
+    return [_finish(layer, f)], f.leftovers("Quantize")
+
+
+def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    """scale/zero_point (+ maybe norm params): activations, QFunctional, norms."""
+    kind = "quantized activation (Hardswish, ELU, LeakyReLU, Sigmoid, ...)"
+    if "activation_post_process" in ctx.children.get(f.module, set()):
+        kind = "QFunctional (FloatFunctional add/mul/cat after convert)"
+    weight = None
+    if f.has("running_mean"):
+        kind = "BatchNorm"
+        for stat in ("running_mean", "running_var", "num_batches_tracked"):
+            if f.has(stat):
+                f.take(stat, Role.NORM_STATS)
+    elif f.has("weight") or f.has("bias"):
+        kind = "LayerNorm, GroupNorm or InstanceNorm"
+    if f.has("weight") and T.is_tensor(f.value("weight")):
+        w = f.take("weight", Role.PARAM)
+        weight = Weight(f"{f.module}.weight", tuple(w.shape), T.dtype_name(w.dtype),
+                        T.float_values(w))
+    bias = _take_bias(f)
+    if bias is not None:
+        f.refs[-1] = KeyRef(f.refs[-1].key, Role.PARAM)
+    output = _output_qparams(f, Mode.STATIC)
+    layer = Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight,
+                  bias=bias, output=output)
+    return [_finish(layer, f)], f.leftovers(kind)
+
+
+def _float_module(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    if any(RNN_FLOAT.match(n) for n in f.items):
+        return _float_rnn(f)
+    kind = "module"
+    w = None
+    if f.has("weight") and T.is_tensor(f.value("weight")):
+        w = f.value("weight")
+        kind = _kind_from_weight(w)
+        if kind == "Linear" and not f.has("bias"):
+            kind = "Linear or Embedding"
+        if len(w.shape) == 1:
+            kind = "normalisation (affine)"
+    if f.has("running_mean"):
+        kind = "BatchNorm"
+    role = Role.WEIGHT if kind not in ("BatchNorm", "normalisation (affine)") else Role.PARAM
+    weight = None
+    if w is not None:
+        f.take("weight", role)
+        weight = Weight(f"{f.module}.weight" if f.module else "weight", tuple(w.shape),
+                        T.dtype_name(w.dtype), T.float_values(w))
+    bias = _take_bias(f)
+    for stat in ("running_mean", "running_var", "num_batches_tracked"):
+        if f.has(stat):
+            f.take(stat, Role.NORM_STATS)
+    layer = Layer(name=f.module, kind=kind, mode=Mode.FLOAT, keys=(), weight=weight, bias=bias,
+                  bias_key=f"{f.module}.bias" if bias is not None else None)
+    if not f.refs:
+        return [], f.leftovers(kind)
+    return [_finish(layer, f)], f.leftovers(kind)
+
+
+def _float_rnn(f: Fields) -> tuple[list[Layer], list[Unrecognised]]:
+    layers = []
+    for local in [n for n in list(f.items) if RNN_FLOAT.match(n) and n.startswith("weight")]:
+        w = f.take(local, Role.WEIGHT)
+        bias_local = local.replace("weight", "bias", 1)
+        refs = [f.refs[-1]]
+        bias = None
+        if f.has(bias_local):
+            bias = T.float_values(f.take(bias_local, Role.BIAS))
+            refs.append(f.refs[-1])
+        hidden_name = local.replace("_ih_", "_hh_")
+        kind = "RNN (float)"
+        if hidden_name in f.items or any(r.key.endswith(hidden_name) for r in f.refs):
+            kind = "RNN gates (float)"
+        name = f"{f.module}.{local}" if f.module else local
+        layers.append(Layer(
+            name=name, kind=kind, mode=Mode.FLOAT, keys=tuple(refs),
+            weight=Weight(name, tuple(w.shape), T.dtype_name(w.dtype), T.float_values(w)),
+            bias=bias, bias_key=refs[1].key if bias is not None else None,
+        ))
+    return layers, f.leftovers("RNN")
+
+
+def _finish(layer: Layer, f: Fields) -> Layer:
+    return replace(layer, keys=tuple(f.refs))
+
+
+def _quantized_weight(f: Fields) -> bool:
+    return f.has("weight") and T.is_quantized(f.value("weight"))
+
+
+def _has_scale_zp(f: Fields) -> bool:
+    return f.has("scale") and f.has("zero_point") and T.is_tensor(f.value("scale"))
+
+
+CLASSIFIERS: list[tuple[Callable[[Fields], bool], Callable]] = [
+    (lambda f: f.has("_packed_params._packed_params"), _packed_linear),
+    (lambda f: f.has("_packed_params._packed_weight"), _embedding),
+    (lambda f: any(RNN_CELL.match(n) for n in f.items), _dynamic_rnn),
+    (lambda f: any(n.startswith("weight_fake_quant.") for n in f.items), _qat_layer),
+    (lambda f: any(n.startswith("activation_post_process.") for n in f.items), _observed),
+    (_quantized_weight, _quantized_conv),
+    (lambda f: _is_quantize_stub(f.items), _quantize_stub),
+    (_has_scale_zp, _quantized_op),
+    (lambda f: True, _float_module),
+]
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+PRODUCER_MODES = (Mode.STATIC, Mode.QUANTIZE, Mode.QAT_PREPARED, Mode.PTQ_PREPARED)
+CONSUMER_MODES = (Mode.STATIC, Mode.QAT_PREPARED, Mode.PTQ_PREPARED)
+
+
+def connect_inputs(layers: list[Layer], order_known: bool) -> list[Layer]:
+    """Give each static layer the output qparams of the producer before it in module order."""
+    order = "module registration order" if order_known else "key order"
+    previous: Layer | None = None
+    out = []
+    for layer in layers:
+        if layer.input_source is None and layer.mode in CONSUMER_MODES:
+            layer = _with_input(layer, previous, order)
+        out.append(layer)
+        if layer.mode in PRODUCER_MODES and (layer.output or layer.output_observer):
+            previous = layer
+    return out
+
+
+def _with_input(layer: Layer, producer: Layer | None, order: str) -> Layer:
+    if layer.kind.startswith("QFunctional"):
+        return replace(layer, input_source=InputSource(
+            SourceKind.UNKNOWN, None, True,
+            "two or more quantized inputs, each with its own producer's qparams; "
+            "the op requantizes its result to its output qparams"))
+    if producer is None:
+        return replace(layer, input_source=InputSource(
+            SourceKind.UNKNOWN, None, True, "no quantizing layer precedes it in the file"))
+    kind = SourceKind.QUANT_STUB if producer.mode is Mode.QUANTIZE else SourceKind.PREVIOUS_LAYER
+    what = "the QuantStub" if kind is SourceKind.QUANT_STUB else "the previous layer"
+    text = (f"output qparams of {what} {producer.name!r} (inferred from {order}; "
+            "a state_dict stores no graph)")
+    return replace(layer, input=producer.output,
+                   input_source=InputSource(kind, producer.name, True, text))

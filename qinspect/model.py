@@ -1,0 +1,232 @@
+"""The normalised checkpoint: frozen dataclasses and enums, no I/O, no torch.
+
+A loader turns a file into a :class:`Checkpoint`. Every key of the file ends up in
+exactly one place: in a :class:`Layer` (with its :class:`Role`) or in
+:attr:`Checkpoint.unrecognised`. Roles are decided by the loader, never at render time.
+
+Quantization vocabulary follows PyTorch:
+
+* affine quantization maps a real value ``x`` to an integer
+  ``q = clamp(round(x / scale) + zero_point, qmin, qmax)`` and back as
+  ``x' = (q - zero_point) * scale``;
+* ``per_tensor_affine``: one ``scale`` / ``zero_point`` for the whole tensor;
+* ``per_channel_affine``: one pair per slice along ``axis`` (output channels for weights);
+* ``per_channel_affine_float_qparams``: per row, with a *float* zero point
+  (weight-only embeddings): ``x' = (q - zero_point) * scale`` likewise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+class Role(str, Enum):
+    """What a key of the file means."""
+
+    WEIGHT = "weight"
+    """The layer's weight: int values + qparams when quantized, float otherwise."""
+    WEIGHT_QPARAMS = "weight_qparams"
+    """Scale / zero point a prepared model will quantize the weight with (fake-quant)."""
+    BIAS = "bias"
+    """Float bias; quantized at run time to int32 with scale = input_scale x weight_scale."""
+    INPUT_QPARAMS = "input_qparams"
+    """Scale / zero point that quantize the float input of the model (QuantStub)."""
+    OUTPUT_QPARAMS = "output_qparams"
+    """Scale / zero point of the layer's quantized output activation."""
+    OBSERVER_STATS = "observer_stats"
+    """Statistics an observer collected (min_val, max_val, eps, histogram)."""
+    FAKE_QUANT_FLAGS = "fake_quant_flags"
+    """``fake_quant_enabled`` / ``observer_enabled`` switches of a prepared model."""
+    PACKED_DTYPE = "packed_dtype"
+    """The dtype recorded beside packed params (``_packed_params.dtype``)."""
+    NORM_STATS = "norm_stats"
+    """BatchNorm running statistics."""
+    PARAM = "param"
+    """Another float parameter (normalisation affine weights, float layers)."""
+    UNUSED = "unused"
+    """Stored by torch but not used at run time (e.g. scale/zero_point of dynamic layers)."""
+
+
+class Mode(str, Enum):
+    """How a layer is quantized."""
+
+    STATIC = "static"
+    """Converted static quantization: int weights, fixed input and output qparams."""
+    DYNAMIC = "dynamic"
+    """Converted dynamic quantization: int weights, activations quantized per batch."""
+    WEIGHT_ONLY = "weight_only"
+    """Only the weight is quantized (embeddings); outputs are float."""
+    QAT_PREPARED = "qat_prepared"
+    """Prepared for QAT: float weights plus fake-quant modules; not converted yet."""
+    PTQ_PREPARED = "ptq_prepared"
+    """Prepared for post-training calibration: float weights plus observers."""
+    QUANTIZE = "quantize"
+    """A QuantStub after convert: quantizes the float input."""
+    FLOAT = "float"
+    """Not quantized."""
+
+
+class SourceKind(str, Enum):
+    """Where a layer's input quantization comes from."""
+
+    QUANT_STUB = "quant_stub"
+    PREVIOUS_LAYER = "previous_layer"
+    DYNAMIC = "dynamic"
+    NOT_QUANTIZED = "not_quantized"
+    UNKNOWN = "unknown"
+
+
+class Level(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the loader or analysis wants a reader to look at."""
+
+    level: Level
+    message: str
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """One key of the file and the role it plays in its layer."""
+
+    key: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class TensorQuant:
+    """How one tensor is quantized.
+
+    ``scale`` and ``zero_point`` are 1-D arrays: length 1 for per-tensor schemes, one
+    entry per slice along ``axis`` for per-channel schemes. Zero points are integers
+    except for ``per_channel_affine_float_qparams``.
+    """
+
+    dtype: str
+    qscheme: str
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A layer's weight as stored.
+
+    ``values`` holds the integer values (``q``) when ``quant`` is set and the stored
+    weight is quantized, and float values otherwise (float layers, and prepared layers
+    whose ``quant`` describes the fake-quant that *will* be applied).
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    stored_dtype: str
+    values: np.ndarray
+    quant: TensorQuant | None = None
+    declared_dtype: str | None = None
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.quant is not None and self.stored_dtype == self.quant.dtype
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """Per-tensor activation quantization: an activation byte ``q`` means
+    ``(q - zero_point) * scale``."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+    dtype_assumed: bool
+    keys: tuple[str, ...]
+
+    def real_range(self, qmin: int, qmax: int) -> tuple[float, float]:
+        return ((qmin - self.zero_point) * self.scale, (qmax - self.zero_point) * self.scale)
+
+
+@dataclass(frozen=True)
+class ObserverStats:
+    """What an observer saw (prepared models): the real range of a tensor."""
+
+    min_val: np.ndarray
+    max_val: np.ndarray
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InputSource:
+    kind: SourceKind
+    layer: str | None
+    inferred: bool
+    explanation: str
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One module of the checkpoint with everything the file says about it."""
+
+    name: str
+    kind: str
+    mode: Mode
+    keys: tuple[KeyRef, ...]
+    weight: Weight | None = None
+    bias: np.ndarray | None = None
+    bias_key: str | None = None
+    input: ActQuant | None = None
+    input_source: InputSource | None = None
+    output: ActQuant | None = None
+    output_observer: ObserverStats | None = None
+    weight_observer: ObserverStats | None = None
+    converts_to: tuple[tuple[str, str], ...] = ()
+    notes: tuple[Note, ...] = ()
+
+    @property
+    def quantized(self) -> bool:
+        return self.mode not in (Mode.FLOAT,)
+
+
+@dataclass(frozen=True)
+class Unrecognised:
+    """A key qinspect could not attribute: reported, never dropped."""
+
+    key: str
+    description: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A normalised checkpoint: what a loader hands to the analyses."""
+
+    path: str
+    format: str
+    stage: str
+    file_size: int
+    layers: tuple[Layer, ...]
+    unrecognised: tuple[Unrecognised, ...] = ()
+    wrapper: str | None = None
+    module_order_known: bool = False
+    notes: tuple[Note, ...] = field(default_factory=tuple)
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def all_keys(self) -> list[str]:
+        keys = [ref.key for layer in self.layers for ref in layer.keys]
+        return keys + [u.key for u in self.unrecognised]
