@@ -1,0 +1,1 @@
+"""Analyses: Checkpoint -> report objects (summary, diff, verify, check)."""

@@ -1,0 +1,123 @@
+"""Weight health of one quantized weight: range use, saturation, suspicious scales."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qinspect.model import TensorQuant, Weight
+from qinspect.quant.dtypes import qdtype
+
+LOW_RANGE_USE = 0.5
+HIGH_SATURATION = 0.01
+WIDE_SCALE_SPREAD = 1e3
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@dataclass(frozen=True)
+class ScaleProblems:
+    zero: int
+    negative: int
+    nan: int
+    inf: int
+    denormal: int
+
+    @property
+    def total(self) -> int:
+        return self.zero + self.negative + self.nan + self.inf + self.denormal
+
+
+@dataclass(frozen=True)
+class WeightHealth:
+    """How well a quantized weight uses its integer grid.
+
+    ``range_used``: max |q - zero_point| over the tensor divided by the largest distance
+    the dtype allows from that zero point (1.0 = the full range is used).
+    ``min_channel_range_used``: the same for the worst channel.
+    ``saturated_fraction``: share of values equal to qmin or qmax.
+    ``scale_spread``: largest / smallest positive finite channel scale.
+    """
+
+    channels: int
+    range_used: float
+    min_channel_range_used: float
+    saturated_fraction: float
+    scale_min: float
+    scale_max: float
+    scale_spread: float
+    scale_problems: ScaleProblems
+    flags: tuple[str, ...]
+
+
+def weight_health(weight: Weight) -> WeightHealth | None:
+    """Health of a stored quantized weight; ``None`` for float or prepared weights."""
+    if not weight.is_quantized or weight.quant is None:
+        return None
+    quant = weight.quant
+    info = qdtype(quant.dtype)
+    q = weight.values.astype(np.int64)
+    per_channel_used = _channel_range_used(q, quant, info.qmin, info.qmax)
+    used = float(per_channel_used.max()) if per_channel_used.size else 0.0
+    worst = float(per_channel_used.min()) if per_channel_used.size else 0.0
+    saturated = float(np.mean((q == info.qmin) | (q == info.qmax))) if q.size else 0.0
+    problems = scale_problems(quant.scale)
+    lo, hi, spread = _scale_stats(quant.scale)
+    flags = _flags(used, worst, saturated, problems, spread, quant)
+    return WeightHealth(
+        channels=int(quant.scale.size), range_used=used, min_channel_range_used=worst,
+        saturated_fraction=saturated, scale_min=lo, scale_max=hi, scale_spread=spread,
+        scale_problems=problems, flags=flags,
+    )
+
+
+def _channel_range_used(q: np.ndarray, quant: TensorQuant, qmin: int, qmax: int) -> np.ndarray:
+    zp = quant.zero_point.astype(np.float64)
+    if quant.axis is None:
+        dist = np.abs(q - zp[0]).max(initial=0)
+        limit = max(qmax - zp[0], zp[0] - qmin)
+        return np.array([dist / limit if limit > 0 else 0.0])
+    moved = np.moveaxis(q, quant.axis, 0).reshape(q.shape[quant.axis], -1)
+    dist = np.abs(moved - zp[:, None]).max(axis=1, initial=0)
+    limit = np.maximum(qmax - zp, zp - qmin)
+    return np.divide(dist, limit, out=np.zeros_like(dist, dtype=np.float64), where=limit > 0)
+
+
+def scale_problems(scale: np.ndarray) -> ScaleProblems:
+    s = np.asarray(scale, dtype=np.float64)
+    finite = np.isfinite(s)
+    return ScaleProblems(
+        zero=int(np.sum(s == 0)),
+        negative=int(np.sum(finite & (s < 0))),
+        nan=int(np.sum(np.isnan(s))),
+        inf=int(np.sum(np.isinf(s))),
+        denormal=int(np.sum(finite & (s > 0) & (s < FLOAT32_TINY))),
+    )
+
+
+def _scale_stats(scale: np.ndarray) -> tuple[float, float, float]:
+    s = np.asarray(scale, dtype=np.float64)
+    good = s[np.isfinite(s) & (s > 0)]
+    if good.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = float(good.min()), float(good.max())
+    return lo, hi, hi / lo
+
+
+def _flags(used: float, worst: float, saturated: float, problems: ScaleProblems,
+           spread: float, quant: TensorQuant) -> tuple[str, ...]:
+    flags = []
+    if problems.total:
+        parts = [f"{n} {name}" for name, n in vars(problems).items() if n]
+        flags.append(f"bad scales: {', '.join(parts)} (dequantized values are wrong there)")
+    if used < LOW_RANGE_USE:
+        flags.append(f"uses {used:.0%} of the int range: the scale looks too large, "
+                     "so precision is wasted")
+    elif quant.axis is not None and worst < LOW_RANGE_USE / 2:
+        flags.append(f"worst channel uses {worst:.0%} of the int range")
+    if saturated > HIGH_SATURATION:
+        flags.append(f"{saturated:.1%} of weights at qmin/qmax: clipped during quantization?")
+    if np.isfinite(spread) and spread > WIDE_SCALE_SPREAD:
+        flags.append(f"channel scales span {spread:.0f}x: some channels are near-dead or "
+                     "outliers")
+    return tuple(flags)

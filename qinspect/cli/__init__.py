@@ -1,0 +1,70 @@
+"""Command line: typer lives only here. Each command parses, calls the library, renders.
+
+Exit codes: 0 success, 1 a check failed, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from qinspect.cli import show as _show
+from qinspect.errors import QInspectError
+
+app = typer.Typer(
+    name="qinspect",
+    help="Explain, compare and gate quantized PyTorch checkpoints, from the file alone.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("show", no_args_is_help=True)(_show.show)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from qinspect import __version__
+
+        print(f"qinspect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Explain, compare and gate quantized PyTorch checkpoints, from the file alone.
+
+    Exit codes: 0 success, 1 a check failed, 2 usage or input error.
+    QINSPECT_DEBUG=1 shows tracebacks.
+    """
+
+
+def _debug() -> bool:
+    return os.environ.get("QINSPECT_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line on stderr and exit 2 for user errors; traces on request."""
+    try:
+        app(args=argv, prog_name="qinspect")
+    except QInspectError as exc:
+        if _debug():
+            raise
+        print(f"qinspect: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("qinspect: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        if _debug():
+            raise
+        line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(f"qinspect: error: internal error ({type(exc).__name__}: {line}); "
+              "rerun with QINSPECT_DEBUG=1 for a traceback and please report it",
+              file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,32 @@
+"""`qinspect show PATH`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qinspect.cli._console import print_json, stdout_console
+
+
+def show(
+    path: Annotated[Path, typer.Argument(help="Checkpoint file (.pt/.pth) to explain.")],
+    layer: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
+        "--layer", help="Only layers whose name matches this glob, e.g. 'fc*'.")] = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Add plain-English sentences for every parameter.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print a JSON document (schema qinspect.show/1) instead of tables.")
+    ] = False,
+) -> None:
+    """Explain every quantization parameter of a checkpoint: weight, input, output, bias."""
+    from qinspect import load, summarise
+    from qinspect.render.jsonout import dumps
+    from qinspect.render.show import render_show, show_json
+
+    summary = summarise(load(path), layer)
+    if as_json:
+        print_json(dumps(show_json(summary, explain)))
+        return
+    stdout_console().print(render_show(summary, explain))

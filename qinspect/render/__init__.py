@@ -1,0 +1,1 @@
+"""Rendering: report objects -> rich renderables or JSON. Never imports torch."""

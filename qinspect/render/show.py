@@ -1,0 +1,260 @@
+"""Summary -> rich renderables (human) or a JSON document (schema ``qinspect.show/1``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from qinspect.analyse.explain import act_range, explain_layer
+from qinspect.analyse.health import WeightHealth
+from qinspect.analyse.summary import LayerSummary, Summary
+from qinspect.model import ActQuant, Layer, Level, Weight
+from qinspect.render.text import num, percent, safe, size, text
+
+SHOW_SCHEMA = "qinspect.show/1"
+
+
+def render_show(summary: Summary, explain: bool = False) -> RenderableType:
+    parts: list[RenderableType] = [_header(summary), _table(summary)]
+    if explain:
+        parts.append(_explanations(summary))
+    notes = _notes(summary)
+    if notes is not None:
+        parts.append(notes)
+    parts.append(_unrecognised(summary))
+    return Group(*parts)
+
+
+def _header(s: Summary) -> RenderableType:
+    c = s.checkpoint
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("file", text(c.path))
+    fmt = f"{c.format}, {c.stage}"
+    if c.wrapper:
+        fmt += f" (inside the '{safe(c.wrapper)}' entry)"
+    grid.add_row("format", Text(fmt))
+    grid.add_row("layers", Text(f"{s.quantized_layers} quantized, {s.float_layers} float "
+                                f"(layers with weights); {len(c.layers)} modules in all"))
+    grid.add_row("size", Text(f"{size(c.file_size)} on disk; weights as float32 would be "
+                              f"{size(s.fp32_equivalent_bytes)} ({s.compression_ratio:.2f}x)"))
+    for hint in s.hints:
+        grid.add_row("hint", Text(hint))
+    order = ("module registration order (state_dict metadata)" if c.module_order_known
+             else "key order (no metadata in the file)")
+    grid.add_row("order", Text(f"layers listed in {order}"))
+    return grid
+
+
+def _table(s: Summary) -> Table:
+    t = Table(show_lines=False, header_style="bold", expand=False)
+    for col in ("layer", "kind", "mode", "weight", "input", "output", "health"):
+        t.add_column(col, overflow="fold")
+    for row in s.layers:
+        lay = row.layer
+        t.add_row(text(lay.name), text(lay.kind), Text(lay.mode.value),
+                  _weight_cell(lay.weight), _input_cell(lay), _act_cell(lay.output),
+                  _health_cell(row.health))
+    return t
+
+
+def _weight_cell(w: Weight | None) -> Text:
+    if w is None:
+        return Text("-", style="dim")
+    shape = "x".join(map(str, w.shape))
+    if w.quant is None:
+        return Text(f"{w.stored_dtype} [{shape}]")
+    q = w.quant
+    scheme = f"per-channel axis {q.axis}" if q.axis is not None else "per-tensor"
+    dtype = q.dtype if w.is_quantized else f"float -> {q.dtype}"
+    scales = (f"scale {num(float(q.scale[0]))}" if q.scale.size == 1 else
+              f"scales {num(float(np.min(q.scale)))}..{num(float(np.max(q.scale)))}")
+    zps = np.unique(q.zero_point)
+    zp = f"zp {num(float(zps[0]))}" if zps.size == 1 else f"zp {num(float(zps.min()))}.." \
+        f"{num(float(zps.max()))}"
+    return Text(f"{dtype} [{shape}] {scheme}\n{scales}, {zp}")
+
+
+def _input_cell(lay: Layer) -> Text:
+    src = lay.input_source
+    if src is None:
+        return Text("-", style="dim")
+    if lay.input is not None:
+        origin = safe(src.layer or "?") + (" (inferred)" if src.inferred else "")
+        return Text(f"scale {num(lay.input.scale)}, zp {lay.input.zero_point}\nfrom {origin}")
+    return Text(src.kind.value.replace("_", " "))
+
+
+def _act_cell(act: ActQuant | None) -> Text:
+    if act is None:
+        return Text("-", style="dim")
+    lo, hi = act_range(act)
+    return Text(f"scale {num(act.scale)}, zp {act.zero_point}\n[{num(lo)}, {num(hi)}]")
+
+
+def _health_cell(h: WeightHealth | None) -> Text:
+    if h is None:
+        return Text("-", style="dim")
+    style = "yellow" if h.flags else "green"
+    body = f"range used {percent(h.range_used)}\nsaturated {percent(h.saturated_fraction)}"
+    if h.flags:
+        body += "\n" + "\n".join(h.flags)
+    return Text(body, style=style)
+
+
+def _explanations(s: Summary) -> RenderableType:
+    parts: list[RenderableType] = [Text("\nWhat each number means", style="bold")]
+    for row in s.layers:
+        sentences = explain_layer(row.layer)
+        if not sentences:
+            continue
+        parts.append(Text.assemble(text(row.layer.name, "bold cyan"), f" ({row.layer.kind})"))
+        for sentence in sentences:
+            parts.append(Text("  - " + safe(sentence)))
+    return Group(*parts)
+
+
+def _notes(s: Summary) -> RenderableType | None:
+    lines = [(row.layer.name, n) for row in s.layers for n in row.layer.notes]
+    if not lines:
+        return None
+    parts: list[RenderableType] = [Text("\nNotes", style="bold")]
+    for name, note in lines:
+        style = "yellow" if note.level is Level.WARNING else ""
+        parts.append(Text.assemble("  ", text(name, "cyan"), ": ", text(note.message, style)))
+    return Group(*parts)
+
+
+def _unrecognised(s: Summary) -> RenderableType:
+    items = s.checkpoint.unrecognised
+    if not items:
+        return Text("\nEvery key of the file is attributed to a layer.", style="green")
+    parts: list[RenderableType] = [Text(f"\nUnrecognised keys ({len(items)})", style="bold yellow")]
+    for u in items:
+        parts.append(Text.assemble("  ", text(u.key, "yellow"), f" ({safe(u.description)}): ",
+                                   text(u.reason)))
+    return Group(*parts)
+
+
+# --- JSON -----------------------------------------------------------------------------
+
+
+def show_json(summary: Summary, explain: bool = False) -> dict[str, Any]:
+    c = summary.checkpoint
+    return {
+        "schema": SHOW_SCHEMA,
+        "file": c.path,
+        "format": c.format,
+        "stage": c.stage,
+        "wrapper": c.wrapper,
+        "file_size": c.file_size,
+        "fp32_equivalent_bytes": summary.fp32_equivalent_bytes,
+        "compression_ratio": summary.compression_ratio,
+        "quantized_layers": summary.quantized_layers,
+        "float_layers": summary.float_layers,
+        "module_order_known": c.module_order_known,
+        "hints": list(summary.hints),
+        "layers": [_layer_json(row, explain) for row in summary.layers],
+        "unrecognised": [{"key": u.key, "description": u.description, "reason": u.reason}
+                         for u in c.unrecognised],
+    }
+
+
+def _layer_json(row: LayerSummary, explain: bool) -> dict[str, Any]:
+    lay = row.layer
+    out: dict[str, Any] = {
+        "name": lay.name,
+        "kind": lay.kind,
+        "mode": lay.mode.value,
+        "weight": _weight_json(lay.weight, row.health),
+        "bias": _bias_json(lay),
+        "input": _input_json(lay),
+        "output": _act_json(lay.output),
+        "observer": _observer_json(lay),
+        "converts_to": [{"from": a, "to": b} for a, b in lay.converts_to],
+        "notes": [{"level": n.level.value, "message": n.message} for n in lay.notes],
+        "keys": [{"key": k.key, "role": k.role.value} for k in lay.keys],
+    }
+    if explain:
+        out["explanation"] = explain_layer(lay)
+    return out
+
+
+def _weight_json(w: Weight | None, h: WeightHealth | None) -> dict[str, Any] | None:
+    if w is None:
+        return None
+    q = w.quant
+    data: dict[str, Any] = {
+        "key": w.key,
+        "shape": list(w.shape),
+        "stored_dtype": w.stored_dtype,
+        "declared_dtype": w.declared_dtype,
+        "quantized": w.is_quantized,
+        "dtype": q.dtype if q else w.stored_dtype,
+        "qscheme": q.qscheme if q else None,
+        "axis": q.axis if q else None,
+        "scale_min": float(np.min(q.scale)) if q else None,
+        "scale_max": float(np.max(q.scale)) if q else None,
+        "scales": q.scale if q else None,
+        "zero_points": q.zero_point if q else None,
+        "health": _health_json(h),
+    }
+    return data
+
+
+def _health_json(h: WeightHealth | None) -> dict[str, Any] | None:
+    if h is None:
+        return None
+    return {
+        "channels": h.channels,
+        "range_used": h.range_used,
+        "min_channel_range_used": h.min_channel_range_used,
+        "saturated_fraction": h.saturated_fraction,
+        "scale_spread": h.scale_spread,
+        "scale_problems": vars(h.scale_problems),
+        "flags": list(h.flags),
+    }
+
+
+def _bias_json(lay: Layer) -> dict[str, Any] | None:
+    if lay.bias is None:
+        return None
+    b = lay.bias
+    return {"key": lay.bias_key, "size": int(b.size), "dtype": str(b.dtype),
+            "min": float(b.min()) if b.size else None,
+            "max": float(b.max()) if b.size else None}
+
+
+def _input_json(lay: Layer) -> dict[str, Any] | None:
+    src = lay.input_source
+    if src is None:
+        return None
+    return {
+        "scale": lay.input.scale if lay.input else None,
+        "zero_point": lay.input.zero_point if lay.input else None,
+        "dtype": lay.input.dtype if lay.input else None,
+        "source": src.kind.value,
+        "source_layer": src.layer,
+        "inferred": src.inferred,
+        "explanation": src.explanation,
+    }
+
+
+def _act_json(act: ActQuant | None) -> dict[str, Any] | None:
+    if act is None:
+        return None
+    lo, hi = act_range(act)
+    return {"scale": act.scale, "zero_point": act.zero_point, "dtype": act.dtype,
+            "dtype_assumed": act.dtype_assumed, "range": [lo, hi], "keys": list(act.keys)}
+
+
+def _observer_json(lay: Layer) -> dict[str, Any] | None:
+    obs = lay.output_observer
+    if obs is None:
+        return None
+    return {"min_val": obs.min_val, "max_val": obs.max_val, "keys": list(obs.keys)}

@@ -1,0 +1,164 @@
+"""Small models built with the real torch quantization flows, for tests.
+
+Every function returns the live torch objects, so tests compare qinspect's numbers with
+what torch itself reports for the same modules.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.ao.quantization as tq
+from torch import nn
+
+warnings.filterwarnings("ignore")
+
+
+@contextmanager
+def engine(name: str) -> Iterator[None]:
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = old
+
+
+class MLP(nn.Module):
+    def __init__(self, fuse: bool = False) -> None:
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.fc1 = nn.Linear(20, 16)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(16, 6)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.fc2(self.relu(self.fc1(self.quant(x)))))
+
+
+def mlp_qat(backend: str = "fbgemm", seed: int = 0, fuse: bool = False):
+    """(float, prepared, converted) of a QAT-trained MLP."""
+    torch.manual_seed(seed)
+    model = MLP()
+    if fuse:
+        model.eval()
+        model = tq.fuse_modules(model, [["fc1", "relu"]])
+    model.train()
+    model.qconfig = tq.get_default_qat_qconfig(backend)
+    with engine(backend if backend != "x86" else "x86"):
+        prepared = tq.prepare_qat(model)
+        opt = torch.optim.SGD(prepared.parameters(), lr=0.01)
+        for _ in range(4):
+            x = torch.randn(8, 20)
+            loss = prepared(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        prepared.eval()
+        converted = tq.convert(prepared)
+    return model, prepared, converted
+
+
+class ConvZoo(nn.Module):
+    """Every static eager module kind we attribute, in one calibratable network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.c1 = nn.Conv1d(3, 4, 1)
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.bn = nn.BatchNorm2d(4)
+        self.ln = nn.LayerNorm([4, 6, 6])
+        self.gn = nn.GroupNorm(2, 4)
+        self.inorm = nn.InstanceNorm2d(4, affine=True)
+        self.hs = nn.Hardswish()
+        self.elu = nn.ELU()
+        self.lrelu = nn.LeakyReLU(0.1)
+        self.add = nn.quantized.FloatFunctional()
+        self.mul = nn.quantized.FloatFunctional()
+        self.cat = nn.quantized.FloatFunctional()
+        self.ct = nn.ConvTranspose2d(8, 2, 2)
+        self.c3 = nn.Conv3d(2, 2, 1)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant(x)
+        y = self.block(x)
+        y = self.bn(y)
+        y = self.inorm(self.gn(self.ln(y)))
+        y = self.lrelu(self.elu(self.hs(y)))
+        z = self.add.add(y, y)
+        z = self.mul.mul(z, y)
+        z = self.cat.cat([z, y], 1)
+        z = self.ct(z)
+        z = self.c3(z.unsqueeze(2)).squeeze(2)
+        c = self.c1(x.flatten(2)[:, :, :6])
+        return self.dequant(z), self.dequant(c)
+
+
+def conv_zoo(seed: int = 0):
+    torch.manual_seed(seed)
+    model = ConvZoo().eval()
+    model = tq.fuse_modules(model, [["block.0", "block.1", "block.2"]])
+    model.qconfig = tq.get_default_qconfig("x86")
+    model.ct.qconfig = tq.default_qconfig  # ConvTranspose: per-tensor weights only
+    with engine("x86"):
+        prepared = tq.prepare(model)
+        for _ in range(3):
+            prepared(torch.randn(2, 3, 6, 6))
+        converted = tq.convert(prepared)
+    return model, prepared, converted
+
+
+class Dyn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 5)
+        self.lstm = nn.LSTM(8, 6, num_layers=2)
+        self.gru = nn.GRU(8, 4)
+
+
+def dynamic(dtype: torch.dtype, seed: int = 0):
+    torch.manual_seed(seed)
+    model = Dyn().eval()
+    with engine("x86"):
+        types = {nn.Linear, nn.LSTM, nn.GRU} if dtype == torch.qint8 else {nn.Linear}
+        q = tq.quantize_dynamic(model, types, dtype=dtype)
+    return model, q
+
+
+class Emb(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 8)
+        self.bag = nn.EmbeddingBag(30, 8, mode="sum")
+
+
+def embeddings(four_bit: bool, seed: int = 0):
+    torch.manual_seed(seed)
+    model = Emb().eval()
+    qc = (tq.float_qparams_weight_only_qconfig_4bit if four_bit
+          else tq.float_qparams_weight_only_qconfig)
+    model.emb.qconfig = qc
+    model.bag.qconfig = qc
+    q = tq.convert(tq.prepare(model))
+    return model, q
+
+
+def ptq_prepared(seed: int = 0):
+    torch.manual_seed(seed)
+    model = MLP().eval()
+    model.qconfig = tq.get_default_qconfig("x86")
+    with engine("x86"):
+        prepared = tq.prepare(model)
+        prepared(torch.randn(4, 20))
+    return prepared
+
+
+def save(obj, path) -> str:
+    torch.save(obj, path)
+    return str(path)
