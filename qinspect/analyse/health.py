@@ -56,11 +56,12 @@ def weight_health(weight: Weight) -> WeightHealth | None:
         return None
     quant = weight.quant
     info = qdtype(quant.dtype)
-    q = weight.values.astype(np.int64)
-    per_channel_used = _channel_range_used(q, quant, info.qmin, info.qmax)
+    q = weight.values
+    lo, hi = _channel_min_max(q, quant.axis)
+    per_channel_used = _range_used(lo, hi, quant, info.qmin, info.qmax)
     used = float(per_channel_used.max()) if per_channel_used.size else 0.0
     worst = float(per_channel_used.min()) if per_channel_used.size else 0.0
-    saturated = float(np.mean((q == info.qmin) | (q == info.qmax))) if q.size else 0.0
+    saturated = _saturated_fraction(q, lo, hi, info.qmin, info.qmax)
     problems = scale_problems(quant.scale)
     lo, hi, spread = _scale_stats(quant.scale)
     flags = _flags(used, worst, saturated, problems, spread, quant)
@@ -71,16 +72,38 @@ def weight_health(weight: Weight) -> WeightHealth | None:
     )
 
 
-def _channel_range_used(q: np.ndarray, quant: TensorQuant, qmin: int, qmax: int) -> np.ndarray:
+def _channel_min_max(q: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (or whole-tensor) min and max as int64 arrays, without copying ``q``."""
+    if q.size == 0:
+        return np.zeros(1, np.int64), np.zeros(1, np.int64)
+    if axis is None:
+        return np.array([q.min()], np.int64), np.array([q.max()], np.int64)
+    others = tuple(i for i in range(q.ndim) if i != axis)
+    return q.min(axis=others).astype(np.int64), q.max(axis=others).astype(np.int64)
+
+
+def _range_used(lo: np.ndarray, hi: np.ndarray, quant: TensorQuant, qmin: int,
+                qmax: int) -> np.ndarray:
+    """max |q - zp| per channel over the largest distance the dtype allows from zp."""
     zp = quant.zero_point.astype(np.float64)
     if quant.axis is None:
-        dist = np.abs(q - zp[0]).max(initial=0)
-        limit = max(qmax - zp[0], zp[0] - qmin)
-        return np.array([dist / limit if limit > 0 else 0.0])
-    moved = np.moveaxis(q, quant.axis, 0).reshape(q.shape[quant.axis], -1)
-    dist = np.abs(moved - zp[:, None]).max(axis=1, initial=0)
+        zp = zp[:1]
+    dist = np.maximum(hi - zp, zp - lo)
     limit = np.maximum(qmax - zp, zp - qmin)
     return np.divide(dist, limit, out=np.zeros_like(dist, dtype=np.float64), where=limit > 0)
+
+
+def _saturated_fraction(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, qmin: int,
+                        qmax: int) -> float:
+    """Share of values at qmin or qmax; counts only when some channel reaches an edge."""
+    if q.size == 0:
+        return 0.0
+    count = 0
+    if int(lo.min()) == qmin:
+        count += int(np.count_nonzero(q == qmin))
+    if int(hi.max()) == qmax:
+        count += int(np.count_nonzero(q == qmax))
+    return count / q.size
 
 
 def scale_problems(scale: np.ndarray) -> ScaleProblems:

@@ -41,14 +41,31 @@ def float_values(t: Any) -> np.ndarray:
     return t.numpy()
 
 
+INT_VIEW_DTYPES = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
+
+
 def int_values(t: Any) -> np.ndarray:
-    """The integer values ``q`` of a quantized tensor, shaped like the tensor."""
-    with quiet_torch_warnings():
-        raw = t.int_repr().numpy()
-    bits = SUB_BYTE_BITS.get(dtype_name(t.dtype))
-    if bits is None:
-        return raw
-    return unpack_sub_byte(raw, bits, tuple(t.shape))
+    """The integer values ``q`` of a quantized tensor, shaped like the tensor.
+
+    For 8- and 32-bit types this is a zero-copy view of the tensor's storage (so a
+    memory-mapped checkpoint stays on disk); torch checks the view's bounds against the
+    storage. Sub-byte types are unpacked into a new uint8 array.
+    """
+    name = dtype_name(t.dtype)
+    bits = SUB_BYTE_BITS.get(name)
+    if bits is not None:
+        with quiet_torch_warnings():
+            raw = t.int_repr().numpy()
+        return unpack_sub_byte(raw, bits, tuple(t.shape))
+    return _storage_view(t, INT_VIEW_DTYPES[name])
+
+
+def _storage_view(t: Any, int_dtype: str) -> np.ndarray:
+    import torch
+
+    view = torch.empty(0, dtype=getattr(torch, int_dtype))
+    view.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+    return view.numpy()
 
 
 def unpack_sub_byte(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.ndarray:
