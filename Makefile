@@ -24,8 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check qinspect tests sample_checkpoints
+	$(VENV)/bin/ruff check qinspect tests sample_checkpoints benchmarks
 
 samples: $(STAMP)
 	$(PY) sample_checkpoints/make_samples.py

@@ -1,0 +1,163 @@
+"""Benchmarks: median wall time and peak RSS of qinspect commands against baselines
+measured in the same run, on the same machine.
+
+    .venv/bin/python benchmarks/run.py            # generates inputs if missing, ~5 min
+    .venv/bin/python benchmarks/run.py --repeat 5 --only show
+
+Every case runs as a fresh subprocess (so ``import torch`` is included, as a user pays
+it); peak RSS is the child's ``ru_maxrss`` from ``os.wait4``. File pages touched through
+mmap count in RSS, so a pass over a 1 GB checkpoint shows about 1 GB whatever the code.
+Results go to ``benchmarks/out/results.json`` and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+PY = sys.executable
+QINSPECT = [PY, "-m", "qinspect"]
+
+MMAP_PASS = """
+import sys, torch, numpy as np
+sd = torch.load(sys.argv[1], mmap=True, weights_only=True)
+for v in sd.values():
+    if isinstance(v, tuple) and isinstance(v[0], torch.Tensor) and v[0].is_quantized:
+        w = v[0]
+        a = torch.empty(0, dtype=torch.int8).set_(
+            w.untyped_storage(), w.storage_offset(), w.size(), w.stride()).numpy()
+        a.min(axis=1); a.max(axis=1)
+"""
+
+NAIVE_PASS = """
+import sys, torch, numpy as np
+sd = torch.load(sys.argv[1], weights_only=True)
+for v in sd.values():
+    if isinstance(v, tuple) and isinstance(v[0], torch.Tensor) and v[0].is_quantized:
+        a = v[0].int_repr().numpy()
+        a.min(); a.max(); np.bincount((a.astype(np.int64) + 128).ravel(), minlength=256)
+"""
+
+READ_FILES = """
+import sys
+for path in sys.argv[1:]:
+    with open(path, 'rb', buffering=0) as fh:
+        while fh.read(1 << 24):
+            pass
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: list[str]
+    kind: str  # "qinspect" or "baseline"
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    kind: str
+    median_s: float
+    runs_s: list[float]
+    peak_rss_mb: float
+    exit_code: int
+
+
+def measure(case: Case, repeat: int) -> Result:
+    times, rss, code = [], 0.0, 0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.Popen(case.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        times.append(time.perf_counter() - start)
+        rss = max(rss, usage.ru_maxrss / 1024)
+        code = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if code not in (0, 1):
+            raise SystemExit(f"{case.name} failed with exit {code}: {err.strip()[:500]}")
+    return Result(case.name, case.kind, statistics.median(times), times, rss, code)
+
+
+def cases(int8: Path, fp32: Path, qat: Path) -> list[Case]:
+    return [
+        Case("import torch", [PY, "-c", "import torch"], "baseline"),
+        Case("torch.load(mmap=True) + one numpy pass", [PY, "-c", MMAP_PASS, str(int8)],
+             "baseline"),
+        Case("naive torch.load + int_repr() stats", [PY, "-c", NAIVE_PASS, str(int8)],
+             "baseline"),
+        Case("read both diff files once", [PY, "-c", READ_FILES, str(fp32), str(int8)],
+             "baseline"),
+        Case("qinspect --help", [*QINSPECT, "--help"], "qinspect"),
+        Case("qinspect show int8_1g", [*QINSPECT, "show", str(int8)], "qinspect"),
+        Case("qinspect show --json int8_1g", [*QINSPECT, "show", "--json", str(int8)],
+             "qinspect"),
+        Case("qinspect show qat_1g", [*QINSPECT, "show", str(qat)], "qinspect"),
+    ]
+
+
+def ratios(results: dict[str, Result], file_mb: float) -> list[tuple[str, float, float, str]]:
+    """(target, measured, bound, verdict) for each target of issue 7."""
+    out = []
+    mmap = results["torch.load(mmap=True) + one numpy pass"].median_s
+    for name in ("qinspect show int8_1g", "qinspect show --json int8_1g"):
+        value = results[name].median_s / mmap
+        out.append((f"{name} / (import torch + mmap load + one pass)", value, 1.5,
+                    "ok" if value <= 1.5 else "MISSED"))
+    rss = results["qinspect show int8_1g"].peak_rss_mb
+    out.append(("show peak RSS - file size (MB)", rss - file_mb, 300.0,
+                "ok" if rss - file_mb <= 300 else "MISSED"))
+    help_imports = results["qinspect --help"].median_s / results["import torch"].median_s
+    out.append(("qinspect --help / import torch", help_imports, 1.0,
+                "ok" if help_imports < 1.0 else "MISSED"))
+    return out
+
+
+def machine() -> dict[str, str]:
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": str(os.cpu_count()), "processor": platform.processor() or "?"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", help="run only cases whose name contains this")
+    args = parser.parse_args()
+    int8, fp32, qat = OUT / "int8_1g.pt", OUT / "fp32_1g.pt", OUT / "qat_1g.pt"
+    if not all(p.exists() for p in (int8, fp32, qat)):
+        subprocess.run([PY, str(HERE / "make_inputs.py"), "--out", str(OUT)], check=True)
+    todo = [c for c in cases(int8, fp32, qat) if not args.only or args.only in c.name]
+    results = {}
+    for case in todo:
+        results[case.name] = measure(case, args.repeat)
+        r = results[case.name]
+        print(f"  {r.name:<55} {r.median_s:7.2f} s  {r.peak_rss_mb:7.0f} MB", file=sys.stderr)
+    report = {"machine": machine(), "results": [asdict(r) for r in results.values()]}
+    print("| case | median wall (s) | peak RSS (MB) |\n|---|---:|---:|")
+    for r in results.values():
+        print(f"| {r.name} | {r.median_s:.2f} | {r.peak_rss_mb:.0f} |")
+    if not args.only:
+        file_mb = int8.stat().st_size / 2**20
+        rows = ratios(results, file_mb)
+        report["targets"] = [dict(zip(("target", "measured", "bound", "verdict"), row,
+                                      strict=True)) for row in rows]
+        print("\n| target | measured | bound | verdict |\n|---|---:|---:|---|")
+        for target, value, bound, verdict in rows:
+            print(f"| {target} | {value:.2f} | {bound:g} | {verdict} |")
+    print(f"\nmachine: {report['machine']}")
+    (OUT / "results.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
