@@ -30,7 +30,7 @@ def test_show_lists_every_layer_with_roles(cli, mlp):
     _, path = mlp
     r = cli("show", path)
     assert r.code == 0, r.err
-    for needle in ("quant", "fc1", "fc2", "Linear", "static", "per-channel axis 0",
+    for needle in ("quant", "fc1", "fc2", "Linear", "static", "per-channel (axis 0)",
                    "Every key of the file is attributed"):
         assert needle in r.out
     assert r.err == ""

@@ -75,6 +75,18 @@ def test_flags_point_at_real_problems():
     h = weight_health(_weight(clipping))
     assert h.saturated_fraction > 0.5
     assert any("qmin/qmax" in f for f in h.flags)
+    # min/max calibration: each channel's extremes sit on the edges; that is not clipping
+    sym = torch.linspace(-1, 1, 16) * torch.arange(1.0, 5.0)[:, None]
+    scales = (sym.abs().amax(dim=1) / 127.5).double()
+    calibrated = torch.quantize_per_channel(sym, scales, torch.zeros(4, dtype=torch.long), 0,
+                                            torch.qint8)
+    h = weight_health(_weight(calibrated))
+    ints = calibrated.int_repr()
+    at_edges = int(((ints == -128) | (ints == 127)).sum())
+    assert 4 <= at_edges <= 8  # every channel's max lands on 127; some minima on -128
+    assert h.saturated_fraction == at_edges / 64
+    assert h.excess_saturated_fraction == 0.0
+    assert not any("qmin/qmax" in f for f in h.flags)
 
 
 def test_scale_problems_are_counted():

@@ -35,7 +35,10 @@ class WeightHealth:
     ``range_used``: max |q - zero_point| over the tensor divided by the largest distance
     the dtype allows from that zero point (1.0 = the full range is used).
     ``min_channel_range_used``: the same for the worst channel.
-    ``saturated_fraction``: share of values equal to qmin or qmax.
+    ``saturated_fraction``: share of values equal to qmin or qmax. A min/max calibrated
+    weight puts each channel's extreme value on an edge, so up to two values per channel
+    at the edges are expected; only the excess (``excess_saturated_fraction``) suggests
+    clipping.
     ``scale_spread``: largest / smallest positive finite channel scale.
     """
 
@@ -43,6 +46,7 @@ class WeightHealth:
     range_used: float
     min_channel_range_used: float
     saturated_fraction: float
+    excess_saturated_fraction: float
     scale_min: float
     scale_max: float
     scale_spread: float
@@ -64,10 +68,13 @@ def weight_health(weight: Weight) -> WeightHealth | None:
     saturated = _saturated_fraction(q, lo, hi, info.qmin, info.qmax)
     problems = scale_problems(quant.scale)
     lo, hi, spread = _scale_stats(quant.scale)
-    flags = _flags(used, worst, saturated, problems, spread, quant)
+    channels = int(quant.scale.size)
+    excess = max(0.0, saturated - 2 * channels / q.size) if q.size else 0.0
+    flags = _flags(used, worst, excess, problems, spread, quant)
     return WeightHealth(
-        channels=int(quant.scale.size), range_used=used, min_channel_range_used=worst,
-        saturated_fraction=saturated, scale_min=lo, scale_max=hi, scale_spread=spread,
+        channels=channels, range_used=used, min_channel_range_used=worst,
+        saturated_fraction=saturated, excess_saturated_fraction=excess,
+        scale_min=lo, scale_max=hi, scale_spread=spread,
         scale_problems=problems, flags=flags,
     )
 
@@ -127,7 +134,7 @@ def _scale_stats(scale: np.ndarray) -> tuple[float, float, float]:
     return lo, hi, hi / lo
 
 
-def _flags(used: float, worst: float, saturated: float, problems: ScaleProblems,
+def _flags(used: float, worst: float, excess: float, problems: ScaleProblems,
            spread: float, quant: TensorQuant) -> tuple[str, ...]:
     flags = []
     if problems.total:
@@ -138,8 +145,9 @@ def _flags(used: float, worst: float, saturated: float, problems: ScaleProblems,
                      "so precision is wasted")
     elif quant.axis is not None and worst < LOW_RANGE_USE / 2:
         flags.append(f"worst channel uses {worst:.0%} of the int range")
-    if saturated > HIGH_SATURATION:
-        flags.append(f"{saturated:.1%} of weights at qmin/qmax: clipped during quantization?")
+    if excess > HIGH_SATURATION:
+        flags.append(f"{excess:.1%} of weights at qmin/qmax beyond each channel's own "
+                     "extremes: clipped during quantization?")
     if np.isfinite(spread) and spread > WIDE_SCALE_SPREAD:
         flags.append(f"channel scales span {spread:.0f}x: some channels are near-dead or "
                      "outliers")

@@ -314,9 +314,11 @@ def _cell_layers(module: str, index: int, key: str, parsed: list) -> list[Layer]
     source = DYNAMIC_SOURCE
     layers = []
     for gate, w, b in parsed:
-        notes: list[Note] = [Note(Level.INFO, f"cell {index} is layer {index} of a "
-                                  f"unidirectional RNN (layer {index // 2}, direction "
-                                  f"{index % 2} if bidirectional: the file does not say)")]
+        notes: list[Note] = []
+        if index == 0 and gate == "ih":
+            notes.append(Note(Level.INFO, "cells are numbered in torch's order: cell i is "
+                              "layer i of a unidirectional RNN; a bidirectional one alternates "
+                              "directions (the file does not say which it is)"))
         weight = _weight(key, w, None, notes)
         bias = T.float_values(b) if T.is_tensor(b) else None
         layers.append(Layer(
@@ -348,9 +350,15 @@ def _qat_layer(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]
     layer = Layer(name=f.module, kind=kind, mode=Mode.QAT_PREPARED, keys=(), weight=weight,
                   bias=bias, bias_key=f"{f.module}.bias" if bias is not None else None,
                   output=output, output_observer=obs, weight_observer=weight_obs,
-                  converts_to=converts, notes=tuple(notes))
+                  converts_to=converts, notes=tuple(notes), extras=_qat_flags(fq))
     del mode
     return [_finish(layer, f)], f.leftovers(kind)
+
+
+def _qat_flags(fq: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The weight fake-quant's observer/fake-quant switches, as extras."""
+    return {f"weight_fake_quant.{flag}": fq[flag].detach().numpy()
+            for flag in QAT_FLAG_EXTRAS if flag in fq and T.is_tensor(fq[flag])}
 
 
 def _reassign_roles(f: Fields, prefix: str) -> None:
@@ -381,6 +389,22 @@ def _observer(fields: dict[str, Any], keys: list[str]) -> ObserverStats | None:
         return None
     keep = tuple(k for k in keys if k.endswith(("min_val", "max_val")))
     return ObserverStats(T.float_values(lo).reshape(-1), T.float_values(hi).reshape(-1), keep)
+
+
+NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
+NORM_EXTRAS = ("running_mean", "running_var")
+QAT_FLAG_EXTRAS = ("observer_enabled", "fake_quant_enabled")
+
+
+def _take_norm_stats(f: Fields) -> dict[str, np.ndarray]:
+    """Take BatchNorm running statistics (role NORM_STATS); return mean and var as extras."""
+    extras: dict[str, np.ndarray] = {}
+    for stat in NORM_STATS:
+        if f.has(stat):
+            value = f.take(stat, Role.NORM_STATS)
+            if stat in NORM_EXTRAS and T.is_tensor(value):
+                extras[stat] = T.float_values(value)
+    return extras
 
 
 def _take_bias(f: Fields) -> np.ndarray | None:
@@ -432,9 +456,7 @@ def _observed(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]
     """A prepared module with an output observer / fake-quant but no weight fake-quant."""
     w = f.take("weight", Role.PARAM) if f.has("weight") and T.is_tensor(f.value("weight")) else None
     bias = _take_bias(f) if w is not None else None
-    for stat in ("running_mean", "running_var", "num_batches_tracked"):
-        if f.has(stat):
-            f.take(stat, Role.NORM_STATS)
+    extras = _take_norm_stats(f)
     output, obs, mode = _prepared_output(f, default=Mode.QAT_PREPARED)
     weight = None
     kind = "activation (QuantStub, FloatFunctional or activation module)"
@@ -450,7 +472,7 @@ def _observed(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]
             for src, dst in converts[:1])
     layer = Layer(name=f.module, kind=kind, mode=mode, keys=(), weight=weight, bias=bias,
                   bias_key=f"{f.module}.bias" if bias is not None else None, output=output,
-                  output_observer=obs, converts_to=converts)
+                  output_observer=obs, converts_to=converts, extras=extras)
     return [_finish(layer, f)], f.leftovers(kind)
 
 
@@ -493,11 +515,10 @@ def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
     if "activation_post_process" in ctx.children.get(f.module, set()):
         kind = "QFunctional (FloatFunctional add/mul/cat after convert)"
     weight = None
+    extras: dict[str, np.ndarray] = {}
     if f.has("running_mean"):
         kind = "BatchNorm"
-        for stat in ("running_mean", "running_var", "num_batches_tracked"):
-            if f.has(stat):
-                f.take(stat, Role.NORM_STATS)
+        extras = _take_norm_stats(f)
     elif f.has("weight") or f.has("bias"):
         kind = "LayerNorm, GroupNorm or InstanceNorm"
     if f.has("weight") and T.is_tensor(f.value("weight")):
@@ -509,7 +530,7 @@ def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
         f.refs[-1] = KeyRef(f.refs[-1].key, Role.PARAM)
     output = _output_qparams(f, Mode.STATIC)
     layer = Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight,
-                  bias=bias, output=output)
+                  bias=bias, output=output, extras=extras)
     return [_finish(layer, f)], f.leftovers(kind)
 
 
@@ -534,11 +555,9 @@ def _float_module(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
         weight = Weight(f"{f.module}.weight" if f.module else "weight", tuple(w.shape),
                         T.dtype_name(w.dtype), T.float_values(w))
     bias = _take_bias(f)
-    for stat in ("running_mean", "running_var", "num_batches_tracked"):
-        if f.has(stat):
-            f.take(stat, Role.NORM_STATS)
+    extras = _take_norm_stats(f)
     layer = Layer(name=f.module, kind=kind, mode=Mode.FLOAT, keys=(), weight=weight, bias=bias,
-                  bias_key=f"{f.module}.bias" if bias is not None else None)
+                  bias_key=f"{f.module}.bias" if bias is not None else None, extras=extras)
     if not f.refs:
         return [], f.leftovers(kind)
     return [_finish(layer, f)], f.leftovers(kind)

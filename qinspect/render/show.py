@@ -16,6 +16,11 @@ from qinspect.model import ActQuant, Layer, Level, Weight
 from qinspect.render.text import num, percent, safe, size, text
 
 SHOW_SCHEMA = "qinspect.show/1"
+INPUT_LABELS = {
+    "not_quantized": "float input",
+    "dynamic": "dynamic\n(per batch)",
+    "unknown": "unknown",
+}
 
 
 def render_show(summary: Summary, explain: bool = False) -> RenderableType:
@@ -53,13 +58,13 @@ def _header(s: Summary) -> RenderableType:
 
 def _table(s: Summary) -> Table:
     t = Table(show_lines=False, header_style="bold", expand=False)
-    for col in ("layer", "kind", "mode", "weight", "input", "output", "health"):
+    for col in ("layer", "kind / mode", "weight", "input", "output", "health"):
         t.add_column(col, overflow="fold")
     for row in s.layers:
         lay = row.layer
-        t.add_row(text(lay.name), text(lay.kind), Text(lay.mode.value),
-                  _weight_cell(lay.weight), _input_cell(lay), _act_cell(lay.output),
-                  _health_cell(row.health))
+        kind = Text.assemble(text(lay.kind), "\n", (lay.mode.value.replace("_", " "), "dim"))
+        t.add_row(text(lay.name), kind, _weight_cell(lay.weight), _input_cell(lay),
+                  _act_cell(lay.output), _health_cell(row.health))
     return t
 
 
@@ -70,14 +75,14 @@ def _weight_cell(w: Weight | None) -> Text:
     if w.quant is None:
         return Text(f"{w.stored_dtype} [{shape}]")
     q = w.quant
-    scheme = f"per-channel axis {q.axis}" if q.axis is not None else "per-tensor"
+    scheme = f"per-channel (axis {q.axis})" if q.axis is not None else "per-tensor"
     dtype = q.dtype if w.is_quantized else f"float -> {q.dtype}"
-    scales = (f"scale {num(float(q.scale[0]))}" if q.scale.size == 1 else
-              f"scales {num(float(np.min(q.scale)))}..{num(float(np.max(q.scale)))}")
+    scales = (f"scale {num(float(q.scale[0]), 3)}" if q.scale.size == 1 else
+              f"scale {num(float(np.min(q.scale)), 3)}..{num(float(np.max(q.scale)), 3)}")
     zps = np.unique(q.zero_point)
     zp = f"zp {num(float(zps[0]))}" if zps.size == 1 else f"zp {num(float(zps.min()))}.." \
         f"{num(float(zps.max()))}"
-    return Text(f"{dtype} [{shape}] {scheme}\n{scales}, {zp}")
+    return Text(f"{dtype} [{shape}]\n{scheme}\n{scales}\n{zp}")
 
 
 def _input_cell(lay: Layer) -> Text:
@@ -86,22 +91,22 @@ def _input_cell(lay: Layer) -> Text:
         return Text("-", style="dim")
     if lay.input is not None:
         origin = safe(src.layer or "?") + (" (inferred)" if src.inferred else "")
-        return Text(f"scale {num(lay.input.scale)}, zp {lay.input.zero_point}\nfrom {origin}")
-    return Text(src.kind.value.replace("_", " "))
+        return Text(f"scale {num(lay.input.scale)}\nzp {lay.input.zero_point}\nfrom {origin}")
+    return Text(INPUT_LABELS.get(src.kind.value, src.kind.value))
 
 
 def _act_cell(act: ActQuant | None) -> Text:
     if act is None:
         return Text("-", style="dim")
     lo, hi = act_range(act)
-    return Text(f"scale {num(act.scale)}, zp {act.zero_point}\n[{num(lo)}, {num(hi)}]")
+    return Text(f"scale {num(act.scale)}\nzp {act.zero_point}\n[{num(lo)}, {num(hi)}]")
 
 
 def _health_cell(h: WeightHealth | None) -> Text:
     if h is None:
         return Text("-", style="dim")
     style = "yellow" if h.flags else "green"
-    body = f"range used {percent(h.range_used)}\nsaturated {percent(h.saturated_fraction)}"
+    body = f"{percent(h.range_used)} of range\n{percent(h.saturated_fraction)} at edges"
     if h.flags:
         body += "\n" + "\n".join(h.flags)
     return Text(body, style=style)
@@ -215,6 +220,7 @@ def _health_json(h: WeightHealth | None) -> dict[str, Any] | None:
         "range_used": h.range_used,
         "min_channel_range_used": h.min_channel_range_used,
         "saturated_fraction": h.saturated_fraction,
+        "excess_saturated_fraction": h.excess_saturated_fraction,
         "scale_spread": h.scale_spread,
         "scale_problems": vars(h.scale_problems),
         "flags": list(h.flags),
