@@ -573,10 +573,7 @@ def _float_rnn(f: Fields) -> tuple[list[Layer], list[Unrecognised]]:
         if f.has(bias_local):
             bias = T.float_values(f.take(bias_local, Role.BIAS))
             refs.append(f.refs[-1])
-        hidden_name = local.replace("_ih_", "_hh_")
-        kind = "RNN (float)"
-        if hidden_name in f.items or any(r.key.endswith(hidden_name) for r in f.refs):
-            kind = "RNN gates (float)"
+        kind = f"{_float_rnn_kind(f, local, w)} gates ({'ih' if '_ih_' in local else 'hh'})"
         name = f"{f.module}.{local}" if f.module else local
         layers.append(Layer(
             name=name, kind=kind, mode=Mode.FLOAT, keys=tuple(refs),
@@ -584,6 +581,17 @@ def _float_rnn(f: Fields) -> tuple[list[Layer], list[Unrecognised]]:
             bias=bias, bias_key=refs[1].key if bias is not None else None,
         ))
     return layers, f.leftovers("RNN")
+
+
+def _float_rnn_kind(f: Fields, local: str, w: Any) -> str:
+    """LSTM/GRU/RNN from the gate count: rows of a gate weight / hidden size.
+
+    The hidden size is the column count of the matching ``weight_hh`` (``w`` itself for
+    an hh weight; the ih weight is taken first, so its hh partner is still unclaimed)."""
+    hh = w if "_hh_" in local else f.items.get(local.replace("_ih_", "_hh_"), (None, None))[1]
+    if not (T.is_tensor(hh) and len(hh.shape) == 2 and int(hh.shape[1]) > 0):
+        return "RNN"
+    return RNN_KINDS.get(int(w.shape[0]) // int(hh.shape[1]), "RNN")
 
 
 def _finish(layer: Layer, f: Fields) -> Layer:
