@@ -10,7 +10,7 @@ The public API imports torch only when called, so ``import qinspect`` stays chea
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qinspect.errors import (
     InputError,
@@ -22,6 +22,7 @@ from qinspect.errors import (
 )
 
 if TYPE_CHECKING:
+    from qinspect.analyse.check import CheckResult
     from qinspect.analyse.summary import Summary
     from qinspect.model import Checkpoint
 
@@ -35,6 +36,7 @@ __all__ = [
     "UnsupportedFormatError",
     "VerifyError",
     "__version__",
+    "check",
     "load",
     "summarise",
 ]
@@ -52,3 +54,28 @@ def summarise(checkpoint: Checkpoint, layer_glob: str | None = None) -> Summary:
     from qinspect.analyse.summary import summarise as _summarise
 
     return _summarise(checkpoint, layer_glob)
+
+
+
+def check(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    *,
+    reference: str | os.PathLike[str] | None = None,
+    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    baseline: str | os.PathLike[str] | None = None,
+    config: Any = "auto",
+    settings: list[str] | None = None,
+    **overrides: Any,
+) -> CheckResult:
+    """What ``qinspect check`` does; the result is truthy when no rule failed::
+
+        assert qinspect.check("model_int8.pt", require_per_channel=True)
+
+    ``config``: ``"auto"`` searches like the CLI, a path reads that file, a dict gives the
+    settings, ``None`` uses the defaults. ``settings`` are ``KEY=VALUE`` strings (``--set``);
+    keyword arguments set single config keys on top.
+    """
+    from qinspect.analyse.check import check as _check
+
+    return _check(checkpoint, reference=reference, input=input, baseline=baseline,
+                  config=config, settings=settings, **overrides)

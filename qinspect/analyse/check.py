@@ -1,0 +1,324 @@
+"""Checkpoint (+ reports) -> CheckResult: run the rules of ``qinspect check``.
+
+The engine evaluates every rule of :data:`qinspect.analyse.rules.RULES` whose inputs are
+available, on every layer it concerns, and records one :class:`Case` per (rule, target)
+it examined -- passed, failed, warning or skipped (ignored by configuration) -- so a
+JUnit report can list the passes too. A :class:`CheckResult` is truthy when no
+error-severity finding remains; its ``exit_code`` is 0 or 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from qinspect.analyse.health import WeightHealth, weight_health
+from qinspect.analyse.rules import (
+    RULES,
+    Baseline,
+    BaselineLayer,
+    Context,
+    Group,
+    LayerMetrics,
+    Problem,
+    Rule,
+    Severity,
+)
+from qinspect.config import CheckConfig
+from qinspect.errors import InputError
+from qinspect.model import Checkpoint, Layer
+
+CHECK_SCHEMA = "qinspect.check/1"
+
+
+class Status(str, Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+    WARNING = "warning"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem a rule found, with the rule's id and the effective severity."""
+
+    rule: Rule
+    layer: str
+    severity: Severity
+    message: str
+    key: str | None = None
+    value: float | None = None
+    limit: float | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One rule evaluated on one target (a layer name, a key, or "" for the file)."""
+
+    rule: Rule
+    layer: str
+    status: Status
+    findings: tuple[Finding, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What the JSON report records per layer (and ``--baseline`` reads back)."""
+
+    name: str
+    kind: str
+    mode: str
+    quantized: bool
+    metrics: LayerMetrics
+
+
+@dataclass(frozen=True)
+class NotRun:
+    group: Group
+    reason: str
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of ``qinspect check``: truthy when it passed."""
+
+    path: str
+    config: CheckConfig
+    rules: tuple[Rule, ...]
+    cases: tuple[Case, ...]
+    layers: tuple[LayerReport, ...]
+    overall_weight_sqnr_db: float | None = None
+    reference: str | None = None
+    input: str | None = None
+    baseline: str | None = None
+    not_run: tuple[NotRun, ...] = ()
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return tuple(f for c in self.cases if c.status is not Status.SKIPPED for f in c.findings)
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity is Severity.ERROR)
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity is Severity.WARNING)
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def count(self, status: Status) -> int:
+        return sum(1 for c in self.cases if c.status is status)
+
+
+def run_check(
+    checkpoint: Checkpoint,
+    config: CheckConfig | None = None,
+    *,
+    metrics: Mapping[str, LayerMetrics] | None = None,
+    overall_weight_sqnr_db: float | None = None,
+    baseline: Baseline | None = None,
+    reference: str | None = None,
+    input: str | None = None,  # noqa: A002 - mirrors --input
+) -> CheckResult:
+    """Evaluate the rules on a loaded checkpoint and the measurements already made."""
+    config = config or CheckConfig()
+    health: dict[str, WeightHealth | None] = {
+        lay.name: weight_health(lay.weight) if lay.weight is not None else None
+        for lay in checkpoint.layers
+    }
+    ctx = Context(checkpoint, config, health, dict(metrics or {}), overall_weight_sqnr_db,
+                  baseline)
+    active, not_run = _active_rules(reference, input, baseline)
+    cases: list[Case] = []
+    for rule in active:
+        if rule.per_layer:
+            for layer in checkpoint.layers:
+                problems = rule.check(layer, config.for_layer(layer.name), ctx)
+                if problems is not None:
+                    cases.append(_case(rule, layer.name, problems, config))
+        else:
+            for target, problems in rule.check(ctx):
+                cases.append(_case(rule, target, problems, config))
+    layers = tuple(_layer_report(lay, ctx.metrics) for lay in checkpoint.layers)
+    return CheckResult(
+        path=checkpoint.path, config=config, rules=active, cases=tuple(cases), layers=layers,
+        overall_weight_sqnr_db=overall_weight_sqnr_db, reference=reference, input=input,
+        baseline=baseline.path if baseline else None, not_run=not_run,
+    )
+
+
+def _active_rules(reference: str | None, input_path: str | None,
+                  baseline: Baseline | None) -> tuple[tuple[Rule, ...], tuple[NotRun, ...]]:
+    available = {Group.ALWAYS, Group.CONFIG}
+    not_run = []
+    for group, given, option in ((Group.REFERENCE, reference, "--reference FP32.pt"),
+                                 (Group.INPUT, input_path, "--input SAMPLE.npy"),
+                                 (Group.BASELINE, baseline, "--baseline REPORT.json")):
+        if given is not None:
+            available.add(group)
+        else:
+            ids = ", ".join(r.id for r in RULES if r.group is group)
+            not_run.append(NotRun(group, f"{ids} need {option}"))
+    return tuple(r for r in RULES if r.group in available), tuple(not_run)
+
+
+def _case(rule: Rule, target: str, problems: list[Problem], config: CheckConfig) -> Case:
+    settings = config.for_layer(target)
+    if rule.id in settings.ignore or rule.name in settings.ignore:
+        return Case(rule, target, Status.SKIPPED, reason="ignored by configuration")
+    severity = rule.severity
+    if rule.id == "QI003":
+        severity = Severity(config.unrecognised_keys)
+    findings = tuple(Finding(rule, target, severity, p.message, p.key, p.value, p.limit)
+                     for p in problems)
+    if not findings:
+        return Case(rule, target, Status.PASSED)
+    status = Status.FAILED if severity is Severity.ERROR else Status.WARNING
+    return Case(rule, target, status, findings)
+
+
+def _layer_report(layer: Layer, metrics: Mapping[str, LayerMetrics]) -> LayerReport:
+    return LayerReport(layer.name, layer.kind, layer.mode.value, layer.quantized,
+                       metrics.get(layer.name, LayerMetrics()))
+
+
+# --- baseline ---------------------------------------------------------------------------
+
+
+def read_baseline(path: str | os.PathLike[str]) -> Baseline:
+    """Read a ``--format json`` report of an earlier run (schema ``qinspect.check/1``)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{p}: baseline report not found; create one with "
+                         "`qinspect check CKPT --format json --output FILE`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: not a JSON report ({line}); pass a file written by "
+                         "`qinspect check --format json`") from exc
+    if not isinstance(doc, dict) or doc.get("schema") != CHECK_SCHEMA:
+        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        raise InputError(f"{p}: schema is {found!r}, not {CHECK_SCHEMA!r}; pass a report "
+                         "written by `qinspect check --format json`")
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise InputError(f"{p}: 'layers' is missing or not a list; the report is damaged")
+    out = []
+    for i, item in enumerate(layers):
+        if not (isinstance(item, dict) and isinstance(item.get("name"), str)
+                and isinstance(item.get("quantized"), bool)):
+            raise InputError(f"{p}: layers[{i}] lacks a string 'name' or boolean 'quantized'")
+        out.append(BaselineLayer(item["name"], item["quantized"],
+                                 _number(item.get("weight_sqnr_db"), p, i),
+                                 _number(item.get("output_sqnr_db"), p, i)))
+    return Baseline(str(p), str(doc.get("file", "")), tuple(out))
+
+
+def _number(value: Any, path: Path, index: int) -> float | None:
+    if value is None:
+        return None
+    if value in ("NaN", "Infinity", "-Infinity"):
+        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{path}: layers[{index}] has a non-numeric SQNR {value!r}")
+    return float(value)
+
+
+# --- the public entry point -------------------------------------------------------------
+
+
+def check(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    *,
+    reference: str | os.PathLike[str] | None = None,
+    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    baseline: str | os.PathLike[str] | None = None,
+    config: Any = "auto",
+    settings: list[str] | None = None,
+    **overrides: Any,
+) -> CheckResult:
+    """Load, measure and run the rules: what ``qinspect check`` does, as a function.
+
+    ``config``: ``"auto"`` searches like the CLI (``qinspect.toml``, then
+    ``[tool.qinspect.check]`` in ``./pyproject.toml``); a path reads that file; a mapping
+    gives the settings directly; ``None`` uses the built-in defaults. ``settings`` are
+    ``KEY=VALUE`` strings (the CLI's ``--set``) and keyword arguments are single settings,
+    both applied on top of the file.
+    """
+    from qinspect.config import (
+        from_mapping,
+        load_config,
+        with_assignments,
+    )
+    from qinspect.loaders import load
+
+    if config is None:
+        cfg = CheckConfig()
+    elif isinstance(config, CheckConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = from_mapping(config)
+    elif isinstance(config, str) and config == "auto":
+        cfg = load_config()
+    else:
+        cfg = load_config(config)
+    cfg = with_assignments(cfg, list(settings or []))
+    if overrides:
+        cfg = _with_keywords(cfg, overrides)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
+    base = read_baseline(baseline) if baseline is not None else None
+    metrics, overall = measure(ckpt, reference, input)
+    return run_check(ckpt, cfg, metrics=metrics, overall_weight_sqnr_db=overall,
+                     baseline=base, reference=_str(reference), input=_str(input))
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _with_keywords(cfg: CheckConfig, values: Mapping[str, Any]) -> CheckConfig:
+    from dataclasses import replace
+
+    from qinspect.config import FILE_KEYS, LAYER_KEYS, TOP_KEYS, _unknown
+
+    layer_values, file_values = {}, {}
+    for key, value in values.items():
+        if key in LAYER_KEYS:
+            layer_values[key] = LAYER_KEYS[key](f"check({key}=...)", value)
+        elif key in FILE_KEYS:
+            file_values[key] = FILE_KEYS[key](f"check({key}=...)", value)
+        else:
+            raise _unknown(key, [k for k in TOP_KEYS if k != "overrides"], "check()")
+    return replace(cfg, defaults=replace(cfg.defaults, **layer_values),
+                   source=f"{cfg.source} + keyword arguments", **file_values)
+
+
+def measure(
+    checkpoint: Checkpoint,
+    reference: str | os.PathLike[str] | None,
+    input_path: str | os.PathLike[str] | None,
+) -> tuple[dict[str, LayerMetrics], float | None]:
+    """Per-layer metrics from ``qinspect diff`` (reference) and ``qinspect verify`` (input)."""
+    metrics: dict[str, LayerMetrics] = {}
+    overall = None
+    if reference is not None or input_path is not None:
+        raise InputError("--reference and --input are not wired into qinspect check yet")
+    return metrics, overall

@@ -1,0 +1,646 @@
+"""The rules of ``qinspect check``, as data: one frozen :class:`Rule` per check.
+
+A rule's ``check`` is a small pure function. Layer rules take
+``(layer, settings, ctx)`` and return ``None`` when the rule does not concern that
+layer, else a list of :class:`Problem` (empty = passed). File rules take ``ctx`` and
+return ``[(target, problems), ...]``, one entry per thing they examined. The engine
+(:mod:`qinspect.analyse.check`) turns problems into findings with the rule's id and
+severity. Ids are stable: ``QI0xx`` always on, ``QI1xx`` configurable, ``QI2xx`` need
+``--reference``, ``QI3xx`` need ``--input``, ``QI4xx`` need ``--baseline``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from qinspect.analyse.health import FLOAT32_TINY, WeightHealth
+from qinspect.config import CheckConfig, LayerSettings
+from qinspect.errors import InputError
+from qinspect.model import ActQuant, Checkpoint, Layer, Mode, ObserverStats, Role
+from qinspect.quant.dtypes import qdtype
+
+UNCALIBRATED_SCALE = 1.0
+UNCALIBRATED_ZERO_POINT = 0
+SHOWN = 3
+"""How many bad channels a message names before summarising."""
+DEFAULT_MIN_WEIGHT_SQNR_DB = 15.0
+"""Per-layer weight SQNR floor with --reference and no configured value (see README)."""
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Group(str, Enum):
+    ALWAYS = "always"
+    CONFIG = "config"
+    REFERENCE = "reference"
+    INPUT = "input"
+    BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a rule found wrong: a one-line message naming the layer and the numbers."""
+
+    message: str
+    key: str | None = None
+    value: float | None = None
+    limit: float | None = None
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    """Per-layer numbers measured against a reference or on an input (when available)."""
+
+    weight_sqnr_db: float | None = None
+    output_sqnr_db: float | None = None
+    clipping_fraction: float | None = None
+    kernel_agreement: float | None = None
+
+
+@dataclass(frozen=True)
+class BaselineLayer:
+    name: str
+    quantized: bool
+    weight_sqnr_db: float | None = None
+    output_sqnr_db: float | None = None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A JSON report of an earlier ``qinspect check`` run."""
+
+    path: str
+    file: str
+    layers: tuple[BaselineLayer, ...]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything the rules read. Built once per run by the engine."""
+
+    checkpoint: Checkpoint
+    config: CheckConfig
+    health: Mapping[str, WeightHealth | None]
+    metrics: Mapping[str, LayerMetrics] = field(default_factory=dict)
+    overall_weight_sqnr_db: float | None = None
+    baseline: Baseline | None = None
+
+
+LayerCheck = Callable[[Layer, LayerSettings, Context], "list[Problem] | None"]
+FileCheck = Callable[[Context], "list[tuple[str, list[Problem]]]"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    name: str
+    severity: Severity
+    group: Group
+    description: str
+    hint: str
+    check: Any = field(repr=False, compare=False)
+    per_layer: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} {self.name}"
+
+
+def display(name: str) -> str:
+    return name if name else "(root)"
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _key(layer: Layer, ending: str, roles: tuple[Role, ...]) -> str | None:
+    for ref in layer.keys:
+        if ref.role in roles and ref.key.endswith(ending):
+            return ref.key
+    return None
+
+
+def _weight_scale_key(layer: Layer) -> str | None:
+    if layer.weight is None:
+        return None
+    return _key(layer, "weight_fake_quant.scale", (Role.WEIGHT_QPARAMS,)) or layer.weight.key
+
+
+def _weight_zp_key(layer: Layer) -> str | None:
+    if layer.weight is None:
+        return None
+    return _key(layer, "weight_fake_quant.zero_point", (Role.WEIGHT_QPARAMS,)) or layer.weight.key
+
+
+def _fmt(x: float) -> str:
+    if not np.isfinite(x):
+        return "NaN" if np.isnan(x) else ("+inf" if x > 0 else "-inf")
+    if x == 0:
+        return "0"
+    return f"{x:.4g}"
+
+
+def _scale_issue(x: float) -> str | None:
+    """Why a scale is unusable ("" when its value says it all), or None when it is fine."""
+    if not np.isfinite(x) or x == 0:
+        return ""
+    if x < 0:
+        return "negative"
+    if np.float32(x) < FLOAT32_TINY:
+        return "subnormal: 1/scale overflows float32"
+    return None
+
+
+def _where(index: int, count: int) -> str:
+    return "" if count == 1 else f" at channel {index}"
+
+
+def _list_bad(values: np.ndarray, issues: list[tuple[int, str]]) -> str:
+    """``NaN at channel 3, 0 at channel 5 (2 of 16 channels)``."""
+    shown = ", ".join(f"{_fmt(float(values[i]))}{f' ({why})' if why else ''}"
+                      f"{_where(i, values.size)}" for i, why in issues[:SHOWN])
+    if values.size == 1:
+        return shown
+    more = ", ..." if len(issues) > SHOWN else ""
+    return f"{shown}{more} ({len(issues)} of {values.size} channels)"
+
+
+def _act_keys(act: ActQuant) -> str:
+    return ", ".join(act.keys)
+
+
+def _assumed(act: ActQuant) -> str:
+    return " (activation dtype not stored in eager files: quint8 assumed)" if act.dtype_assumed \
+        else ""
+
+
+def _is_compute_layer(layer: Layer) -> bool:
+    """A layer whose weight is a real weight (Linear, Conv, Embedding, RNN), not a norm."""
+    return layer.weight is not None and any(r.role is Role.WEIGHT for r in layer.keys)
+
+
+# --- QI0xx: always on -------------------------------------------------------------------
+
+
+def check_scales(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Weight and output scales are finite, > 0 and invertible in float32."""
+    name = display(layer.name)
+    out: list[Problem] = []
+    checked = False
+    w = layer.weight
+    if w is not None and w.quant is not None:
+        checked = True
+        scales = np.asarray(w.quant.scale, dtype=np.float64).reshape(-1)
+        issues = [(i, why) for i, x in enumerate(scales)
+                  if (why := _scale_issue(float(x))) is not None]
+        if issues:
+            bad = float(scales[issues[0][0]])
+            out.append(Problem(f"{name}: weight scale is {_list_bad(scales, issues)}",
+                               key=_weight_scale_key(layer), value=bad))
+    if layer.output is not None:
+        checked = True
+        why = _scale_issue(layer.output.scale)
+        if why is not None:
+            key = layer.output.keys[0]
+            out.append(Problem(f"{name}: output scale is {_fmt(layer.output.scale)}"
+                               f"{f' ({why})' if why else ''} ({key})", key=key,
+                               value=layer.output.scale))
+    return out if checked else None
+
+
+def check_zero_points(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Zero points lie inside the dtype's integer range (float zero points are finite)."""
+    name = display(layer.name)
+    out: list[Problem] = []
+    checked = False
+    w = layer.weight
+    if w is not None and w.quant is not None:
+        q = w.quant
+        zps = np.asarray(q.zero_point).reshape(-1)
+        if q.qscheme == "per_channel_affine_float_qparams":
+            checked = True
+            bad = [(i, "") for i, z in enumerate(zps.astype(np.float64)) if not np.isfinite(z)]
+            if bad:
+                out.append(Problem(f"{name}: weight zero point is {_list_bad(zps, bad)}",
+                                   key=_weight_zp_key(layer)))
+        else:
+            info = _dtype_or_none(q.dtype)
+            if info is not None:
+                checked = True
+                lo, hi = info.qmin, info.qmax
+                bad = [(i, f"outside {q.dtype} [{lo}, {hi}]") for i, z in enumerate(zps)
+                       if not lo <= int(z) <= hi]
+                if bad:
+                    out.append(Problem(f"{name}: weight zero point is {_list_bad(zps, bad)}",
+                                       key=_weight_zp_key(layer),
+                                       value=float(zps[bad[0][0]])))
+    act = layer.output
+    if act is not None:
+        info = _dtype_or_none(act.dtype)
+        if info is not None:
+            checked = True
+            if not info.qmin <= act.zero_point <= info.qmax:
+                out.append(Problem(
+                    f"{name}: output zero point {act.zero_point} ({act.keys[-1]}) outside "
+                    f"{act.dtype} [{info.qmin}, {info.qmax}]{_assumed(act)}",
+                    key=act.keys[-1], value=float(act.zero_point)))
+    return out if checked else None
+
+
+def _dtype_or_none(name: str) -> Any:
+    try:
+        return qdtype(name)
+    except KeyError:
+        return None
+
+
+def check_unrecognised(ctx: Context) -> list[tuple[str, list[Problem]]]:
+    """Every key of the file is attributed to a layer."""
+    items = ctx.checkpoint.unrecognised
+    if not items:
+        return [("", [])]
+    return [(u.key, [Problem(f"{u.key}: not attributed to any layer ({u.description}; "
+                             f"{u.reason})", key=u.key)]) for u in items]
+
+
+def _never_observed(obs: ObserverStats | None) -> bool:
+    if obs is None:
+        return False
+    lo, hi = np.asarray(obs.min_val), np.asarray(obs.max_val)
+    if lo.size == 0 or hi.size == 0:
+        return True
+    return bool(np.any(np.isposinf(lo)) or np.any(np.isneginf(hi)))
+
+
+CALIBRATED_MODES = (Mode.STATIC, Mode.QUANTIZE, Mode.QAT_PREPARED, Mode.PTQ_PREPARED)
+
+
+def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """No layer keeps torch's initial qparams (1.0 / 0) or an observer that saw nothing."""
+    if layer.mode not in CALIBRATED_MODES:
+        return None  # dynamic layers store 1.0/0 as unused placeholders
+    name = display(layer.name)
+    out: list[Problem] = []
+    checked = False
+    act = layer.output
+    if act is not None:
+        checked = True
+        if act.scale == UNCALIBRATED_SCALE and act.zero_point == UNCALIBRATED_ZERO_POINT:
+            out.append(Problem(
+                f"{name}: output scale = 1.0 and zero point = 0 ({_act_keys(act)}), torch's "
+                "initial values: this activation was never calibrated", key=act.keys[0],
+                value=act.scale))
+    w = layer.weight
+    if layer.mode is Mode.QAT_PREPARED and w is not None and w.quant is not None:
+        checked = True
+        q = w.quant
+        if (np.all(np.asarray(q.scale) == UNCALIBRATED_SCALE)
+                and not np.any(np.asarray(q.zero_point))):
+            out.append(Problem(f"{name}: weight fake-quant scale = 1.0 and zero point = 0, "
+                               "torch's initial values: the weight was never observed",
+                               key=_weight_scale_key(layer), value=1.0))
+    for what, obs in (("output", layer.output_observer), ("weight", layer.weight_observer)):
+        if obs is None:
+            continue
+        checked = True
+        if _never_observed(obs):
+            shown = "empty" if np.asarray(obs.min_val).size == 0 else (
+                f"min_val = {_fmt(float(np.min(obs.min_val)))}, "
+                f"max_val = {_fmt(float(np.max(obs.max_val)))}")
+            keys = ", ".join(obs.keys[-2:]) if obs.keys else "observer"
+            out.append(Problem(f"{name}: {what} observer still at its initial state ({shown} "
+                               f"in {keys}): it never saw data", key=obs.keys[0] if obs.keys
+                               else None))
+    return out if checked else None
+
+
+# --- QI1xx: configurable ----------------------------------------------------------------
+
+
+def check_quantized_required(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Layers matched by ``require_quantized`` (and not by ``allow_float``) are quantized."""
+    if not _is_compute_layer(layer) or not ctx.config.must_be_quantized(layer.name):
+        return None
+    if layer.mode is not Mode.FLOAT:
+        return []
+    w = layer.weight
+    assert w is not None
+    patterns = ", ".join(repr(p) for p in ctx.config.require_quantized or ("*",))
+    return [Problem(f"{display(layer.name)}: {layer.kind} stayed float ({w.key} is "
+                    f"{w.stored_dtype} {list(w.shape)}), but require_quantized ({patterns}) "
+                    "matches it and allow_float does not", key=w.key)]
+
+
+def check_per_channel(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Quantized weights use a per-channel scheme when ``require_per_channel`` is set."""
+    w = layer.weight
+    if not s.require_per_channel or w is None or w.quant is None:
+        return None
+    q = w.quant
+    if q.axis is not None:
+        return []
+    size = int(np.prod(w.shape, dtype=np.int64))
+    return [Problem(f"{display(layer.name)}: weight is {q.qscheme} (one scale "
+                    f"{_fmt(float(q.scale[0]))} for all {size} values of {list(w.shape)}), "
+                    "but require_per_channel is set", key=_weight_scale_key(layer))]
+
+
+def _weight_dtype(layer: Layer) -> tuple[str, bool] | None:
+    w = layer.weight
+    if w is None or layer.mode is Mode.FLOAT:
+        return None
+    if w.quant is not None:
+        return w.quant.dtype, layer.mode is Mode.QAT_PREPARED
+    if layer.mode is Mode.DYNAMIC and w.declared_dtype:
+        return w.declared_dtype, False
+    return None
+
+
+def check_weight_dtype(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Quantized weights use one of ``weight_dtypes``."""
+    found = _weight_dtype(layer)
+    if s.weight_dtypes is None or found is None:
+        return None
+    dtype, assumed = found
+    if dtype in s.weight_dtypes:
+        return []
+    note = " (fake-quant dtype not stored: qint8 assumed)" if assumed else ""
+    return [Problem(f"{display(layer.name)}: weight dtype {dtype}{note} is not in weight_dtypes "
+                    f"({', '.join(s.weight_dtypes)})", key=layer.weight.key if layer.weight
+                    else None)]
+
+
+def check_activation_dtype(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Output activations use one of ``activation_dtypes``."""
+    act = layer.output
+    if s.activation_dtypes is None or act is None:
+        return None
+    if act.dtype in s.activation_dtypes:
+        return []
+    return [Problem(f"{display(layer.name)}: output activation dtype {act.dtype}{_assumed(act)} "
+                    f"is not in activation_dtypes ({', '.join(s.activation_dtypes)})",
+                    key=act.keys[0])]
+
+
+def check_saturation(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """At most ``max_saturated_fraction`` of a weight's ints are clipped at qmin/qmax.
+
+    Min/max calibration puts each channel's own extremes on the edges (up to two values
+    per channel), so only the values at qmin/qmax beyond those count as clipped.
+    """
+    h = ctx.health.get(layer.name)
+    if s.max_saturated_fraction is None or h is None or layer.weight is None:
+        return None
+    excess = h.excess_saturated_fraction
+    if excess <= s.max_saturated_fraction:
+        return []
+    size = int(np.prod(layer.weight.shape, dtype=np.int64))
+    return [Problem(f"{display(layer.name)}: {excess:.2%} of weights clipped at qmin/qmax "
+                    f"({h.saturated_fraction:.2%} of {size} at the edges, at most 2 per channel "
+                    f"expected), above max_saturated_fraction {s.max_saturated_fraction:.2%}",
+                    key=layer.weight.key, value=excess, limit=s.max_saturated_fraction)]
+
+
+def check_range_used(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """A weight uses at least ``min_range_used`` of its integer range."""
+    h = ctx.health.get(layer.name)
+    w = layer.weight
+    if s.min_range_used is None or h is None or w is None or w.quant is None:
+        return None
+    if h.range_used >= s.min_range_used:
+        return []
+    return [Problem(f"{display(layer.name)}: weights use {h.range_used:.1%} of the {w.quant.dtype} "
+                    f"range (max |q - zero point| over the tensor), below min_range_used "
+                    f"{s.min_range_used:.1%}", key=w.key, value=h.range_used,
+                    limit=s.min_range_used)]
+
+
+# --- QI2xx / QI3xx: measured ------------------------------------------------------------
+
+
+def _metric(ctx: Context, layer: Layer, attr: str) -> float | None:
+    m = ctx.metrics.get(layer.name)
+    return getattr(m, attr) if m is not None else None
+
+
+def check_weight_sqnr(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Per-layer weight SQNR against the float reference (``--reference``)."""
+    value = _metric(ctx, layer, "weight_sqnr_db")
+    if value is None:
+        return None
+    limit = s.min_weight_sqnr_db if s.min_weight_sqnr_db is not None \
+        else DEFAULT_MIN_WEIGHT_SQNR_DB
+    if value >= limit:
+        return []
+    return [Problem(f"{display(layer.name)}: weight SQNR {value:.1f} dB against the reference, "
+                    f"below min_weight_sqnr_db {limit:g} dB", value=value, limit=limit)]
+
+
+def check_overall_weight_sqnr(ctx: Context) -> list[tuple[str, list[Problem]]]:
+    """Weight SQNR over all quantized weights (``--reference``)."""
+    value = ctx.overall_weight_sqnr_db
+    limit = ctx.config.min_overall_weight_sqnr_db
+    if value is None or limit is None:
+        return []
+    if value >= limit:
+        return [("", [])]
+    return [("", [Problem(f"overall weight SQNR {value:.1f} dB against the reference, below "
+                          f"min_overall_weight_sqnr_db {limit:g} dB", value=value,
+                          limit=limit)])]
+
+
+def check_output_sqnr(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Per-layer output SQNR of the quantized layer against float (``--input``)."""
+    value = _metric(ctx, layer, "output_sqnr_db")
+    if value is None or s.min_output_sqnr_db is None:
+        return None
+    if value >= s.min_output_sqnr_db:
+        return []
+    return [Problem(f"{display(layer.name)}: output SQNR {value:.1f} dB on the input, below "
+                    f"min_output_sqnr_db {s.min_output_sqnr_db:g} dB", value=value,
+                    limit=s.min_output_sqnr_db)]
+
+
+def check_clipping(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Share of outputs clipped at the activation's qmin/qmax (``--input``)."""
+    value = _metric(ctx, layer, "clipping_fraction")
+    if value is None or s.max_clipping_fraction is None:
+        return None
+    if value <= s.max_clipping_fraction:
+        return []
+    return [Problem(f"{display(layer.name)}: {value:.2%} of outputs clip at the output range, "
+                    f"above max_clipping_fraction {s.max_clipping_fraction:.2%}", value=value,
+                    limit=s.max_clipping_fraction)]
+
+
+def check_kernel_agreement(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Share of outputs where torch's kernel and qinspect's reference agree (``--input``)."""
+    value = _metric(ctx, layer, "kernel_agreement")
+    if value is None or s.min_kernel_agreement is None:
+        return None
+    if value >= s.min_kernel_agreement:
+        return []
+    return [Problem(f"{display(layer.name)}: kernel and reference agree on {value:.2%} of "
+                    f"outputs, below min_kernel_agreement {s.min_kernel_agreement:.2%}",
+                    value=value, limit=s.min_kernel_agreement)]
+
+
+# --- QI4xx: baseline --------------------------------------------------------------------
+
+
+def check_sqnr_regression(ctx: Context) -> list[tuple[str, list[Problem]]]:
+    """No layer's SQNR dropped more than ``max_sqnr_drop_db`` since the baseline."""
+    if ctx.baseline is None:
+        return []
+    out: list[tuple[str, list[Problem]]] = []
+    names = {lay.name for lay in ctx.checkpoint.layers}
+    for old in ctx.baseline.layers:
+        if old.name not in names:
+            continue
+        problems: list[Problem] = []
+        limit = ctx.config.for_layer(old.name).max_sqnr_drop_db
+        compared = False
+        for attr, label, option in (("weight_sqnr_db", "weight SQNR", "--reference"),
+                                    ("output_sqnr_db", "output SQNR", "--input")):
+            before = getattr(old, attr)
+            if before is None:
+                continue
+            compared = True
+            now = (m := ctx.metrics.get(old.name)) and getattr(m, attr)
+            if now is None:
+                problems.append(Problem(f"{display(old.name)}: the baseline has a {label} of "
+                                        f"{before:.1f} dB but this run measured none; pass "
+                                        f"{option} to compare", value=None, limit=limit))
+            elif before - now > limit:
+                problems.append(Problem(f"{display(old.name)}: {label} dropped "
+                                        f"{before - now:.1f} dB ({before:.1f} -> {now:.1f} dB), "
+                                        f"more than max_sqnr_drop_db {limit:g} dB",
+                                        value=before - now, limit=limit))
+        if compared:
+            out.append((old.name, problems))
+    return out
+
+
+def check_layer_missing(ctx: Context) -> list[tuple[str, list[Problem]]]:
+    """Every layer of the baseline still exists."""
+    if ctx.baseline is None:
+        return []
+    names = {lay.name for lay in ctx.checkpoint.layers}
+    return [(old.name, [] if old.name in names else [Problem(
+        f"{display(old.name)}: in the baseline ({ctx.baseline.path}) but not in this checkpoint")])
+        for old in ctx.baseline.layers]
+
+
+def check_still_quantized(ctx: Context) -> list[tuple[str, list[Problem]]]:
+    """A layer quantized in the baseline is still quantized."""
+    if ctx.baseline is None:
+        return []
+    now = {lay.name: lay for lay in ctx.checkpoint.layers}
+    out: list[tuple[str, list[Problem]]] = []
+    for old in ctx.baseline.layers:
+        lay = now.get(old.name)
+        if not old.quantized or lay is None:
+            continue
+        problems = [] if lay.quantized else [Problem(
+            f"{display(old.name)}: quantized in the baseline, float in this checkpoint")]
+        out.append((old.name, problems))
+    return out
+
+
+# --- the catalogue ----------------------------------------------------------------------
+
+E, W = Severity.ERROR, Severity.WARNING
+
+RULES: tuple[Rule, ...] = (
+    Rule("QI001", "scale-finite", E, Group.ALWAYS,
+         "weight and activation scales are finite, > 0 and invertible in float32",
+         "a NaN/inf/zero/negative scale makes every dequantized value wrong; re-run "
+         "calibration or fix the export that wrote it", check_scales),
+    Rule("QI002", "zero-point-range", E, Group.ALWAYS,
+         "zero points lie inside the dtype's integer range",
+         "an out-of-range zero point cannot come from a torch observer: the file was edited "
+         "or written by a broken exporter", check_zero_points),
+    Rule("QI003", "keys-attributed", W, Group.ALWAYS,
+         "every key of the file is attributed to a layer",
+         "run `qinspect show` to see the key; set unrecognised_keys = \"error\" to make this "
+         "fail the check, or ignore it for that key in an override", check_unrecognised,
+         per_layer=False),
+    Rule("QI004", "calibrated", E, Group.ALWAYS,
+         "no static layer keeps torch's initial qparams (scale 1.0, zero point 0) or an "
+         "observer that never saw data (min/max still +inf/-inf)",
+         "run calibration data through every quantized module before convert (a module not "
+         "used in forward() is never calibrated)", check_calibrated),
+    Rule("QI100", "quantized", E, Group.CONFIG,
+         "layers matched by require_quantized (and not allow_float) are quantized",
+         "give the module a qconfig before prepare/convert, or list it in allow_float",
+         check_quantized_required),
+    Rule("QI101", "per-channel", E, Group.CONFIG,
+         "quantized weights are per-channel (require_per_channel)",
+         "use a per-channel weight observer (the fbgemm/x86 default qconfig), or override "
+         "require_per_channel for layers torch only quantizes per-tensor (ConvTranspose)",
+         check_per_channel),
+    Rule("QI102", "weight-dtype", E, Group.CONFIG,
+         "quantized weights use one of weight_dtypes",
+         "change the weight observer's dtype in the qconfig", check_weight_dtype),
+    Rule("QI103", "activation-dtype", E, Group.CONFIG,
+         "output activations use one of activation_dtypes",
+         "change the activation observer's dtype in the qconfig", check_activation_dtype),
+    Rule("QI104", "weight-saturation", E, Group.CONFIG,
+         "at most max_saturated_fraction of a weight's ints sit at qmin/qmax",
+         "the weight range is clipped: use a min/max (not percentile) weight observer, or "
+         "per-channel weights", check_saturation),
+    Rule("QI105", "range-used", E, Group.CONFIG,
+         "each quantized weight uses at least min_range_used of its integer range",
+         "the weight scale is too large for the values (outliers or a stale scale): "
+         "recalibrate, or use per-channel weights", check_range_used),
+    Rule("QI200", "weight-sqnr", E, Group.REFERENCE,
+         "per-layer weight SQNR against the float reference is at least min_weight_sqnr_db",
+         "run `qinspect diff` on the two files to see the layer; check its scale and scheme",
+         check_weight_sqnr),
+    Rule("QI201", "weight-sqnr-overall", E, Group.REFERENCE,
+         "weight SQNR over the whole model is at least min_overall_weight_sqnr_db",
+         "run `qinspect diff` to find the layers that pull it down",
+         check_overall_weight_sqnr, per_layer=False),
+    Rule("QI300", "output-sqnr", E, Group.INPUT,
+         "per-layer output SQNR on the input is at least min_output_sqnr_db",
+         "run `qinspect verify` on the input to see where the error comes from",
+         check_output_sqnr),
+    Rule("QI301", "output-clipping", E, Group.INPUT,
+         "at most max_clipping_fraction of a layer's outputs clip at its output range",
+         "the output range is too narrow for this input: calibrate on representative data",
+         check_clipping),
+    Rule("QI302", "kernel-agreement", E, Group.INPUT,
+         "torch's quantized kernel and qinspect's reference agree on at least "
+         "min_kernel_agreement of the outputs",
+         "a disagreement means the engine computes something else than the file says: "
+         "report it with `qinspect verify` output", check_kernel_agreement),
+    Rule("QI400", "sqnr-regression", E, Group.BASELINE,
+         "no layer's SQNR dropped more than max_sqnr_drop_db since the baseline report",
+         "compare the two exports with `qinspect diff`; if the drop is intended, regenerate "
+         "the baseline with --format json", check_sqnr_regression, per_layer=False),
+    Rule("QI401", "layer-missing", E, Group.BASELINE,
+         "every layer of the baseline report still exists",
+         "a renamed or removed module; if intended, regenerate the baseline",
+         check_layer_missing, per_layer=False),
+    Rule("QI402", "still-quantized", E, Group.BASELINE,
+         "layers quantized in the baseline are still quantized",
+         "the module lost its qconfig; if intended, regenerate the baseline",
+         check_still_quantized, per_layer=False),
+)
+
+
+def rule_by_ref(ref: str, where: str = "rule") -> Rule:
+    """Look a rule up by id (``QI001``) or name (``scale-finite``)."""
+    for rule in RULES:
+        if ref.upper() == rule.id or ref == rule.name:
+            return rule
+    known = ", ".join(f"{r.id}/{r.name}" for r in RULES)
+    raise InputError(f"{where}: unknown rule {ref!r}; known rules: {known}")
