@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from qinspect.cli import check as _check
 from qinspect.cli import show as _show
 from qinspect.errors import QInspectError
 
@@ -22,6 +23,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command("show", no_args_is_help=True)(_show.show)
+app.command("check", no_args_is_help=True)(_check.check)
 
 
 def _version(value: bool) -> None:

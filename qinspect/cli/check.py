@@ -1,0 +1,54 @@
+"""`qinspect check CKPT`: run the rules, exit 0 (passed), 1 (a rule failed), 2 (bad input)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qinspect.cli._console import print_json, stdout_console
+
+OptPath = Optional[Path]  # noqa: UP045 - typer needs Optional
+
+
+class Format(str, Enum):
+    human = "human"
+    json = "json"
+    junit = "junit"
+    github = "github"
+
+
+def check(
+    path: Annotated[Path, typer.Argument(help="Quantized checkpoint (.pt/.pth) to gate.")],
+    reference: Annotated[OptPath, typer.Option(
+        help="Float checkpoint: enables the weight-SQNR rules (QI2xx).")] = None,
+    input: Annotated[OptPath, typer.Option(  # noqa: A002
+        help="Sample input (.npy): enables the output SQNR/clipping rules (QI3xx).")] = None,
+    baseline: Annotated[OptPath, typer.Option(
+        help="JSON report of an earlier run: fail on regressions (QI4xx).")] = None,
+    config: Annotated[OptPath, typer.Option(
+        help="Config file (default: ./qinspect.toml, else [tool.qinspect.check] in "
+             "./pyproject.toml).")] = None,
+    settings: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--set", metavar="KEY=VALUE", help="Override one config key, e.g. --set "
+        "min_range_used=0.5 (repeatable).")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Report format.")] = Format.human,
+    output: Annotated[OptPath, typer.Option(
+        help="Write the report here (atomically); the human summary still goes to stdout.")
+    ] = None,
+) -> None:
+    """Gate a quantized checkpoint on its calibrated values (exit 0 pass, 1 fail, 2 error)."""
+    from qinspect.analyse.check import check as run
+    from qinspect.render.check import render_check, render_text, write_report
+
+    result = run(path, reference=reference, input=input, baseline=baseline,
+                 config=config if config is not None else "auto", settings=settings)
+    if output is not None:
+        write_report(output, render_text(result, fmt.value))
+    if output is not None or fmt is Format.human:
+        stdout_console().print(render_check(result))
+    else:
+        print_json(render_text(result, fmt.value))
+    raise typer.Exit(result.exit_code)

@@ -1,0 +1,293 @@
+"""CheckResult -> human table, JSON (schema ``qinspect.check/1``), JUnit XML, GitHub lines.
+
+Names from the file (layers, keys) are escaped for each format: ``safe()`` + rich
+``Text`` for humans; JSON keeps them exact (``json`` escapes control characters, and
+``--baseline`` compares names); JUnit runs ``safe()`` (XML 1.0 cannot hold most
+control characters) and then XML escaping; GitHub runs ``safe()`` and then the
+workflow-command escaping (``%``, ``\\r``, ``\\n``; plus ``:`` and ``,`` in properties).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from qinspect.analyse.check import CHECK_SCHEMA, Case, CheckResult, Finding, Status
+from qinspect.analyse.rules import Rule, Severity, display
+from qinspect.render.text import safe, text
+
+FORMATS = ("human", "json", "junit", "github")
+STATUS_STYLE = {Status.FAILED: ("FAIL", "bold red"), Status.WARNING: ("WARN", "yellow"),
+                Status.SKIPPED: ("SKIP", "dim"), Status.PASSED: ("ok", "green")}
+
+
+# --- human ------------------------------------------------------------------------------
+
+
+def render_check(result: CheckResult) -> RenderableType:
+    parts: list[RenderableType] = [_header(result)]
+    findings = [c for c in result.cases if c.status in (Status.FAILED, Status.WARNING)]
+    if findings:
+        parts.append(_findings_table(findings))
+    parts.append(_rules_table(result))
+    parts.append(_verdict(result))
+    return Group(*parts)
+
+
+def _header(r: CheckResult) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("file", text(r.path))
+    grid.add_row("config", text(r.config.source))
+    for label, value in (("reference", r.reference), ("input", r.input),
+                         ("baseline", r.baseline)):
+        if value is not None:
+            grid.add_row(label, text(value))
+    if r.not_run:
+        grid.add_row("not run", Text("; ".join(item.reason for item in r.not_run), style="dim"))
+    idle = [rule.label for rule in r.rules if not any(c.rule.id == rule.id for c in r.cases)]
+    if idle:
+        grid.add_row("idle", Text(f"{', '.join(idle)}: nothing to check (configurable rules "
+                                  "are off until configured)", style="dim"))
+    return grid
+
+
+def _findings_table(cases: list[Case]) -> Table:
+    t = Table(header_style="bold", show_lines=True, expand=False)
+    for col in ("", "rule", "layer", "finding"):
+        t.add_column(col, overflow="fold")
+    for case in cases:
+        label, style = STATUS_STYLE[case.status]
+        body = Text()
+        prefix = f"{display(case.layer)}: " if case.layer else ""
+        for i, f in enumerate(case.findings):
+            if i:
+                body.append("\n")
+            short = f.message[len(prefix):] if prefix and f.message.startswith(prefix) \
+                else f.message
+            body.append_text(text(short))
+        body.append("\nhint: ", style="dim")
+        body.append(case.rule.hint, style="dim")
+        t.add_row(Text(label, style=style), Text(case.rule.label),
+                  text(display(case.layer) if case.layer else "(file)"), body)
+    return t
+
+
+def _rules_table(r: CheckResult) -> Table:
+    t = Table(header_style="bold", expand=False)
+    for col in ("rule", "checks", "result"):
+        t.add_column(col, overflow="fold")
+    for rule in r.rules:
+        cases = [c for c in r.cases if c.rule.id == rule.id]
+        if cases:
+            t.add_row(Text(rule.label), Text(str(len(cases))), _rule_result(cases))
+    return t
+
+
+def _rule_result(cases: list[Case]) -> Text:
+    if not cases:
+        return Text("nothing to check", style="dim")
+    counts = {s: sum(1 for c in cases if c.status is s) for s in Status}
+    parts = []
+    for status, word in ((Status.FAILED, "failed"), (Status.WARNING, "warning"),
+                         (Status.SKIPPED, "skipped")):
+        if counts[status]:
+            parts.append((f"{counts[status]} {word}", STATUS_STYLE[status][1]))
+    if not parts:
+        return Text("passed", style="green")
+    out = Text()
+    for i, (words, style) in enumerate(parts):
+        out.append(("" if i == 0 else ", ") + words, style=style)
+    return out
+
+
+def _verdict(r: CheckResult) -> Text:
+    errors, warnings = len(r.errors), len(r.warnings)
+    checks = len(r.cases)
+    tail = (f"{checks} checks: {r.count(Status.PASSED)} passed, {r.count(Status.FAILED)} "
+            f"failed, {r.count(Status.WARNING)} warned, {r.count(Status.SKIPPED)} skipped")
+    if r.passed:
+        extra = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+        return Text(f"\nPASSED{extra}: {tail}", style="bold green")
+    return Text(f"\nFAILED: {errors} error{'s' if errors != 1 else ''}, {warnings} "
+                f"warning{'s' if warnings != 1 else ''}; {tail}", style="bold red")
+
+
+def plain_summary(result: CheckResult) -> str:
+    """The one-line verdict, for logs."""
+    return _verdict(result).plain.strip()
+
+
+# --- JSON -------------------------------------------------------------------------------
+
+
+def check_json(result: CheckResult) -> dict[str, Any]:
+    from qinspect import __version__
+
+    return {
+        "schema": CHECK_SCHEMA,
+        "qinspect_version": __version__,
+        "file": result.path,
+        "passed": result.passed,
+        "exit_code": result.exit_code,
+        "config": {"source": result.config.source, "settings": result.config.settings_dict()},
+        "reference": result.reference,
+        "input": result.input,
+        "baseline": result.baseline,
+        "counts": {"checks": len(result.cases), "errors": len(result.errors),
+                   "warnings": len(result.warnings),
+                   **{s.value: result.count(s) for s in Status}},
+        "findings": [_finding_json(f) for f in result.findings],
+        "checks": [_case_json(c) for c in result.cases],
+        "rules": [_rule_json(r) for r in result.rules],
+        "not_run": [{"group": n.group.value, "reason": n.reason} for n in result.not_run],
+        "overall": {"weight_sqnr_db": result.overall_weight_sqnr_db},
+        "layers": [{
+            "name": lay.name, "kind": lay.kind, "mode": lay.mode, "quantized": lay.quantized,
+            "weight_sqnr_db": lay.metrics.weight_sqnr_db,
+            "output_sqnr_db": lay.metrics.output_sqnr_db,
+            "clipping_fraction": lay.metrics.clipping_fraction,
+            "kernel_agreement": lay.metrics.kernel_agreement,
+        } for lay in result.layers],
+    }
+
+
+def _finding_json(f: Finding) -> dict[str, Any]:
+    return {"rule": f.rule.id, "name": f.rule.name, "severity": f.severity.value,
+            "layer": f.layer, "key": f.key, "message": f.message, "hint": f.rule.hint,
+            "value": f.value, "limit": f.limit}
+
+
+def _case_json(c: Case) -> dict[str, Any]:
+    return {"rule": c.rule.id, "layer": c.layer, "status": c.status.value,
+            "reason": c.reason or None}
+
+
+def _rule_json(r: Rule) -> dict[str, Any]:
+    return {"id": r.id, "name": r.name, "severity": r.severity.value, "group": r.group.value,
+            "description": r.description, "hint": r.hint}
+
+
+# --- JUnit ------------------------------------------------------------------------------
+
+
+def junit_xml(result: CheckResult) -> str:
+    """One ``<testcase>`` per rule per layer; failures carry the finding and the hint.
+
+    Warnings do not fail a run, so they are passing test cases with the finding in
+    ``<system-out>``; ignored rules are ``<skipped>``.
+    """
+    failed = result.count(Status.FAILED)
+    skipped = result.count(Status.SKIPPED)
+    attrs = {"name": "qinspect check", "tests": str(len(result.cases)),
+             "failures": str(failed), "errors": "0", "skipped": str(skipped)}
+    suites = ET.Element("testsuites", attrs)
+    suite = ET.SubElement(suites, "testsuite", {**attrs, "name": f"qinspect check "
+                                                f"{safe(result.path)}"})
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("file", result.path), ("config", result.config.source),
+                        ("reference", result.reference), ("input", result.input),
+                        ("baseline", result.baseline)):
+        if value is not None:
+            ET.SubElement(props, "property", {"name": name, "value": safe(value)})
+    for case in result.cases:
+        target = safe(display(case.layer)) if case.layer else "(file)"
+        tc = ET.SubElement(suite, "testcase", {
+            "classname": f"qinspect.check.{case.rule.id}.{case.rule.name}",
+            "name": f"{case.rule.id} {case.rule.name}: {target}",
+            "file": safe(result.path),
+        })
+        messages = "\n".join(safe(f.message) for f in case.findings)
+        if case.status is Status.FAILED:
+            first = case.findings[0]
+            failure = ET.SubElement(tc, "failure", {
+                "type": case.rule.id, "message": f"{case.rule.id} {safe(first.message)}"})
+            failure.text = f"{messages}\nhint: {case.rule.hint}"
+        elif case.status is Status.SKIPPED:
+            ET.SubElement(tc, "skipped", {"message": case.reason})
+        elif case.status is Status.WARNING:
+            out = ET.SubElement(tc, "system-out")
+            out.text = f"warning {case.rule.id}: {messages}\nhint: {case.rule.hint}"
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")
+
+
+# --- GitHub -----------------------------------------------------------------------------
+
+
+def _gh_data(value: str) -> str:
+    return safe(value).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(value: str) -> str:
+    return _gh_data(value).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_lines(result: CheckResult) -> str:
+    """GitHub Actions workflow commands: one ``::error``/``::warning`` line per finding."""
+    lines = []
+    for f in result.findings:
+        level = "error" if f.severity is Severity.ERROR else "warning"
+        where = display(f.layer) if f.layer else "file"
+        title = _gh_property(f"qinspect {f.rule.id} {f.rule.name} ({where})")
+        lines.append(f"::{level} file={_gh_property(result.path)},title={title}::"
+                     f"{_gh_data(f.message)} (hint: {_gh_data(f.rule.hint)})")
+    if not result.findings:
+        lines.append(f"::notice file={_gh_property(result.path)},title=qinspect check::"
+                     f"{_gh_data(plain_summary(result))}")
+    return "\n".join(lines)
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def render_text(result: CheckResult, fmt: str) -> str:
+    """The report as text in one of the machine formats (or plain human text)."""
+    if fmt == "json":
+        from qinspect.render.jsonout import dumps
+
+        return dumps(check_json(result))
+    if fmt == "junit":
+        return junit_xml(result)
+    if fmt == "github":
+        return github_lines(result)
+    from rich.console import Console
+
+    console = Console(width=120, record=True, file=open(os.devnull, "w"),  # noqa: SIM115
+                      color_system=None, highlight=False)
+    console.print(render_check(result))
+    console.file.close()
+    return console.export_text()
+
+
+def write_report(path: str | os.PathLike[str], content: str) -> None:
+    """Write ``content`` to ``path`` atomically (temp file in the same folder + rename)."""
+    from qinspect.errors import InputError
+
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot write the report ({exc.strerror}); check the "
+                         "--output folder") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fh.fileno(), 0o666 & ~umask)
+            fh.write(content if content.endswith("\n") else content + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"{target}: cannot write the report ({exc.strerror})") from exc
