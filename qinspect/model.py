@@ -17,6 +17,7 @@ Quantization vocabulary follows PyTorch:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -191,6 +192,11 @@ class Layer:
     weight_observer: ObserverStats | None = None
     converts_to: tuple[tuple[str, str], ...] = ()
     notes: tuple[Note, ...] = ()
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Raw values of keys that have a role but no field of their own, by local key name:
+    ``running_mean`` / ``running_var`` of a BatchNorm (role NORM_STATS), and
+    ``weight_fake_quant.observer_enabled`` / ``weight_fake_quant.fake_quant_enabled``
+    of a QAT layer (role FAKE_QUANT_FLAGS)."""
 
     @property
     def quantized(self) -> bool:
