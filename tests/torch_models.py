@@ -159,6 +159,35 @@ def ptq_prepared(seed: int = 0):
     return prepared
 
 
+class MLPWithSpare(MLP):
+    """An MLP with a Linear that forward() never uses, so calibration never reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spare = nn.Linear(16, 6)
+
+
+def mlp_ptq(backend: str = "x86", seed: int = 0, spare: bool = False,
+            float_modules: tuple[str, ...] = (), calibrate: bool = True):
+    """(float, prepared, converted) of a post-training-quantized MLP.
+
+    ``spare`` adds a module forward() never calls (torch leaves its output qparams at
+    1.0/0); ``float_modules`` get ``qconfig = None`` and stay float after convert.
+    """
+    torch.manual_seed(seed)
+    model = (MLPWithSpare() if spare else MLP()).eval()
+    model.qconfig = tq.get_default_qconfig(backend)
+    for name in float_modules:
+        model.get_submodule(name).qconfig = None
+    with engine(backend):
+        prepared = tq.prepare(model)
+        if calibrate:
+            for _ in range(3):
+                prepared(torch.randn(8, 20))
+        converted = tq.convert(prepared)
+    return model, prepared, converted
+
+
 def save(obj, path) -> str:
     torch.save(obj, path)
     return str(path)

@@ -21,7 +21,9 @@ class Format(str, Enum):
 
 
 def check(
-    path: Annotated[Path, typer.Argument(help="Quantized checkpoint (.pt/.pth) to gate.")],
+    paths: Annotated[list[Path], typer.Argument(
+        metavar="CKPT...", help="Quantized checkpoint(s) to gate (several: human/github "
+        "format only, as a pre-commit hook passes them).")],
     reference: Annotated[OptPath, typer.Option(
         help="Float checkpoint: enables the weight-SQNR rules (QI2xx).")] = None,
     input: Annotated[OptPath, typer.Option(  # noqa: A002
@@ -41,14 +43,22 @@ def check(
 ) -> None:
     """Gate a quantized checkpoint on its calibrated values (exit 0 pass, 1 fail, 2 error)."""
     from qinspect.analyse.check import check as run
+    from qinspect.errors import InputError
     from qinspect.render.check import render_check, render_text, write_report
 
-    result = run(path, reference=reference, input=input, baseline=baseline,
-                 config=config if config is not None else "auto", settings=settings)
-    if output is not None:
-        write_report(output, render_text(result, fmt.value))
-    if output is not None or fmt is Format.human:
-        stdout_console().print(render_check(result))
-    else:
-        print_json(render_text(result, fmt.value))
-    raise typer.Exit(result.exit_code)
+    multi_ok = (reference, input, baseline, output) == (None,) * 4 and fmt.value in (
+        "human", "github")
+    if len(paths) > 1 and not multi_ok:
+        raise InputError("several checkpoints work with --format human or github only; "
+                         "run once per file for --reference/--input/--baseline/--output/json")
+    results = [run(p, reference=reference, input=input, baseline=baseline,
+                   config=config if config is not None else "auto", settings=settings)
+               for p in paths]
+    for result in results:
+        if output is not None:
+            write_report(output, render_text(result, fmt.value))
+        if output is not None or fmt is Format.human:
+            stdout_console().print(render_check(result))
+        else:
+            print_json(render_text(result, fmt.value))
+    raise typer.Exit(max(r.exit_code for r in results))

@@ -1,0 +1,428 @@
+"""`qinspect check`: each rule broken by a checkpoint made with a real torch flow (then
+edited where no flow produces the fault), and the failing rule id + layer asserted in
+every output format (human, json validated against the schema, junit parsed as XML,
+github annotations)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+import torch_models as tm
+
+import qinspect
+from qinspect.errors import InputError
+
+pytestmark = pytest.mark.filterwarnings("ignore:must run observer:UserWarning")
+SCHEMA = json.loads(resources.files("qinspect").joinpath("schemas/check-1.json").read_text())
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+
+
+@pytest.fixture(autouse=True)
+def _no_config(tmp_path, monkeypatch):
+    """Run from an empty folder so the repository's pyproject.toml is not the config."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def mlp_sd():
+    """A QAT-trained, converted MLP (fbgemm, per-channel weights): passes every rule."""
+    return tm.mlp_qat("fbgemm")[2].state_dict()
+
+
+def _save(sd, tmp_path, name="model.pt") -> str:
+    return tm.save(sd, tmp_path / name)
+
+
+def _with_packed_weight(sd, layer, scales=None, zero_points=None, int_values=None):
+    """Rebuild ``layer``'s packed per-channel weight with other qparams or ints."""
+    sd = dict(sd)
+    w, b = sd[f"{layer}._packed_params._packed_params"]
+    s = w.q_per_channel_scales() if scales is None else scales
+    z = w.q_per_channel_zero_points() if zero_points is None else zero_points
+    q = w.int_repr() if int_values is None else int_values
+    sd[f"{layer}._packed_params._packed_params"] = (
+        torch._make_per_channel_quantized_tensor(q, s, z, w.q_per_channel_axis()), b)
+    return sd
+
+
+def _requantize(sd, layer, factor):
+    """Quantize ``layer``'s weight again with every scale multiplied by ``factor``."""
+    w, _ = sd[f"{layer}._packed_params._packed_params"]
+    scales = w.q_per_channel_scales() * factor
+    q = torch.quantize_per_channel(w.dequantize(), scales, w.q_per_channel_zero_points(),
+                                   w.q_per_channel_axis(), torch.qint8)
+    return _with_packed_weight(sd, layer, scales=scales, int_values=q.int_repr())
+
+
+def _errors(doc) -> set[tuple[str, str]]:
+    return {(f["rule"], f["layer"]) for f in doc["findings"] if f["severity"] == "error"}
+
+
+def assert_fails_in_every_format(cli, path, rule: str, layer: str, *args: str) -> dict:
+    """Exit 1 and (rule, layer) named in human, json, junit and github output."""
+    human = cli("check", path, *args)
+    assert human.code == 1, human.out + human.err
+    assert rule in human.out and layer in human.out and "FAILED" in human.out
+
+    r = cli("check", path, *args, "--format", "json")
+    assert r.code == 1, r.err
+    doc = json.loads(r.out)
+    jsonschema.validate(doc, SCHEMA)
+    assert (rule, layer) in _errors(doc), doc["findings"]
+    assert doc["passed"] is False and doc["exit_code"] == 1
+
+    r = cli("check", path, *args, "--format", "junit")
+    assert r.code == 1
+    root = ET.fromstring(r.out)
+    failed = [(tc.get("classname"), tc.get("name")) for tc in root.iter("testcase")
+              if tc.find("failure") is not None]
+    assert any(f".{rule}." in cls and name.endswith(f": {layer}") for cls, name in failed), failed
+
+    r = cli("check", path, *args, "--format", "github")
+    assert r.code == 1
+    errors = [line for line in r.out.splitlines() if line.startswith("::error ")]
+    assert any(f"{rule} " in line and f"({layer})" in line for line in errors), r.out
+    return doc
+
+
+# --- the samples and clean flows pass ---------------------------------------------------
+
+
+def test_samples_pass_the_default_rules():
+    paths = sorted(SAMPLES.glob("*.pt"))
+    assert len(paths) >= 10
+    for path in paths:
+        result = qinspect.check(path, config=None)
+        assert result, (path.name, [f.message for f in result.errors])
+        assert result.exit_code == 0
+        assert result.cases, path.name
+
+
+def test_clean_flow_passes_with_every_format(cli, tmp_path, mlp_sd):
+    path = _save(mlp_sd, tmp_path)
+    r = cli("check", path)
+    assert r.code == 0, r.out + r.err
+    assert "PASSED" in r.out and "built-in defaults" in r.out
+    doc = json.loads(cli("check", path, "--format", "json").out)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["passed"] is True and doc["findings"] == []
+    assert {c["rule"] for c in doc["checks"]} == {"QI001", "QI002", "QI003", "QI004"}
+    assert cli("check", path, "--format", "github").out.startswith("::notice ")
+
+
+def test_dynamic_placeholders_are_not_uncalibrated(tmp_path):
+    _, q = tm.dynamic(torch.qint8)
+    sd = q.state_dict()
+    assert float(sd["fc.scale"]) == 1.0 and int(sd["fc.zero_point"]) == 0  # placeholders
+    result = qinspect.check(_save(sd, tmp_path), config=None)
+    assert result, [f.message for f in result.errors]
+    # the same 1.0/0 on a static layer is a finding: the rule does look at those values
+    static = tm.mlp_ptq(spare=True)[2].state_dict()
+    assert not qinspect.check(_save(static, tmp_path, "static.pt"), config=None)
+
+
+# --- always-on rules --------------------------------------------------------------------
+
+
+def test_uncalibrated_module_from_a_real_flow(cli, tmp_path):
+    """A module forward() never uses keeps torch's 1.0 / 0 after PTQ convert."""
+    sd = tm.mlp_ptq(spare=True)[2].state_dict()
+    doc = assert_fails_in_every_format(cli, _save(sd, tmp_path), "QI004", "spare")
+    assert _errors(doc) == {("QI004", "spare")}
+    finding = next(f for f in doc["findings"] if f["rule"] == "QI004")
+    assert "scale = 1.0 and zero point = 0" in finding["message"]
+    assert finding["key"] == "spare.scale"
+
+
+def test_ptq_prepared_without_calibration(cli, tmp_path):
+    prepared = tm.mlp_ptq(calibrate=False)[1]
+    doc = assert_fails_in_every_format(cli, _save(prepared.state_dict(), tmp_path),
+                                       "QI004", "fc1")
+    assert {("QI004", "quant"), ("QI004", "fc1"), ("QI004", "fc2")} <= _errors(doc)
+    assert "never saw data" in json.dumps(doc)
+
+
+def test_qat_prepared_never_trained(tmp_path):
+    model = tm.MLP().train()
+    model.qconfig = torch.ao.quantization.get_default_qat_qconfig("fbgemm")
+    prepared = torch.ao.quantization.prepare_qat(model)
+    result = qinspect.check(_save(prepared.state_dict(), tmp_path), config=None)
+    layers = {f.layer for f in result.errors if f.rule.id == "QI004"}
+    assert layers == {"quant", "fc1", "fc2"}
+    # the trained QAT sample passes the same rule
+    assert qinspect.check(SAMPLES / "mlp_qat_prepared.pt", config=None)
+
+
+def test_nan_weight_scale(cli, tmp_path, mlp_sd):
+    w, _ = mlp_sd["fc1._packed_params._packed_params"]
+    scales = w.q_per_channel_scales().clone()
+    scales[3] = float("nan")
+    path = _save(_with_packed_weight(mlp_sd, "fc1", scales=scales), tmp_path)
+    doc = assert_fails_in_every_format(cli, path, "QI001", "fc1")
+    assert _errors(doc) == {("QI001", "fc1")}
+    finding = doc["findings"][0]
+    assert "NaN at channel 3 (1 of 16 channels)" in finding["message"]
+    assert finding["value"] == "NaN"
+
+
+def test_zero_output_scale(cli, tmp_path, mlp_sd):
+    sd = dict(mlp_sd, **{"fc2.scale": torch.tensor(0.0)})
+    doc = assert_fails_in_every_format(cli, _save(sd, tmp_path), "QI001", "fc2")
+    assert _errors(doc) == {("QI001", "fc2")}
+    assert "output scale is 0 (fc2.scale)" in doc["findings"][0]["message"]
+
+
+def test_negative_and_subnormal_weight_scales(tmp_path, mlp_sd):
+    w, _ = mlp_sd["fc2._packed_params._packed_params"]
+    scales = w.q_per_channel_scales().clone()
+    scales[0], scales[2] = -0.5, 1e-40
+    result = qinspect.check(_save(_with_packed_weight(mlp_sd, "fc2", scales=scales), tmp_path),
+                            config=None)
+    (finding,) = result.errors
+    assert finding.rule.id == "QI001" and finding.layer == "fc2"
+    assert "-0.5 (negative) at channel 0" in finding.message
+    assert "subnormal" in finding.message and "(2 of 6 channels)" in finding.message
+
+
+def test_output_zero_point_out_of_range(cli, tmp_path, mlp_sd):
+    sd = dict(mlp_sd, **{"fc1.zero_point": torch.tensor(300)})
+    doc = assert_fails_in_every_format(cli, _save(sd, tmp_path), "QI002", "fc1")
+    assert _errors(doc) == {("QI002", "fc1")}
+    assert "300" in doc["findings"][0]["message"] and "[0, 255]" in doc["findings"][0]["message"]
+
+
+def test_weight_zero_point_out_of_range(tmp_path, mlp_sd):
+    w, _ = mlp_sd["fc1._packed_params._packed_params"]
+    zps = w.q_per_channel_zero_points().clone()
+    zps[5] = -200
+    result = qinspect.check(_save(_with_packed_weight(mlp_sd, "fc1", zero_points=zps), tmp_path),
+                            config=None)
+    assert {(f.rule.id, f.layer) for f in result.errors} == {("QI002", "fc1")}
+    assert "-200 (outside qint8 [-128, 127]) at channel 5" in result.errors[0].message
+
+
+def test_unrecognised_key_warns_and_can_fail(cli, tmp_path, mlp_sd):
+    sd = dict(mlp_sd, **{"fc1.mystery": torch.zeros(3)})
+    path = _save(sd, tmp_path)
+    r = cli("check", path, "--format", "json")
+    assert r.code == 0
+    doc = json.loads(r.out)
+    assert [(f["rule"], f["severity"], f["layer"]) for f in doc["findings"]] == [
+        ("QI003", "warning", "fc1.mystery")]
+    doc = assert_fails_in_every_format(cli, path, "QI003", "fc1.mystery",
+                                       "--set", "unrecognised_keys=error")
+    assert _errors(doc) == {("QI003", "fc1.mystery")}
+
+
+# --- configurable rules -----------------------------------------------------------------
+
+
+def test_float_layer_where_quantized_is_required(cli, tmp_path):
+    sd = tm.mlp_ptq(float_modules=("fc2",))[2].state_dict()
+    path = _save(sd, tmp_path)
+    assert cli("check", path).code == 0  # off by default
+    doc = assert_fails_in_every_format(cli, path, "QI100", "fc2",
+                                       "--set", 'require_quantized=["*"]')
+    assert _errors(doc) == {("QI100", "fc2")}
+    r = cli("check", path, "--set", 'require_quantized=["*"]', "--set", "allow_float=fc2")
+    assert r.code == 0, r.out
+    r = cli("check", path, "--set", 'require_quantized=["fc1"]')
+    assert r.code == 0, r.out
+
+
+def test_per_tensor_where_per_channel_is_required(cli, tmp_path):
+    sd = tm.mlp_qat("qnnpack")[2].state_dict()
+    path = _save(sd, tmp_path)
+    doc = assert_fails_in_every_format(cli, path, "QI101", "fc1",
+                                       "--set", "require_per_channel=true")
+    assert _errors(doc) == {("QI101", "fc1"), ("QI101", "fc2")}
+    assert "per_tensor_affine" in doc["findings"][0]["message"]
+    (tmp_path / "qinspect.toml").write_text(
+        '[check]\nrequire_per_channel = true\n[check.overrides."fc2"]\n'
+        "require_per_channel = false\n")
+    doc = json.loads(cli("check", path, "--format", "json").out)
+    assert _errors(doc) == {("QI101", "fc1")}
+
+
+def test_weight_dtype(cli, tmp_path):
+    sd = tm.dynamic(torch.float16)[1].state_dict()
+    doc = assert_fails_in_every_format(cli, _save(sd, tmp_path), "QI102", "fc",
+                                       "--set", 'weight_dtypes=["qint8"]')
+    assert _errors(doc) == {("QI102", "fc")}
+    assert "float16" in doc["findings"][0]["message"]
+    assert cli("check", _save(sd, tmp_path), "--set", "weight_dtypes=[\"float16\"]").code == 0
+
+
+def test_activation_dtype(cli, tmp_path, mlp_sd):
+    path = _save(mlp_sd, tmp_path)
+    doc = assert_fails_in_every_format(cli, path, "QI103", "fc1",
+                                       "--set", 'activation_dtypes=["qint8"]')
+    assert _errors(doc) == {("QI103", "quant"), ("QI103", "fc1"), ("QI103", "fc2")}
+    assert "quint8 assumed" in doc["findings"][0]["message"]
+    assert cli("check", path, "--set", 'activation_dtypes=["quint8"]').code == 0
+
+
+def test_saturated_weights(cli, tmp_path, mlp_sd):
+    clean = _save(mlp_sd, tmp_path, "clean.pt")
+    assert cli("check", clean, "--set", "max_saturated_fraction=0.01").code == 0
+    path = _save(_requantize(mlp_sd, "fc1", 1 / 8), tmp_path)
+    doc = assert_fails_in_every_format(cli, path, "QI104", "fc1",
+                                       "--set", "max_saturated_fraction=0.01")
+    assert _errors(doc) == {("QI104", "fc1")}
+    assert doc["findings"][0]["value"] > 0.01 and doc["findings"][0]["limit"] == 0.01
+
+
+def test_low_range_use(cli, tmp_path, mlp_sd):
+    clean = _save(mlp_sd, tmp_path, "clean.pt")
+    assert cli("check", clean, "--set", "min_range_used=0.5").code == 0
+    path = _save(_requantize(mlp_sd, "fc2", 8.0), tmp_path)
+    doc = assert_fails_in_every_format(cli, path, "QI105", "fc2", "--set", "min_range_used=0.5")
+    assert _errors(doc) == {("QI105", "fc2")}
+    assert doc["findings"][0]["value"] < 0.2
+
+
+def test_ignore_in_an_override_skips_the_check(cli, tmp_path):
+    path = _save(tm.mlp_ptq(spare=True)[2].state_dict(), tmp_path)
+    (tmp_path / "qinspect.toml").write_text('[check.overrides."spare"]\nignore = ["calibrated"]\n')
+    r = cli("check", path, "--format", "junit")
+    assert r.code == 0, r.out
+    skipped = [tc.get("name") for tc in ET.fromstring(r.out).iter("testcase")
+               if tc.find("skipped") is not None]
+    assert skipped == ["QI004 calibrated: spare"]
+
+
+# --- baseline ---------------------------------------------------------------------------
+
+
+def test_json_report_round_trips_as_baseline(cli, tmp_path, mlp_sd):
+    path = _save(mlp_sd, tmp_path)
+    report = tmp_path / "report.json"
+    r = cli("check", path, "--format", "json", "--output", report)
+    assert r.code == 0
+    assert "PASSED" in r.out  # the human summary still goes to the terminal
+    jsonschema.validate(json.loads(report.read_text()), SCHEMA)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "report.json"]
+    r = cli("check", path, "--baseline", report, "--format", "json")
+    assert r.code == 0, r.out
+    doc = json.loads(r.out)
+    assert doc["baseline"] == str(report)
+    assert {c["rule"] for c in doc["checks"]} >= {"QI401", "QI402"}
+
+
+def test_baseline_layer_disappeared(cli, tmp_path, mlp_sd):
+    report = tmp_path / "report.json"
+    assert cli("check", _save(mlp_sd, tmp_path, "old.pt"), "--format", "json",
+               "--output", report).code == 0
+    renamed = {k.replace("fc2.", "head.", 1): v for k, v in mlp_sd.items()}
+    doc = assert_fails_in_every_format(cli, _save(renamed, tmp_path), "QI401", "fc2",
+                                       "--baseline", str(report))
+    assert _errors(doc) == {("QI401", "fc2")}
+
+
+def test_baseline_layer_no_longer_quantized(cli, tmp_path):
+    report = tmp_path / "report.json"
+    cli("check", _save(tm.mlp_ptq()[2].state_dict(), tmp_path, "old.pt"), "--format", "json",
+        "--output", report)
+    new = _save(tm.mlp_ptq(float_modules=("fc2",))[2].state_dict(), tmp_path)
+    doc = assert_fails_in_every_format(cli, new, "QI402", "fc2", "--baseline", str(report))
+    assert _errors(doc) == {("QI402", "fc2")}
+
+
+def test_baseline_that_is_not_a_report(cli, tmp_path, mlp_sd):
+    path = _save(mlp_sd, tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "qinspect.show/1"}))
+    r = cli("check", path, "--baseline", bad)
+    assert r.code == 2 and "qinspect.check/1" in r.err and len(r.err.splitlines()) == 1
+
+
+# --- formats ----------------------------------------------------------------------------
+
+
+def test_junit_structure(cli, tmp_path):
+    path = _save(tm.mlp_ptq(spare=True)[2].state_dict(), tmp_path)
+    r = cli("check", path, "--format", "junit")
+    root = ET.fromstring(r.out)
+    assert root.tag == "testsuites"
+    (suite,) = root.findall("testsuite")
+    cases = suite.findall("testcase")
+    assert int(suite.get("tests")) == len(cases) == int(root.get("tests"))
+    failures = [tc for tc in cases if tc.find("failure") is not None]
+    assert int(suite.get("failures")) == len(failures) == 1
+    names = [tc.get("name") for tc in cases]
+    assert len(names) == len(set(names))  # one test case per rule per layer
+    assert {"QI001 scale-finite: fc1", "QI004 calibrated: spare"} <= set(names)
+    failure = failures[0].find("failure")
+    assert failure.get("type") == "QI004" and "hint:" in failure.text
+
+
+def test_hostile_names_are_escaped_per_format(cli, tmp_path, mlp_sd):
+    evil = "x%y,z:\n::error::pwned\r\x1b[31m<b>&"
+    sd = dict(mlp_sd, **{evil: torch.zeros(1)})
+    path = _save(sd, tmp_path)
+    args = ("--set", "unrecognised_keys=error")
+    human = cli("check", path, *args)
+    assert human.code == 1 and "\x1b" not in human.out and "\\x1b[31m" in human.out
+    gh = cli("check", path, *args, "--format", "github").out
+    lines = gh.splitlines()
+    assert all(line.startswith("::") for line in lines)  # nothing injected a line
+    assert len(lines) == 1 and "\x1b" not in gh
+    title = lines[0].split("::")[1]  # properties: ':' and ',' escaped too
+    assert "(x%25y%2Cz%3A\\x0a%3A%3Aerror%3A%3Apwned\\x0d\\x1b[31m<b>&)" in title
+    root = ET.fromstring(cli("check", path, *args, "--format", "junit").out)
+    names = [tc.get("name") for tc in root.iter("testcase")]
+    assert any("\\x0a::error::pwned\\x0d\\x1b[31m<b>&" in n for n in names)
+    doc = json.loads(cli("check", path, *args, "--format", "json").out)
+    assert doc["findings"][0]["layer"] == evil  # exact in JSON
+
+
+def test_several_checkpoints_for_pre_commit(cli, tmp_path, mlp_sd):
+    good = _save(mlp_sd, tmp_path, "good.pt")
+    bad = _save(dict(mlp_sd, **{"fc2.scale": torch.tensor(float("inf"))}), tmp_path, "bad.pt")
+    r = cli("check", good, bad, "--format", "github")
+    assert r.code == 1
+    assert "::notice file=" in r.out and "::error file=" in r.out and "bad.pt" in r.out
+    assert cli("check", good, good).code == 0
+    r = cli("check", good, bad, "--format", "json")
+    assert r.code == 2 and "several checkpoints" in r.err
+
+
+def test_output_in_a_missing_folder_is_a_usage_error(cli, tmp_path, mlp_sd):
+    r = cli("check", _save(mlp_sd, tmp_path), "--output", tmp_path / "no" / "r.json")
+    assert r.code == 2 and r.err.startswith("qinspect: error: ") and "cannot write" in r.err
+
+
+def test_missing_checkpoint_exits_2(cli, tmp_path):
+    r = cli("check", tmp_path / "nope.pt")
+    assert r.code == 2 and "no such file" in r.err
+
+
+# --- Python API -------------------------------------------------------------------------
+
+
+def test_python_api(tmp_path, mlp_sd):
+    path = _save(mlp_sd, tmp_path)
+    result = qinspect.check(path)
+    assert result and result.passed and result.exit_code == 0
+    assert not qinspect.check(path, activation_dtypes=["qint8"])
+    assert qinspect.check(qinspect.load(path), config={"min_range_used": 0.5})
+    assert not qinspect.check(path, settings=["min_range_used=1.0"])
+    with pytest.raises(InputError, match="min_range_use'"):
+        qinspect.check(path, min_range_use=0.5)
+
+
+def test_check_help_does_not_import_torch():
+    code = ("import sys\nfrom qinspect.cli import main\n"
+            "try:\n    main(['check', '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--baseline" in done.stdout
