@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI runs a fixed, reproducible set of examples (a red CI must be reproducible from its
+# log); local runs explore new examples each time. QINSPECT_HYPOTHESIS=explore forces
+# exploration anywhere.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", print_blob=True)
+if os.environ.get("CI") and os.environ.get("QINSPECT_HYPOTHESIS") != "explore":
+    settings.load_profile("ci")
+else:
+    settings.load_profile("explore")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_checkpoints"
