@@ -5,6 +5,7 @@ The public API imports torch only when called, so ``import qinspect`` stays chea
     import qinspect
     ckpt = qinspect.load("model.pt")          # safe: weights_only, mmap
     summary = qinspect.summarise(ckpt)         # weight health, sizes, hints
+    report = qinspect.diff("fp32.pt", "int8.pt")  # per-layer SQNR, LSB error, clipping
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from qinspect.errors import (
 
 if TYPE_CHECKING:
     from qinspect.analyse.check import CheckResult
+    from qinspect.analyse.diff import DiffReport
     from qinspect.analyse.summary import Summary
     from qinspect.model import Checkpoint
 
@@ -37,6 +39,7 @@ __all__ = [
     "VerifyError",
     "__version__",
     "check",
+    "diff",
     "load",
     "summarise",
 ]
@@ -79,3 +82,22 @@ def check(
 
     return _check(checkpoint, reference=reference, input=input, baseline=baseline,
                   config=config, settings=settings, **overrides)
+
+
+def diff(
+    a: str | os.PathLike[str] | Checkpoint,
+    b: str | os.PathLike[str] | Checkpoint,
+    *,
+    layer_glob: str | None = None,
+    sort: str = "sqnr",
+    fold_bn: bool = True,
+) -> DiffReport:
+    """What ``qinspect diff`` reports: layers of ``a`` and ``b`` paired by module path, with
+    weight SQNR, max/mean error, error in LSB, clipping, cosine, qparam changes and (QAT
+    vs converted) bit-exactness. ``sort``: ``"sqnr"`` (worst first), ``"error"``,
+    ``"name"``; ``fold_bn=False`` compares unfused float conv weights as they are."""
+    from qinspect.analyse.diff import diff as _diff
+
+    ckpt_a = a if not isinstance(a, (str, os.PathLike)) else load(a)
+    ckpt_b = b if not isinstance(b, (str, os.PathLike)) else load(b)
+    return _diff(ckpt_a, ckpt_b, layer_glob=layer_glob, sort=sort, fold_bn=fold_bn)

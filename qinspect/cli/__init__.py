@@ -11,6 +11,7 @@ import sys
 import typer
 
 from qinspect.cli import check as _check
+from qinspect.cli import diff as _diff
 from qinspect.cli import show as _show
 from qinspect.errors import QInspectError
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.command("show", no_args_is_help=True)(_show.show)
 app.command("check", no_args_is_help=True)(_check.check)
+app.command("diff", no_args_is_help=True)(_diff.diff)
 
 
 def _version(value: bool) -> None:
