@@ -1,4 +1,10 @@
-"""Loading: path -> :class:`qinspect.model.Checkpoint`, one adapter per format."""
+"""Loading: path -> :class:`qinspect.model.Checkpoint`, one adapter per format.
+
+:func:`qinspect.loaders.sniff.sniff` picks the adapter from the file's bytes:
+eager and FX ``state_dict``s (torch.save), TorchScript archives (torch.jit.save),
+torch.export archives (.pt2, e.g. after PT2E ``convert_pt2e``), torchao ``quantize_``
+state_dicts, and whole pickled FX ``GraphModule``s (refused unless trusted).
+"""
 
 from __future__ import annotations
 
@@ -7,32 +13,67 @@ import os
 from qinspect.model import Checkpoint, Mode, Unrecognised
 
 
-def load(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read ``path`` safely (no code from the file runs) and normalise it."""
-    from qinspect.loaders import eager
+def load(path: str | os.PathLike[str], trust_pickle: bool = False) -> Checkpoint:
+    """Read ``path`` safely (no code from the file runs) and normalise it.
+
+    ``trust_pickle`` only matters for whole pickled modules (``torch.save(model)``),
+    which need code execution to load: by default they are refused.
+    """
+    from qinspect.loaders import sniff as S
+
+    found = S.sniff(path)
+    if found.kind == S.TORCHSCRIPT:
+        from qinspect.loaders import torchscript
+
+        return torchscript.load(path)
+    if found.kind == S.EXPORT:
+        from qinspect.loaders import export
+
+        return export.load(path)
+    if found.kind == S.FX_PICKLE:
+        from qinspect.loaders import fx_pickle
+
+        return fx_pickle.load(path, trust_pickle)
+    if found.kind == S.TORCHAO:
+        from qinspect.loaders import torchao
+
+        return torchao.load(path)
+    return _load_state_dict(path)
+
+
+def _load_state_dict(path: str | os.PathLike[str]) -> Checkpoint:
+    from qinspect.loaders import eager, fx
     from qinspect.loaders.reader import read_file
-    from qinspect.loaders.tensors import describe
 
     raw = read_file(path)
-    layers, unrecognised, order_known = eager.build_layers(raw)
-    extras = [
-        Unrecognised(f"{key}", describe(value), f"outside the model's state_dict "
-                     f"(beside '{raw.wrapper}' in the checkpoint dict)")
-        for key, value in raw.extras.items()
-    ]
+    is_fx = fx.looks_like_fx(raw.entries)
+    if is_fx:
+        layers, unrecognised, order_known = fx.build(raw)
+    else:
+        layers, unrecognised, order_known = eager.build_layers(raw)
     return Checkpoint(
         path=raw.path,
-        format="eager state_dict",
-        stage=_stage(layers),
+        format=fx.FORMAT if is_fx else "eager state_dict",
+        stage=stage_of(layers),
         file_size=raw.file_size,
         layers=tuple(layers),
-        unrecognised=tuple(unrecognised + extras),
+        unrecognised=tuple(unrecognised + wrapper_extras(raw)),
         wrapper=raw.wrapper,
         module_order_known=order_known,
     )
 
 
-def _stage(layers: list) -> str:
+def wrapper_extras(raw) -> list[Unrecognised]:
+    from qinspect.loaders.tensors import describe
+
+    return [
+        Unrecognised(f"{key}", describe(value), f"outside the model's state_dict "
+                     f"(beside '{raw.wrapper}' in the checkpoint dict)")
+        for key, value in raw.extras.items()
+    ]
+
+
+def stage_of(layers: list) -> str:
     modes = {layer.mode for layer in layers}
     if modes & {Mode.STATIC, Mode.DYNAMIC, Mode.WEIGHT_ONLY, Mode.QUANTIZE}:
         return "converted"
@@ -41,3 +82,6 @@ def _stage(layers: list) -> str:
     if Mode.PTQ_PREPARED in modes:
         return "ptq-prepared"
     return "float"
+
+
+_stage = stage_of  # backwards-compatible name

@@ -1,0 +1,9 @@
+"""Placeholder: replaced in the next commits."""
+
+from __future__ import annotations
+
+from qinspect.errors import UnsupportedFormatError
+
+
+def load(path, *args):
+    raise UnsupportedFormatError(f"{path}: this format (torchao) is not supported yet")
