@@ -115,6 +115,14 @@ class TensorQuant:
     scale: np.ndarray
     zero_point: np.ndarray
     axis: int | None = None
+    block_size: tuple[int, ...] | None = None
+    """torchao block-wise quantization: one scale per block of this shape (e.g.
+    ``(1, 32)``: per group of 32 along a row; ``(1, in_features)``: per row); ``scale``
+    and ``zero_point`` are then flattened over the grid of blocks."""
+    quant_min: int | None = None
+    quant_max: int | None = None
+    """Explicit integer range when the format records one (PT2E ``quant_min``/``quant_max``,
+    e.g. -127..127 for symmetric XNNPACK weights); None: the dtype's full range."""
 
     @property
     def per_channel(self) -> bool:
@@ -213,6 +221,17 @@ class Unrecognised:
 
 
 @dataclass(frozen=True)
+class DeadWeight:
+    """A stored tensor nothing reads: ``nbytes`` is what it costs on disk."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A normalised checkpoint: what a loader hands to the analyses."""
 
@@ -225,6 +244,9 @@ class Checkpoint:
     wrapper: str | None = None
     module_order_known: bool = False
     notes: tuple[Note, ...] = field(default_factory=tuple)
+    dead_weights: tuple[DeadWeight, ...] = ()
+    """Tensors stored in the file that the graph never reads (PT2E keeps the float weights
+    beside the int8 ones it uses); their keys are also attributed with role UNUSED."""
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
