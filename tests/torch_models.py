@@ -191,3 +191,99 @@ def mlp_ptq(backend: str = "x86", seed: int = 0, spare: bool = False,
 def save(obj, path) -> str:
     torch.save(obj, path)
     return str(path)
+
+
+# --- for `qinspect diff` ----------------------------------------------------------------
+
+
+class ConvBN(nn.Module):
+    """Conv-BN-ReLU nested one level deeper than usual (the int8 file has ``features.0.0``),
+    a sibling Conv + BN with its own eps, and a Linear head."""
+
+    def __init__(self, bn2_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.features = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6, eps=bn2_eps)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(24, 5)
+        self.dequant = tq.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn2(self.conv2(self.features(self.quant(x))))
+        return self.dequant(self.fc(torch.flatten(self.pool(x), 1)))
+
+
+CONVBN_FUSE = [["features.0.0", "features.0.1", "features.0.2"], ["conv2", "bn2"]]
+
+
+def _train_bn_stats(model: nn.Module) -> None:
+    """Non-trivial BatchNorm affine params and running statistics."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.normal_(0, 0.3)
+        model.train()
+        for _ in range(4):
+            model(torch.randn(4, 3, 6, 6) * 3 + 1)
+    model.eval()
+
+
+def convnet_bn(seed: int = 0, bn2_eps: float = 1e-5):
+    """(float model with BatchNorms, converted model with BN folded by fuse_modules)."""
+    torch.manual_seed(seed)
+    model = ConvBN(bn2_eps)
+    _train_bn_stats(model)
+    fused = tq.fuse_modules(model, CONVBN_FUSE)  # not in place: model keeps its BNs
+    fused.qconfig = tq.get_default_qconfig("x86")
+    with engine("x86"):
+        prepared = tq.prepare(fused)
+        for _ in range(3):
+            prepared(torch.randn(4, 3, 6, 6))
+        converted = tq.convert(prepared)
+    return model, converted
+
+
+def mlp_qat_exact(backend: str = "fbgemm", seed: int = 0, fused_fake_quant: bool = False,
+                  freeze: bool = True):
+    """(prepared, converted) of a QAT MLP whose convert reproduces training bit for bit:
+    the non-fused FakeQuantize qconfig (version 0) and observers disabled before convert.
+
+    ``fused_fake_quant=True`` uses the default (fused) QAT qconfig instead, whose scales
+    differ from convert's by 127/127.5; ``freeze=False`` leaves the observers on.
+    """
+    torch.manual_seed(seed)
+    model = MLP().train()
+    model.qconfig = (tq.get_default_qat_qconfig(backend) if fused_fake_quant
+                     else tq.get_default_qat_qconfig(backend, version=0))
+    with engine(backend):
+        prepared = tq.prepare_qat(model)
+        opt = torch.optim.SGD(prepared.parameters(), lr=0.01)
+        for _ in range(4):
+            loss = prepared(torch.randn(8, 20)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if freeze:
+            prepared.apply(tq.disable_observer)
+        prepared.eval()
+        converted = tq.convert(prepared)
+    return prepared, converted
+
+
+class BiLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True)
+
+
+def bilstm_dynamic(seed: int = 0):
+    """(float, dynamic int8) of a 2-layer bidirectional LSTM: 4 cells, directions alternate."""
+    torch.manual_seed(seed)
+    model = BiLSTM().eval()
+    with engine("x86"):
+        q = tq.quantize_dynamic(model, {nn.LSTM}, dtype=torch.qint8)
+    return model, q
