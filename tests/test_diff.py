@@ -433,3 +433,18 @@ def test_public_api_takes_paths_or_checkpoints(mlp_ptq_files):
     assert "diff" in qinspect.__all__
     row = from_paths.layers[0]
     assert np.isfinite(row.weight.sqnr_db) and row.qat is None
+
+
+def test_qat_fused_convbn_folds_the_child_batchnorm_and_is_bit_exact(cli, tmp_path):
+    prepared, q = tm.convbn_qat_exact()
+    doc = run_json(cli, tm.save(prepared.state_dict(), tmp_path / "qat.pt"),
+                   tm.save(q.state_dict(), tmp_path / "int8.pt"))
+    rows = layers(doc)
+    assert rows["features.0.0"]["fold"]["batchnorm"] == "features.0.0.bn"
+    assert rows["conv2"]["fold"]["batchnorm"] == "conv2.bn"
+    assert doc["summary"]["bit_exact"] is True and doc["only_a"] == []
+    conv = prepared.features[0][0]
+    folded, _ = fuse_conv_bn_weights(conv.weight, conv.bias, conv.bn.running_mean,
+                                     conv.bn.running_var, conv.bn.eps, conv.bn.weight,
+                                     conv.bn.bias)
+    assert_matches_torch(rows["features.0.0"], torch_metrics(folded, q.features[0][0].weight()))

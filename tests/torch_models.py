@@ -287,3 +287,25 @@ def bilstm_dynamic(seed: int = 0):
     with engine("x86"):
         q = tq.quantize_dynamic(model, {nn.LSTM}, dtype=torch.qint8)
     return model, q
+
+
+def convbn_qat_exact(seed: int = 0):
+    """(prepared, converted) of QAT with fuse_modules_qat (ConvBnReLU2d keeps its BN as the
+    child ``.bn``; convert folds it), non-fused fake-quants, observers and BN frozen."""
+    torch.manual_seed(seed)
+    model = ConvBN().train()
+    model = tq.fuse_modules_qat(model, CONVBN_FUSE)
+    model.qconfig = tq.get_default_qat_qconfig("x86", version=0)
+    with engine("x86"):
+        prepared = tq.prepare_qat(model)
+        opt = torch.optim.SGD(prepared.parameters(), lr=0.01)
+        for _ in range(3):
+            loss = prepared(torch.randn(4, 3, 6, 6)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        prepared.apply(tq.disable_observer)
+        prepared.apply(torch.ao.nn.intrinsic.qat.freeze_bn_stats)
+        prepared.eval()
+        converted = tq.convert(prepared)
+    return prepared, converted
