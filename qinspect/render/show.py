@@ -30,6 +30,9 @@ def render_show(summary: Summary, explain: bool = False) -> RenderableType:
     notes = _notes(summary)
     if notes is not None:
         parts.append(notes)
+    dead = _dead_weights(summary)
+    if dead is not None:
+        parts.append(dead)
     parts.append(_unrecognised(summary))
     return Group(*parts)
 
@@ -124,8 +127,24 @@ def _explanations(s: Summary) -> RenderableType:
     return Group(*parts)
 
 
+def _dead_weights(s: Summary) -> RenderableType | None:
+    dead = s.checkpoint.dead_weights
+    if not dead:
+        return None
+    total = sum(d.nbytes for d in dead)
+    parts: list[RenderableType] = [Text(f"\nDead weight: {len(dead)} stored tensors "
+                                        f"({size(total)}) the graph never reads",
+                                        style="bold yellow")]
+    for d in dead:
+        shape = "x".join(str(x) for x in d.shape) or "scalar"
+        parts.append(Text.assemble("  ", text(d.key, "yellow"),
+                                   f" ({safe(d.dtype)} [{shape}], {size(d.nbytes)})"))
+    return Group(*parts)
+
+
 def _notes(s: Summary) -> RenderableType | None:
-    lines = [(row.layer.name, n) for row in s.layers for n in row.layer.notes]
+    lines = [("(file)", n) for n in s.checkpoint.notes]
+    lines += [(row.layer.name, n) for row in s.layers for n in row.layer.notes]
     if not lines:
         return None
     parts: list[RenderableType] = [Text("\nNotes", style="bold")]
@@ -167,6 +186,9 @@ def show_json(summary: Summary, explain: bool = False) -> dict[str, Any]:
         "layers": [_layer_json(row, explain) for row in summary.layers],
         "unrecognised": [{"key": u.key, "description": u.description, "reason": u.reason}
                          for u in c.unrecognised],
+        "notes": [{"level": n.level.value, "message": n.message} for n in c.notes],
+        "dead_weights": [{"key": d.key, "shape": list(d.shape), "dtype": d.dtype,
+                          "nbytes": d.nbytes, "reason": d.reason} for d in c.dead_weights],
     }
 
 
