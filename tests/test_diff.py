@@ -448,3 +448,23 @@ def test_qat_fused_convbn_folds_the_child_batchnorm_and_is_bit_exact(cli, tmp_pa
                                      conv.bn.running_var, conv.bn.eps, conv.bn.weight,
                                      conv.bn.bias)
     assert_matches_torch(rows["features.0.0"], torch_metrics(folded, q.features[0][0].weight()))
+
+
+def test_bad_scales_and_hostile_names_are_reported_safely(cli, tmp_path):
+    name = "fc\x1b[31m[bold]x[/bold]"
+    w = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    ints = torch.quantize_per_channel(w, torch.full((4,), 0.02, dtype=torch.double),
+                                      torch.zeros(4, dtype=torch.long), 0, torch.qint8)
+    scales = torch.tensor([0.02, 0.0, 0.02, 0.02], dtype=torch.double)
+    bad = torch._make_per_channel_quantized_tensor(ints.int_repr(), scales,
+                                                   torch.zeros(4, dtype=torch.long), 0)
+    a = tm.save({f"{name}.weight": w}, tmp_path / "a.pt")
+    b = tm.save({f"{name}.weight": bad, f"{name}.scale": torch.tensor(1.0),
+                 f"{name}.zero_point": torch.tensor(0)}, tmp_path / "b.pt")
+    r = cli("diff", a, b)
+    assert r.code == 0, r.err
+    assert "\x1b" not in r.out and "fc\\x1b[31m[bold]x[/bold]" in r.out
+    assert "some scales are zero" in " ".join(r.out.split())
+    row = run_json(cli, a, b)["layers"][0]
+    assert row["name"] == name and row["weight"]["max_error_lsb"] is None
+    assert row["weight"]["clipped_fraction"] is None

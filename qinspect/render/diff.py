@@ -127,7 +127,7 @@ def _layer_cell(row: LayerDiff) -> Text:
 def _weight_cells(w: WeightError | None) -> list[Text]:
     if w is None:
         return [Text("-", style="dim") for _ in range(4)]
-    error = Text(f"max {num(w.max_abs_error, 3)}\nmean {num(w.mean_abs_error, 3)}")
+    error = Text(f"max {_num(w.max_abs_error)}\nmean {_num(w.mean_abs_error)}")
     if w.max_error_lsb is not None:
         error.append(f"\nmax {lsb(w.max_error_lsb)}")
     clipped = (Text(pct(w.clipped_fraction)) if w.clipped_fraction is not None
@@ -253,6 +253,10 @@ def _only(items: tuple[SideOnly, ...], side: str, ckpt: Checkpoint) -> list[Rend
 
 
 # --- number formats -------------------------------------------------------------------
+
+
+def _num(x: float) -> str:
+    return "NaN" if math.isnan(x) else num(x, 3)
 
 
 def db(x: float) -> str:
