@@ -468,3 +468,12 @@ def test_bad_scales_and_hostile_names_are_reported_safely(cli, tmp_path):
     row = run_json(cli, a, b)["layers"][0]
     assert row["name"] == name and row["weight"]["max_error_lsb"] is None
     assert row["weight"]["clipped_fraction"] is None
+
+
+def test_layers_with_weights_on_one_side_are_called_out(cli, tmp_path):
+    a = _float_mlp()
+    b = {**a, "head.weight": torch.ones(2, 6), "head.bias": torch.zeros(2)}
+    doc = run_json(cli, tm.save(a, tmp_path / "a.pt"), tm.save(b, tmp_path / "b.pt"))
+    assert [o["name"] for o in doc["only_b"]] == ["head"]
+    assert doc["summary"]["unmatched_keys_b"] == ["head.weight", "head.bias"]
+    assert any(line.startswith("weights only in B: head") for line in doc["interpretation"])

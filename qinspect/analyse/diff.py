@@ -270,8 +270,14 @@ def diff(a: Checkpoint, b: Checkpoint, layer_glob: str | None = None, sort: str 
     only_a = tuple(_side_only(lay) for lay in pairing.only_a if _matches(lay.name, layer_glob))
     only_b = tuple(_side_only(lay) for lay in pairing.only_b if _matches(lay.name, layer_glob))
     summary = _summary(a, b, rows, len(pairing.pairs), pairing.only_a, pairing.only_b)
+    lonely = (_weighted(pairing.only_a, layer_glob), _weighted(pairing.only_b, layer_glob))
     return DiffReport(a, b, tuple(rows), only_a, only_b, summary,
-                      interpret(rows, summary, only_a, only_b), sort, layer_glob, fold_bn)
+                      interpret(rows, summary, *lonely), sort, layer_glob, fold_bn)
+
+
+def _weighted(layers: Iterable[Layer], pattern: str | None) -> list[str]:
+    """Names of one-sided layers that hold a weight (QuantStubs and activations do not)."""
+    return [lay.name for lay in layers if lay.weight is not None and _matches(lay.name, pattern)]
 
 
 def _matches(name: str, pattern: str | None) -> bool:
@@ -322,7 +328,7 @@ def _compare_weights(pair: Pair, base: dict) -> LayerDiff:
     quant = _candidate_quant(wa, wb, ref_side)
     fold = None
     if pair.fold is not None:
-        fold, folded_w, folded_b = _apply_fold(pair, va, vb, bias_a, bias_b, ref_side, quant)
+        fold, folded_w, folded_b = _apply_fold(pair, va, vb, bias_a, bias_b, ref_side)
         if pair.fold_side == "a":
             va, bias_a = folded_w, folded_b
         else:
@@ -403,7 +409,7 @@ def _usable_scales(scale: np.ndarray) -> bool:
 
 
 def _apply_fold(pair: Pair, va: np.ndarray, vb: np.ndarray, bias_a: np.ndarray | None,
-                bias_b: np.ndarray | None, ref_side: str, quant: TensorQuant | None
+                bias_b: np.ndarray | None, ref_side: str
                 ) -> tuple[FoldReport, np.ndarray, np.ndarray]:
     """Fold the pair's BatchNorm into its side; the other side tells which eps to use."""
     bn = pair.fold
@@ -743,9 +749,10 @@ def _unmatched(ckpt: Checkpoint, only: Iterable[Layer]) -> tuple[str, ...]:
 # --- interpretation -------------------------------------------------------------------
 
 
-def interpret(rows: list[LayerDiff], s: DiffSummary, only_a: tuple[SideOnly, ...],
-              only_b: tuple[SideOnly, ...]) -> tuple[str, ...]:
-    """Short sentences on what the numbers mean, worst news first."""
+def interpret(rows: list[LayerDiff], s: DiffSummary, weights_only_a: list[str],
+              weights_only_b: list[str]) -> tuple[str, ...]:
+    """Short sentences on what the numbers mean, worst news first. ``weights_only_*``:
+    layers with a weight that have no counterpart on the other side."""
     if s.layers_paired == 0:
         return (f"no layer of A pairs with a layer of B by module path (A has {s.layers_a} "
                 f"layers, B has {s.layers_b}): these checkpoints look like different models",)
@@ -757,6 +764,10 @@ def interpret(rows: list[LayerDiff], s: DiffSummary, only_a: tuple[SideOnly, ...
         for flag in row.flags:
             if row.comparison is not Comparison.SHAPE_MISMATCH:
                 lines.append(f"{row.name}: {flag}")
+    for side, names in (("A", weights_only_a), ("B", weights_only_b)):
+        if names:
+            lines.append(f"weights only in {side}: {', '.join(names)} (no layer of that name on "
+                         "the other side: another architecture, or a renamed module)")
     lines.extend(_qat_lines(rows, s))
     lines.extend(_fold_lines(rows))
     lines.extend(_normal_lines(rows, s))
