@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,11 +61,17 @@ def weight_health(weight: Weight) -> WeightHealth | None:
     quant = weight.quant
     info = qdtype(quant.dtype)
     q = weight.values
-    lo, hi = _channel_min_max(q, quant.axis)
-    per_channel_used = _range_used(lo, hi, quant, info.qmin, info.qmax)
+    if quant.block_size is not None and _blocks_fit(q, quant):
+        lo, hi = _block_min_max(q, quant.block_size)
+        quant = replace(quant, axis=0)  # one (scale, zero point) per block, row-major
+    else:
+        lo, hi = _channel_min_max(q, quant.axis)
+    qmin = info.qmin if quant.quant_min is None else quant.quant_min  # PT2E: -127..127
+    qmax = info.qmax if quant.quant_max is None else quant.quant_max
+    per_channel_used = _range_used(lo, hi, quant, qmin, qmax)
     used = float(per_channel_used.max()) if per_channel_used.size else 0.0
     worst = float(per_channel_used.min()) if per_channel_used.size else 0.0
-    saturated = _saturated_fraction(q, lo, hi, info.qmin, info.qmax)
+    saturated = _saturated_fraction(q, lo, hi, qmin, qmax)
     problems = scale_problems(quant.scale)
     lo, hi, spread = _scale_stats(quant.scale)
     channels = int(quant.scale.size)
@@ -77,6 +83,28 @@ def weight_health(weight: Weight) -> WeightHealth | None:
         scale_min=lo, scale_max=hi, scale_spread=spread,
         scale_problems=problems, flags=flags,
     )
+
+
+def _blocks_fit(q: np.ndarray, quant: TensorQuant) -> bool:
+    block = quant.block_size or ()
+    if len(block) != q.ndim or any(b <= 0 or n % b for n, b in zip(q.shape, block,
+                                                                    strict=True)):
+        return False
+    blocks = int(np.prod([n // b for n, b in zip(q.shape, block, strict=True)]))
+    return blocks == quant.scale.size == quant.zero_point.size
+
+
+def _block_min_max(q: np.ndarray, block: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max per block (torchao block-wise quantization), row-major like its scales."""
+    if q.ndim != 2:
+        flat = q.reshape(-1, int(np.prod(block)))
+        return flat.min(axis=1).astype(np.int64), flat.max(axis=1).astype(np.int64)
+    rows, cols = q.shape
+    br, bc = block
+    tiles = q.reshape(rows // br, br, cols // bc, bc)
+    lo = tiles.min(axis=(1, 3)).reshape(-1).astype(np.int64)
+    hi = tiles.max(axis=(1, 3)).reshape(-1).astype(np.int64)
+    return lo, hi
 
 
 def _channel_min_max(q: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -79,6 +79,8 @@ def _weight_cell(w: Weight | None) -> Text:
         return Text(f"{w.stored_dtype} [{shape}]")
     q = w.quant
     scheme = f"per-channel (axis {q.axis})" if q.axis is not None else "per-tensor"
+    if q.axis is None and q.qscheme.startswith(("per_group", "block")):
+        scheme = q.qscheme.replace("_affine", "").replace("_", "-")
     dtype = q.dtype if w.is_quantized else f"float -> {q.dtype}"
     scales = (f"scale {num(float(q.scale[0]), 3)}" if q.scale.size == 1 else
               f"scale {num(float(np.min(q.scale)), 3)}..{num(float(np.max(q.scale)), 3)}")
@@ -231,6 +233,10 @@ def _weight_json(w: Weight | None, h: WeightHealth | None) -> dict[str, Any] | N
         "zero_points": q.zero_point if q else None,
         "health": _health_json(h),
     }
+    if q is not None and (q.block_size is not None or q.quant_min is not None):
+        data["block_size"] = list(q.block_size) if q.block_size is not None else None
+        data["quant_range"] = ([q.quant_min, q.quant_max] if q.quant_min is not None
+                               else None)
     return data
 
 
