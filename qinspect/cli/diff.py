@@ -18,8 +18,9 @@ class Sort(str, Enum):
 
 
 def diff(
-    a: Annotated[Path, typer.Argument(help="First checkpoint, e.g. the float model.")],
-    b: Annotated[Path, typer.Argument(help="Second checkpoint, e.g. its quantized version.")],
+    a: Annotated[Path, typer.Argument(metavar="A", help="First checkpoint, e.g. the float model.")],
+    b: Annotated[Path, typer.Argument(
+        metavar="B", help="Second checkpoint, e.g. its quantized version.")],
     layer: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
         "--layer", help="Only layers whose name (in A or B) matches this glob, e.g. 'fc*'.")
     ] = None,
