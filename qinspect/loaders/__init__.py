@@ -3,7 +3,7 @@
 :func:`qinspect.loaders.sniff.sniff` picks the adapter from the file's bytes:
 eager and FX ``state_dict``s (torch.save), TorchScript archives (torch.jit.save),
 torch.export archives (.pt2, e.g. after PT2E ``convert_pt2e``), torchao ``quantize_``
-state_dicts, and whole pickled FX ``GraphModule``s (refused unless trusted).
+state_dicts, and whole pickled FX ``GraphModule``s (read as data, never executed).
 """
 
 from __future__ import annotations
@@ -13,12 +13,8 @@ import os
 from qinspect.model import Checkpoint, Mode, Unrecognised
 
 
-def load(path: str | os.PathLike[str], trust_pickle: bool = False) -> Checkpoint:
-    """Read ``path`` safely (no code from the file runs) and normalise it.
-
-    ``trust_pickle`` only matters for whole pickled modules (``torch.save(model)``),
-    which need code execution to load: by default they are refused.
-    """
+def load(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read ``path`` safely (no code from the file runs) and normalise it."""
     from qinspect.loaders import sniff as S
 
     found = S.sniff(path)
@@ -33,7 +29,7 @@ def load(path: str | os.PathLike[str], trust_pickle: bool = False) -> Checkpoint
     if found.kind == S.FX_PICKLE:
         from qinspect.loaders import fx_pickle
 
-        return fx_pickle.load(path, trust_pickle)
+        return fx_pickle.load(path)
     if found.kind == S.TORCHAO:
         from qinspect.loaders import torchao
 

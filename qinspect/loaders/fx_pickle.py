@@ -1,9 +1,74 @@
-"""Placeholder: replaced in the next commits."""
+"""A whole FX ``GraphModule`` saved with ``torch.save(model)``.
+
+Loading it the normal way needs code execution (``torch.load(weights_only=False)`` calls
+``torch.fx.graph_module.reduce_graph_module``, which ``exec``s the pickled ``forward``
+source), and with quantized convs torch 2.13 cannot load it even then
+(``'Conv2d' object has no attribute '_modules'``, an upstream bug in unpickling modules
+with a custom ``__getstate__``). qinspect reads it without either: the no-import pickle
+walker (:mod:`qinspect.loaders.safe_pickle`) turns ``reduce_graph_module(body, imports)``
+into a record of its arguments, ``body`` is the module's ``__dict__`` (``_modules``,
+``_parameters``, ``_buffers``, ``_code``), and ``_code`` is *parsed* with :mod:`ast` to
+connect layers. No class named by the file is imported and nothing in it is called.
+"""
 
 from __future__ import annotations
 
+import ast
+import textwrap
+from pathlib import Path
+from typing import Any
+
 from qinspect.errors import UnsupportedFormatError
+from qinspect.loaders.safe_pickle import Stub, load_pickle
+from qinspect.loaders.zipread import Archive
+from qinspect.model import Checkpoint, Level, Note
+
+ROOT = "<pickled GraphModule>"
+FORMAT = "FX GraphModule pickle (torch.save(model)), read without unpickling code"
 
 
-def load(path, *args):
-    raise UnsupportedFormatError(f"{path}: this format (fx_pickle) is not supported yet")
+def load(path: str | Path) -> Checkpoint:
+    from dataclasses import replace
+
+    from qinspect.loaders._quiet import quiet_torch_warnings
+    from qinspect.loaders.torchscript import assemble
+
+    p = Path(path)
+    with Archive(p) as archive, quiet_torch_warnings():
+        obj = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
+                          f"{p} (data.pkl)")
+    body = _body(obj)
+    if body is None:
+        raise UnsupportedFormatError(
+            f"{p}: a pickled GraphModule in a layout qinspect does not know; save "
+            "model.state_dict() with torch.save, or torch.jit.save(torch.jit.script(model))")
+    root = Stub.__new__(Stub)
+    root.__dict__["qualname"] = ROOT
+    root.__dict__["state"] = body
+    classes, problems = _classes(body.get("_code"))
+    ckpt = assemble(p, root, classes, ROOT, FORMAT, problems)
+    note = Note(Level.INFO, "torch.save(model) pickles need code execution to load (and "
+                "torch 2.13 cannot load them with quantized convs); qinspect read the "
+                "tensors and the forward code as data. Prefer saving model.state_dict() or "
+                "a TorchScript archive")
+    return replace(ckpt, notes=(note, *ckpt.notes))
+
+
+def _body(obj: Any) -> dict | None:
+    if isinstance(obj, Stub) and obj.qualname.endswith("reduce_graph_module") and obj.args:
+        body = obj.args[0]
+        if isinstance(body, dict) and isinstance(body.get("_modules"), dict):
+            return body
+    return None
+
+
+def _classes(code: Any) -> tuple[dict[str, ast.ClassDef], list[str]]:
+    if not isinstance(code, str):
+        return {}, ["no _code in the pickle: layer inputs are not known"]
+    try:
+        tree = ast.parse("class Root:\n" + textwrap.indent(code, "    ") + "\n    pass\n")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        return {}, [f"the pickled forward code is not parseable ({type(exc).__name__})"]
+    cls = tree.body[0]
+    assert isinstance(cls, ast.ClassDef)
+    return {ROOT: cls}, []

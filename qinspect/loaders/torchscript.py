@@ -55,9 +55,9 @@ def demangle(qualname: str) -> str:
 
 
 def load(path: str | Path) -> Checkpoint:
-    p = Path(path)
     from qinspect.loaders._quiet import quiet_torch_warnings
 
+    p = Path(path)
     with Archive(p) as archive, quiet_torch_warnings():
         root = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
                            f"{p} (data.pkl)")
@@ -66,6 +66,15 @@ def load(path: str | Path) -> Checkpoint:
     if not isinstance(root, Stub) or not root.qualname.startswith("__torch__."):
         raise UnsupportedFormatError(f"{p}: a TorchScript archive whose data.pkl holds "
                                      f"{type(root).__name__}, not a module; re-export it")
+    classes, problems = parse_classes(sources)
+    is_fx = root.qualname.endswith("torch.fx.graph_module.GraphModule")
+    fmt = f"TorchScript archive ({'FX GraphModule' if is_fx else demangle(root.qualname)})"
+    return assemble(p, root, classes, root.qualname, fmt, problems)
+
+
+def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
+             problems: list[str]) -> Checkpoint:
+    """Module tree + parsed code -> Checkpoint (shared with whole pickled GraphModules)."""
     flat = Flattener()
     flat.module(root, "")
     entries, modules = flat.entries, flat.modules
@@ -76,16 +85,13 @@ def load(path: str | Path) -> Checkpoint:
     layers = [_exact_kind(layer, modules) for layer in layers]
     quantizers, ops, packed, bad = fx.root_layers(fx_root)
     unrecognised += bad + flat.unrecognised
-    classes, problems = parse_classes(sources)
     by_name = {lay.name: lay for lay in layers + quantizers + ops + packed}
-    graph = _walk(classes, modules, root.qualname, by_name)
+    graph = _walk(classes, modules, root_qualname, by_name)
     final = _connect(graph, layers, quantizers, ops, packed)
-    is_fx = root.qualname.endswith("torch.fx.graph_module.GraphModule")
-    notes = [Note(Level.WARNING, f"TorchScript source: {msg}")
-             for msg in problems + graph.problems]
+    notes = [Note(Level.WARNING, f"graph code: {msg}") for msg in problems + graph.problems]
     return Checkpoint(
         path=str(p),
-        format=f"TorchScript archive ({'FX GraphModule' if is_fx else demangle(root.qualname)})",
+        format=fmt,
         stage=_stage(final),
         file_size=p.stat().st_size,
         layers=tuple(final),
@@ -123,6 +129,9 @@ class Flattener:
             return
         if not isinstance(state, dict):
             return
+        if isinstance(state.get("_modules"), dict):  # a pickled nn.Module (not TorchScript)
+            self._nn_module(obj, path, state)
+            return
         for name, value in state.items():
             if not isinstance(name, str):
                 continue
@@ -139,6 +148,30 @@ class Flattener:
             elif name == "dtype" and obj.qualname.endswith("PackedParams") and \
                     isinstance(value, int):
                 self.entries[key] = _dtype(value)
+
+    def _nn_module(self, obj: Stub, path: str, state: dict) -> None:
+        """``nn.Module.__dict__``: parameters, buffers, packed params, then children."""
+        prefix = f"{path}." if path else ""
+        for group in ("_parameters", "_buffers"):
+            for name, value in (state.get(group) or {}).items():
+                if T.is_tensor(value):
+                    self.entries[prefix + name] = value
+        for name, value in state.items():
+            if name.startswith("_") and name != "_packed_params":
+                continue
+            if name in QPARAM_ATTRS and isinstance(value, (int, float)) and \
+                    not isinstance(value, bool):
+                self.entries[prefix + name] = _scalar_tensor(value, name)
+            elif name == "dtype" and obj.qualname.endswith("PackedParams") and \
+                    _is_torch_dtype(value):
+                self.entries[prefix + name] = value
+            elif isinstance(value, Stub) and value.qualname == "torch.ScriptObject":
+                self._packed(obj, prefix + name, _script_object(value))
+            elif T.is_tensor(value) and name in QPARAM_ATTRS:
+                self.entries[prefix + name] = value
+        for name, child in state["_modules"].items():
+            if isinstance(child, Stub):
+                self.module(child, prefix + name)
 
     def _packed(self, owner: Stub, key: str, value: Stub) -> None:
         if owner.qualname.endswith("LinearPackedParams"):
@@ -165,6 +198,23 @@ class Flattener:
         if isinstance(scale, float) and isinstance(zp, int):
             self.entries[prefix + "scale"] = _scalar_tensor(scale, "scale")
             self.entries[prefix + "zero_point"] = _scalar_tensor(zp, "zero_point")
+
+
+def _is_torch_dtype(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.dtype)
+
+
+def _script_object(value: Stub) -> Stub:
+    """torch.save of a ScriptObject: state (payload, class name) -> a packed-params stub."""
+    state = value.state
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], str):
+        inner = Stub.__new__(Stub)
+        inner.__dict__["qualname"] = "__torch__." + state[1].removeprefix("__torch__.")
+        inner.__dict__["state"] = state[0]
+        return inner
+    return value
 
 
 def _version(qualname: str) -> int | None:

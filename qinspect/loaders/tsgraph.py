@@ -226,6 +226,8 @@ class Walker:
             owner = self.expr(node.func.value, env, mod, depth)
             if isinstance(owner, ModRef):  # a method of a module: (fc1).forward(x)
                 return self.call_method(owner, node.func.attr, args, depth + 1)
+        if isinstance(func, ModRef):  # FX code: self.fc1(x)
+            return self.call_method(func, "forward", args, depth + 1)
         if isinstance(func, _Method):
             return TensorVal(None) if func.name == "dequantize" else func.tensor
         if not isinstance(func, _Global):
@@ -241,6 +243,7 @@ class Walker:
             return self.quantize(args)
         if name == "torch.dequantize":
             return TensorVal(None)
+        name = name.removeprefix("torch.") if name.startswith("torch.ops.") else name
         if name.startswith("ops.quantized."):
             return self.quantized_op(name.removeprefix("ops.quantized."), args)
         return _first_tensor(args)
