@@ -477,3 +477,55 @@ def test_layers_with_weights_on_one_side_are_called_out(cli, tmp_path):
     assert [o["name"] for o in doc["only_b"]] == ["head"]
     assert doc["summary"]["unmatched_keys_b"] == ["head.weight", "head.bias"]
     assert any(line.startswith("weights only in B: head") for line in doc["interpretation"])
+
+
+def _synthetic(path: str, weight) -> qinspect.model.Checkpoint:
+    from qinspect.model import Checkpoint, KeyRef, Layer, Mode, Role
+
+    mode = Mode.FLOAT if weight.quant is None else Mode.STATIC
+    layer = Layer(name="fc", kind="Linear", mode=mode, keys=(KeyRef("fc.weight", Role.WEIGHT),),
+                  weight=weight)
+    return Checkpoint(path=path, format="test", stage="converted" if weight.quant else "float",
+                      file_size=1, layers=(layer,))
+
+
+def test_pt2e_int8_weights_dequantize_like_the_decomposed_ops(tmp_path):
+    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers the ops
+
+    from qinspect.model import TensorQuant, Weight
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 10, generator=g)
+    scales = (w.abs().amax(dim=1) / 127).float()
+    zps = torch.zeros(6, dtype=torch.int64)
+    ints = torch.ops.quantized_decomposed.quantize_per_channel(w, scales, zps, 0, -127, 127,
+                                                               torch.int8)
+    dq = torch.ops.quantized_decomposed.dequantize_per_channel(ints, scales, zps, 0, -127, 127,
+                                                               torch.int8)
+    quant = TensorQuant("int8", "per_channel_symmetric", scales.numpy(), zps.numpy(), 0,
+                        quant_min=-127, quant_max=127)
+    a = _synthetic("a", Weight("fc.weight", (6, 10), "float32", w.numpy()))
+    b = _synthetic("b", Weight("fc.weight", (6, 10), "int8", ints.numpy(), quant))
+    row = qinspect.diff(a, b).layers[0]
+    expected = torch_metrics(w, dq)
+    assert row.weight.sqnr_db == pytest.approx(expected["sqnr_db"], rel=1e-9)
+    assert row.weight.max_abs_error == expected["max_abs_error"]
+    assert row.weight.max_error_lsb <= 0.5 + 1e-3
+
+
+def test_block_wise_weights_are_reported_not_compared():
+    from qinspect.model import TensorQuant, Weight
+
+    w = np.ones((4, 8), np.float32)
+    quant = TensorQuant("int8", "per_group", np.ones(8), np.zeros(8, np.int64), 0,
+                        block_size=(1, 4))
+    a = _synthetic("a", Weight("fc.weight", (4, 8), "float32", w))
+    b = _synthetic("b", Weight("fc.weight", (4, 8), "int8", w.astype(np.int8), quant))
+    report = qinspect.diff(a, b)
+    row = report.layers[0]
+    assert row.comparison.value == "unsupported" and row.weight is None
+    assert "block-wise weights (blocks of 1x4)" in row.problem
+    from qinspect.render.diff import diff_json
+    from qinspect.render.jsonout import dumps
+
+    jsonschema.validate(json.loads(dumps(diff_json(report))), _schema())

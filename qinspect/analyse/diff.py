@@ -34,7 +34,7 @@ from qinspect.analyse.pairing import Pair, pair_layers
 from qinspect.errors import InputError
 from qinspect.model import ActQuant, Checkpoint, Layer, Mode, Role, TensorQuant, Weight
 from qinspect.quant import affine, metrics
-from qinspect.quant.dtypes import qdtype
+from qinspect.quant.dtypes import QDTYPES, qdtype
 
 SORTS = ("sqnr", "name", "error")
 LOW_SQNR_DB = 25.0
@@ -71,6 +71,7 @@ class Comparison(str, Enum):
     QPARAMS_ONLY = "qparams-only"
     WEIGHT_ONE_SIDE = "weight-on-one-side"
     SHAPE_MISMATCH = "shape-mismatch"
+    UNSUPPORTED = "unsupported"
 
 
 QUANTIZED_COMPARISONS = (Comparison.FLOAT_VS_QUANTIZED, Comparison.PREPARED_VS_CONVERTED,
@@ -315,7 +316,22 @@ def compare_pair(pair: Pair) -> LayerDiff:
                    f"{_shape(b.weight.shape)} in B (a different architecture under this name)")
         return LayerDiff(comparison=Comparison.SHAPE_MISMATCH, bias_in=_presence(a.bias, b.bias),
                          problem=problem, flags=(problem,), **base)
+    reason = _not_comparable(a.weight) or _not_comparable(b.weight)
+    if reason is not None:
+        return LayerDiff(comparison=Comparison.UNSUPPORTED, bias_in=_presence(a.bias, b.bias),
+                         problem=reason, **base)
     return _compare_weights(pair, base)
+
+
+def _not_comparable(w: Weight) -> str | None:
+    """Why a weight cannot be dequantized here, or None."""
+    q = w.quant
+    if q is not None and q.dtype.removeprefix("torch.") not in QDTYPES:
+        return f"weight dtype {q.dtype}: not an integer quantization dtype qinspect knows"
+    if w.is_quantized and q is not None and q.block_size is not None:
+        return (f"block-wise weights (blocks of {_shape(q.block_size)}): not compared, "
+                "qinspect.quant has no block-wise dequantization yet")
+    return None
 
 
 def _compare_weights(pair: Pair, base: dict) -> LayerDiff:
@@ -370,6 +386,12 @@ def real_values(w: Weight) -> np.ndarray:
     if not w.is_quantized or w.quant is None:
         return np.asarray(w.values)
     q = w.quant
+    if not qdtype(q.dtype).is_quantized_tensor_dtype:  # PT2E / decomposed: plain int dtypes
+        if q.axis is not None:
+            return affine.dequantize_per_channel_decomposed(w.values, q.scale, q.zero_point,
+                                                            q.axis)
+        return affine.dequantize_per_tensor_decomposed(w.values, float(q.scale[0]),
+                                                       int(q.zero_point[0]))
     if q.qscheme == "per_channel_affine_float_qparams":
         return affine.dequantize_per_channel_float_qparams(w.values, q.scale, q.zero_point,
                                                            q.axis or 0)
@@ -682,7 +704,7 @@ def sort_rows(rows: list[LayerDiff], sort: str) -> list[LayerDiff]:
 
 
 def _sqnr_key(row: LayerDiff) -> tuple[int, float]:
-    if row.problem is not None:
+    if row.comparison is Comparison.SHAPE_MISMATCH:
         return (0, 0.0)
     if row.weight is None:
         return (2, 0.0)
@@ -691,7 +713,7 @@ def _sqnr_key(row: LayerDiff) -> tuple[int, float]:
 
 
 def _error_key(row: LayerDiff) -> tuple[int, float, float]:
-    if row.problem is not None:
+    if row.comparison is Comparison.SHAPE_MISMATCH:
         return (0, 0.0, 0.0)
     if row.weight is None:
         return (2, 0.0, 0.0)

@@ -33,6 +33,7 @@ COMPARED = {
     Comparison.QPARAMS_ONLY: "no weights",
     Comparison.WEIGHT_ONE_SIDE: "weight on one side",
     Comparison.SHAPE_MISMATCH: "SHAPE MISMATCH",
+    Comparison.UNSUPPORTED: "not compared",
 }
 MAX_KEYS_LISTED = 8
 
