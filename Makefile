@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
+# torchao (optional extra: PT2E quantizers, quantize_ samples, running torchao models) is
+# installed without deps so pip never resolves another torch; 0.18.0 works with torch 2.13.
+TORCHAO_PIN ?= torchao==0.18.0
 STAMP := $(VENV)/.qinspect-installed
 
 .PHONY: demo test env samples lint bench
@@ -14,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "$(TORCHAO_PIN)"
 	touch $(STAMP)
 
 env: $(STAMP)
@@ -32,3 +36,4 @@ lint: $(STAMP)
 
 samples: $(STAMP)
 	$(PY) sample_checkpoints/make_samples.py
+	$(PY) sample_checkpoints/make_format_samples.py

@@ -283,6 +283,13 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
                                            Mode.QUANTIZE, q.scale, q.zero_point)
             alias[q.name] = q.name
     merged_ops: dict[str, Layer] = {lay.name: lay for lay in ops}
+    for q in graph.quantizes:  # FX root _scale_<n> buffers the graph uses to requantize
+        owner = alias.get(q.name)
+        if owner in merged_ops:
+            base = merged_ops[owner]
+            merged_ops[owner] = replace(
+                base, kind="quantize_per_tensor (FX requantize)", mode=Mode.QUANTIZE,
+                keys=tuple(KeyRef(r.key, Role.INPUT_QPARAMS) for r in base.keys), notes=())
     packed_by: dict[str, Layer] = {lay.name: lay for lay in packed}
     for op in graph.ops:
         target = None
