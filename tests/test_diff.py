@@ -73,7 +73,10 @@ def torch_metrics(ref: torch.Tensor, cand: torch.Tensor) -> dict[str, float]:
             z = cand.q_per_channel_zero_points().double().view(view)
         qmin, qmax = QRANGE[cand.dtype]
         out["max_error_lsb"] = (err.abs() / s).max().item()
-        outside = (w < (qmin - z) * s) | (w > (qmax - z) * s)
+        # clipped: more than half a step (+ a thousandth of a step for float32 scales)
+        # beyond the channel's range
+        margin = 0.5 + 1e-3
+        outside = (w < (qmin - z - margin) * s) | (w > (qmax - z + margin) * s)
         out["clipped_fraction"] = outside.double().mean().item()
     return out
 

@@ -675,9 +675,9 @@ def _lsb_flag(w: WeightError) -> str:
     head = (f"max error {w.max_error_lsb:.2f} LSB > 0.5 LSB (the most round-to-nearest "
             "gives inside the range): ")
     if w.clipped_fraction:
-        return head + (f"{100 * w.clipped_fraction:.2f} % of the weights lie outside their "
-                       "channel's range, so the scale is too small for them and they were "
-                       "clipped to qmin/qmax")
+        return head + (f"{100 * w.clipped_fraction:.2f} % of the weights lie more than half a "
+                       "step outside their channel's range, so the scale is too small for "
+                       "them and the clamp to qmin/qmax cut them")
     return head + ("nothing lies outside the range, so the scale does not fit these weights: "
                    "the other file was quantized from other float weights (further training, "
                    "another checkpoint) or with another BatchNorm folding")
@@ -687,9 +687,9 @@ def _lsb_flag_both(w: WeightError) -> str:
     head = (f"the dequantized weights differ by up to {w.max_error_lsb:.2f} LSB of B "
             "(> 0.5 LSB: more than re-rounding the same values would give): ")
     if w.clipped_fraction:
-        return head + (f"{100 * w.clipped_fraction:.2f} % of A's values lie outside B's "
-                       "range, so B clips them: the two files were calibrated on different "
-                       "ranges")
+        return head + (f"{100 * w.clipped_fraction:.2f} % of A's values lie more than half a "
+                       "step outside B's range, so B clips them: the two files were "
+                       "calibrated on different ranges")
     return head + "B's grid was fitted to other values (different calibration or weights)"
 
 

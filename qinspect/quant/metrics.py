@@ -152,20 +152,26 @@ def error_in_lsb(
     return LsbError(float(np.max(e)), float(np.mean(e)))
 
 
+CLIP_TOLERANCE_LSB = 1e-3
+
+
 def clipped_fraction(
     x: ArrayLike,
     scale: ArrayLike,
     zero_point: ArrayLike,
     dtype: str | QDtype,
     axis: int | None = None,
+    margin_lsb: float = 0.5,
 ) -> float:
-    """Fraction (0..1) of real values outside their channel's representable range.
+    """Fraction (0..1) of real values the clamp to ``[qmin, qmax]`` actually clips.
 
-    Range of channel ``c``: ``[(qmin - zp_c) * scale_c, (qmax - zp_c) * scale_c]``
-    (float64).  A value is clipped when it lies outside that closed interval, or is
-    NaN.  Values less than half a step beyond an edge still quantize to the edge with
-    ordinary rounding error but are counted here.  Zero points may be float
-    (float-qparams embeddings).  Empty input -> ``0.0``.
+    Channel ``c`` keeps values in
+    ``[(qmin - zp_c - margin_lsb) * scale_c, (qmax - zp_c + margin_lsb) * scale_c]``
+    (float64). With the default half-step margin, a value inside that interval quantizes
+    with ordinary rounding error (at most 0.5 LSB) even when it lands on an edge; a value
+    outside it (or NaN) loses more than rounding to the clamp. ``margin_lsb=0`` counts
+    everything beyond the edges themselves. Zero points may be float (float-qparams
+    embeddings). Empty input -> ``0.0``.
     """
     d = qdtype(dtype)
     v = np.asarray(x, dtype=np.float64)
@@ -173,9 +179,14 @@ def clipped_fraction(
     z = _per_element(zero_point, v.shape, axis, "zero_point")
     if v.size == 0:
         return 0.0
-    lo = (d.qmin - z) * s
-    hi = (d.qmax - z) * s
-    inside = (v >= lo) & (v <= hi)
+    lo = (d.qmin - z - margin_lsb) * s
+    hi = (d.qmax - z + margin_lsb) * s
+    # a value on a half-step bound (a symmetric per-channel maximum: scale = max / 127.5,
+    # computed and stored in float32, so off by ~1e-5 steps) rounds to the edge with a
+    # 0.5 LSB error, which is rounding, not clipping: the bounds get CLIP_TOLERANCE_LSB
+    # (a thousandth of a step) of slack
+    slack = CLIP_TOLERANCE_LSB * np.abs(s) if margin_lsb > 0 else 0.0
+    inside = (v >= lo - slack) & (v <= hi + slack)
     return float(1.0 - np.count_nonzero(inside) / v.size)
 
 

@@ -107,7 +107,7 @@ def _size_line(s: DiffSummary) -> str:
 def _table(r: DiffReport) -> Table:
     t = Table(show_lines=False, header_style="bold", expand=False)
     for col, justify in (("layer", "left"), ("SQNR", "right"), ("error", "right"),
-                         ("outside\nrange", "right"), ("cosine", "right"), ("notes", "left")):
+                         ("clipped", "right"), ("cosine", "right"), ("notes", "left")):
         t.add_column(col, overflow="fold", justify=justify)  # type: ignore[arg-type]
     for row in r.layers:
         t.add_row(_layer_cell(row), *_weight_cells(row.weight), _notes_cell(row))

@@ -102,19 +102,21 @@ def test_clipped_and_saturated_fraction_match_torch(name, shape, float_zp, data)
     if axis is not None:
         view[axis] = n
     s, z = torch.from_numpy(scale).reshape(view), torch.from_numpy(zp).double().reshape(view)
-    lo, hi = (d.qmin - z) * s, (d.qmax - z) * s
-    # values around, on and beyond both edges, plus NaN / inf
+    margin = data.draw(st.sampled_from([0.0, 0.5]))
+    lo, hi = (d.qmin - z - margin) * s, (d.qmax - z + margin) * s
+    # values around, on and beyond both clipping bounds, plus NaN / inf
     edges = torch.stack([lo, hi]).expand(2, *shape)
     pick = torch.from_numpy(data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, 1))))
     offset = data.draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([-1.0, 0.0, 1.0])))
-    x = torch.gather(edges, 0, pick.unsqueeze(0))[0] + torch.from_numpy(offset) * 1e-3 * s
+    # 1e-2 steps: ten times the slack clipped_fraction gives half-step bounds
+    x = torch.gather(edges, 0, pick.unsqueeze(0))[0] + torch.from_numpy(offset) * 1e-2 * s
     if data.draw(st.booleans()):
         x.reshape(-1)[0] = data.draw(st.sampled_from([math.nan, math.inf, -math.inf]))
     inside = (x >= lo) & (x <= hi)
     want = 1.0 - inside.double().mean().item()
     sarg = scale[0] if axis is None else scale
     zarg = zp[0] if axis is None else zp
-    got = qm.clipped_fraction(x.numpy(), sarg, zarg, name, axis=axis)
+    got = qm.clipped_fraction(x.numpy(), sarg, zarg, name, axis=axis, margin_lsb=margin)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
 
     q = data.draw(hnp.arrays(np.int64, shape, elements=st.integers(d.qmin, d.qmax)))
@@ -182,3 +184,22 @@ def test_argument_errors() -> None:
         qm.error_in_lsb(np.zeros(3), np.zeros(3), 0.0)
     with pytest.raises(KeyError):
         qm.saturated_fraction(np.zeros(3), "int3")
+
+
+def test_value_on_the_half_step_bound_is_not_clipped() -> None:
+    """Symmetric per-channel scales put each channel's max at exactly 127.5 steps: torch
+    rounds it to the edge with a 0.5 LSB error, which is rounding, not clipping."""
+    import torch as _torch
+
+    w = np.array([[-0.7, 0.25, 0.7], [0.1, -0.33, 0.33]], dtype=np.float32)
+    scale = np.abs(w).max(axis=1).astype(np.float64) / 127.5
+    zp = np.zeros(2, np.int64)
+    assert qm.clipped_fraction(w, scale, zp, "qint8", axis=0) == 0.0
+    q = _torch.quantize_per_channel(_torch.from_numpy(w), _torch.from_numpy(scale),
+                                    _torch.from_numpy(zp), 0, _torch.qint8)
+    lsb = qm.error_in_lsb(w, q.dequantize().numpy(), scale, axis=0)
+    assert lsb.max <= 0.5 + 1e-6
+    beyond = w * np.float32(1.001)  # the maxima now lie 0.13 steps past the half step
+    assert qm.clipped_fraction(beyond, scale, zp, "qint8", axis=0) == pytest.approx(2 / 6)
+    # float32-stored scales put the bound ~1e-5 steps off: still rounding, not clipping
+    assert qm.clipped_fraction(w, scale.astype(np.float32), zp, "qint8", axis=0) == 0.0
