@@ -343,7 +343,12 @@ class Builder:
             return None
         name = SCALAR_TYPES.get(dtype, ("uint8", "uint8"))[1] if isinstance(dtype, int) \
             else "uint8"
-        return ActQuant(scale=scale, zero_point=zp, dtype=name, dtype_assumed=False, keys=())
+        where = self.producer.get(node.tensor_args()[0]) if node.target in DQ_TENSOR and \
+            node.tensor_args() else None
+        origin = where.name if where is not None and where.target in Q_TENSOR else node.name
+        keys = (f"{origin} scale (literal in the graph)",
+                f"{origin} zero_point (literal in the graph)")
+        return ActQuant(scale=scale, zero_point=zp, dtype=name, dtype_assumed=False, keys=keys)
 
     def _layer(self, node: Node, weights: dict, acts: dict, q_of: dict, w_inputs: list,
                a_inputs: list, produced_by: dict[str, str]) -> Layer:
@@ -361,10 +366,10 @@ class Builder:
             origin = q_node.tensor_args()[0] if q_node.tensor_args() else None
             origin_layer = produced_by.get(self._through(origin)) if origin else None
             if origin in self.user_inputs:
-                text = f"the model input {origin!r}, quantized by {q_node.name}"
+                text = f"model input {origin!r}, quantized by {q_node.name}"
             else:
                 feeder = self.producer[origin].name if origin in self.producer else origin
-                text = f"{q_node.name} requantizes the output of {origin_layer or feeder!r}"
+                text = f"output of {origin_layer or feeder!r}, requantized by {q_node.name}"
             more = len(a_inputs) - 1
             if more:
                 text += f"; {more} further quantized input(s)"

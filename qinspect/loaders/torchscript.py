@@ -373,7 +373,8 @@ def _with_graph_input(layer: Layer, sources: list[str | None],
 def _literal_layer(name: str, kind: str, mode: Mode, scale: Any, zp: Any) -> Layer:
     output = None
     if isinstance(scale, float) and isinstance(zp, int):
-        output = ActQuant(scale, zp, "quint8", True, ())
+        output = ActQuant(scale, zp, "quint8", True, (f"{name} scale (literal in the code)",
+                                                      f"{name} zero_point (literal in the code)"))
     return Layer(name=name, kind=kind, mode=mode, keys=(), output=output,
                  notes=(Note(Level.INFO, "qparams written as literals in the archive's "
                              "code; no attribute stores them"),))
