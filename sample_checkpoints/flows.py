@@ -174,20 +174,27 @@ def _plain_copy(cls: type[nn.Module], src: nn.Module) -> nn.Module:
     return dst.eval()
 
 
-def mlp_qat(engine: str = "fbgemm", seed: int = 0, *, fused: bool = False) -> Flow:
+def mlp_qat(engine: str = "fbgemm", seed: int = 0, *, fused: bool = False,
+            frozen: bool = False) -> Flow:
     """QAT of MnistMLP (or MnistMLPFused with fc1+relu fused into LinearReLU).
 
     ``get_default_qat_qconfig(engine)``, ``prepare_qat``, 8 SGD steps on random
     (x, label) batches, ``.eval()``, ``convert``. ``float_model`` is a plain
     ``MnistMLP``/``MnistMLPFused`` holding the float weights at the *end* of QAT, i.e.
     the weights ``convert`` quantized (keys fc1.weight, fc1.bias, fc2.weight, fc2.bias).
+
+    ``frozen=True`` is the recipe whose converted weights are exactly what training
+    simulated: ``get_default_qat_qconfig(engine, version=0)`` (the non-fused fake-quant,
+    whose scale formula is the observer's) and ``disable_observer`` before ``convert``
+    (the default keeps observing, so ``convert`` moves the qparams once more).
     """
     cls = models.MnistMLPFused if fused else models.MnistMLP
     with _deterministic(seed, engine):
         model = cls().train()
         if fused:
             model = tq.fuse_modules_qat(model, [list(models.MnistMLPFused.FUSE)])
-        model.qconfig = tq.get_default_qat_qconfig(engine)
+        model.qconfig = (tq.get_default_qat_qconfig(engine, version=0) if frozen
+                         else tq.get_default_qat_qconfig(engine))
         prepared = tq.prepare_qat(model)
         opt = torch.optim.SGD(prepared.parameters(), lr=0.05, momentum=0.9)
         batches = mlp_batches(seed)
@@ -196,6 +203,8 @@ def mlp_qat(engine: str = "fbgemm", seed: int = 0, *, fused: bool = False) -> Fl
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if frozen:
+            prepared.apply(tq.disable_observer)
         prepared.eval()
         converted = tq.convert(prepared)
         float_model = _plain_copy(cls, prepared)

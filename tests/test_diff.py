@@ -188,6 +188,23 @@ def test_sample_qat_vs_converted_reports_why_it_is_not_bit_exact(cli, samples):
     assert layers(doc)["quant"]["qat"]["bit_exact"] is True
 
 
+def test_sample_frozen_qat_vs_converted_is_bit_exact(cli, samples):
+    """The sample made with the exact recipe (version-0 QAT qconfig, observers disabled
+    before convert) converts to exactly what training simulated."""
+    doc = run_json(cli, samples / "mlp_qat_frozen_prepared.pt",
+                   samples / "mlp_qat_frozen_int8.pt")
+    assert doc["summary"]["bit_exact"] is True
+    for name in ("quant", "fc1", "fc2"):
+        assert layers(doc)[name]["qat"]["bit_exact"] is True
+    assert layers(doc)["fc1"]["qat"]["int_mismatches"] == 0
+    sd = torch.load(samples / "mlp_qat_frozen_prepared.pt", weights_only=True)
+    q = torch.load(samples / "mlp_qat_frozen_int8.pt", weights_only=True)
+    w = q["fc1._packed_params._packed_params"][0]
+    fq = torch.quantize_per_channel(sd["fc1.weight"], sd["fc1.weight_fake_quant.scale"].double(),
+                                    sd["fc1.weight_fake_quant.zero_point"].long(), 0, torch.qint8)
+    assert torch.equal(fq.int_repr(), w.int_repr())  # torch agrees: bit-exact
+
+
 # --- fp32 vs int8 on torch flows ------------------------------------------------------
 
 

@@ -92,8 +92,9 @@ def sd():
 
 
 def test_committed_file_set_is_what_make_samples_writes(regenerated):
-    committed = sorted(p.name for p in SAMPLES.iterdir() if p.suffix in (".pt", ".npy"))
-    assert committed == EXPECTED_FILES
+    # make_format_samples.py writes the other formats' samples into the same folder
+    committed = {p.name for p in SAMPLES.iterdir() if p.suffix in (".pt", ".npy")}
+    assert set(EXPECTED_FILES) <= committed
     assert sorted(p.name for p in regenerated.iterdir()) == EXPECTED_FILES
 
 

@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
+import make_samples  # noqa: E402  (sample_checkpoints/ is put on sys.path by conftest)
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,9 @@ from tests_support import raw_keys
 
 import qinspect
 
-SAMPLES = sorted((Path(__file__).resolve().parents[1] / "sample_checkpoints").glob("*.pt"))
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+# the eager-mode samples; other formats have their own tests
+SAMPLES = [SAMPLE_DIR / name for name in sorted(make_samples.FILES)]
 SCHEMA = json.loads(resources.files("qinspect").joinpath("schemas/show-1.json").read_text())
 
 
