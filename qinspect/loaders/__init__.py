@@ -18,6 +18,23 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     from qinspect.loaders import sniff as S
 
     found = S.sniff(path)
+    if found.kind == S.TORCH_SAVE:
+        return _load_state_dict(path)
+    try:
+        return _load_graph_format(path, found.kind)
+    except (RecursionError, TypeError, AttributeError, KeyError, IndexError, ValueError,
+            OverflowError) as exc:
+        from qinspect.errors import LoadError
+
+        what = S.printable(f"{type(exc).__name__}: {exc}".splitlines()[0][:160])
+        raise LoadError(f"{S.printable(str(path))}: a {found.kind} file with a malformed "
+                        f"structure ({what}); re-export it") from exc
+
+
+def _load_graph_format(path: str | os.PathLike[str], kind: str) -> Checkpoint:
+    from qinspect.loaders import sniff as S
+
+    found = S.Sniffed(kind)
     if found.kind == S.TORCHSCRIPT:
         from qinspect.loaders import torchscript
 
@@ -34,7 +51,7 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         from qinspect.loaders import torchao
 
         return torchao.load(path)
-    return _load_state_dict(path)
+    raise AssertionError(kind)
 
 
 def _load_state_dict(path: str | os.PathLike[str]) -> Checkpoint:

@@ -62,15 +62,20 @@ def sniff(path: str | Path) -> Sniffed:
         return _sniff_zip(p)
     for offset, magic, what in MAGICS:
         if head[offset:offset + len(magic)] == magic:
-            raise UnsupportedFormatError(f"{p}: this is {what}, not a PyTorch checkpoint; "
-                                         "qinspect reads torch.save, TorchScript and "
-                                         "torch.export files")
+            raise UnsupportedFormatError(
+                f"{printable(str(p))}: this is {what}, not a PyTorch checkpoint; qinspect "
+                "reads torch.save, TorchScript and torch.export files")
     if head[:1] == b"\x80" or not head or _looks_like_known_text_or_safetensors(head):
         return Sniffed(TORCH_SAVE)  # legacy pickle, empty, text, safetensors: the reader
     raise UnsupportedFormatError(
-        f"{p}: unknown format (first bytes {head[:8].hex(' ')}, no zip or pickle header); "
-        "qinspect reads torch.save, TorchScript (torch.jit.save) and torch.export (.pt2) "
-        "files")
+        f"{printable(str(p))}: unknown format (first bytes {head[:8].hex(' ')}, no zip or "
+        "pickle header); qinspect reads torch.save, TorchScript (torch.jit.save) and "
+        "torch.export (.pt2) files")
+
+
+def printable(text: str) -> str:
+    """Names from a file, safe for a one-line message: control characters escaped."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _looks_like_known_text_or_safetensors(head: bytes) -> bool:
@@ -99,13 +104,13 @@ def _sniff_zip(p: Path) -> Sniffed:
                 n.startswith("models/") and n.endswith(".json") for n in names):
             return Sniffed(EXPORT)
         if "data.pkl" not in names:
-            shown = ", ".join(sorted(names)[:6]) + (", ..." if len(names) > 6 else "")
+            shown = printable(", ".join(sorted(names)[:6]) + (", ..." if len(names) > 6 else ""))
             kind = "a NumPy .npz archive" if names and all(
                 n.endswith(".npy") for n in names) else "a zip archive"
             raise UnsupportedFormatError(
-                f"{p}: {kind} without data.pkl, code/ or models/, so not written by torch "
-                f"(it holds {shown or 'nothing'}); qinspect reads torch.save, TorchScript "
-                "and torch.export files")
+                f"{printable(str(p))}: {kind} without data.pkl, code/ or models/, so not "
+                f"written by torch (it holds {shown or 'nothing'}); qinspect reads "
+                "torch.save, TorchScript and torch.export files")
         globs = tuple(scan_globals(archive.read("data.pkl")))
     if any(g in GRAPH_MODULE_REDUCERS for g in globs):
         return Sniffed(FX_PICKLE, globs)

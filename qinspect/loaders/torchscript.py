@@ -27,6 +27,7 @@ from qinspect.loaders import eager, fx
 from qinspect.loaders import tensors as T
 from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
 from qinspect.loaders.safe_pickle import Stub, load_pickle
+from qinspect.loaders.sniff import printable
 from qinspect.loaders.tsgraph import AttrRef, Graph, Walker, parse_classes
 from qinspect.loaders.zipread import Archive
 from qinspect.model import (
@@ -64,8 +65,9 @@ def load(path: str | Path) -> Checkpoint:
         sources = {n: archive.read(n).decode("utf-8", "replace") for n in archive.names
                    if n.startswith("code/") and n.endswith(".py")}
     if not isinstance(root, Stub) or not root.qualname.startswith("__torch__."):
-        raise UnsupportedFormatError(f"{p}: a TorchScript archive whose data.pkl holds "
-                                     f"{type(root).__name__}, not a module; re-export it")
+        raise UnsupportedFormatError(f"{printable(str(p))}: a TorchScript archive whose "
+                                     f"data.pkl holds {printable(type(root).__name__)}, not "
+                                     "a module; re-export it")
     classes, problems = parse_classes(sources)
     is_fx = root.qualname.endswith("torch.fx.graph_module.GraphModule")
     fmt = f"TorchScript archive ({'FX GraphModule' if is_fx else demangle(root.qualname)})"

@@ -101,6 +101,9 @@ class Walker:
             self.call_method(ModRef("", root_qualname), "forward", None, depth=0)
         except _Stop as stop:
             self.graph.problems.append(str(stop))
+        except RecursionError:
+            self.graph.problems.append("code nested too deeply to follow; input sources "
+                                       "beyond this point are not known")
         return self.graph
 
     # --- modules -----------------------------------------------------------------

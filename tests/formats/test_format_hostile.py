@@ -1,0 +1,93 @@
+"""Damaged or hostile files in the new formats: one-line errors (exit 2), no code runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = edit(info.filename, zin.read(info))
+            if data is not None:
+                zout.writestr(info, data)
+    return dst
+
+
+def _one_line_error(result, *needles):
+    assert result.code == 2, result.out
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0], lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+class _RunsCode:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_torchscript_data_pkl_with_code_never_runs(cli, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"x": _RunsCode(str(marker))}, protocol=2)
+    path = _rewrite(SAMPLES / "eager_mlp_int8_ts.pt", tmp_path / "ts.pt",
+                    lambda n, d: evil if n.endswith("/data.pkl") else d)
+    _one_line_error(cli("show", path), "not a module")
+    assert not marker.exists()
+
+
+def test_torchao_file_with_code_never_runs(cli, tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    sd = torch.load(SAMPLES / "format_net_fp32.pt", weights_only=True)
+    sd["fc1.weight"] = _RunsCode(str(marker))
+    # name a torchao class so the sniffer routes it to the torchao reader
+    sd["fc2.weight"] = __import__("torchao.quantization", fromlist=["Int8Tensor"]).Int8Tensor
+    path = tmp_path / "ao.pt"
+    torch.save(sd, path)
+    result = cli("show", path)
+    assert result.code in (0, 2), result.err
+    assert "internal error" not in result.err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["eager_mlp_int8_ts.pt", "pt2e_mlp_xnnpack.pt2",
+                                  "torchao_int8wo.pt", "fx_mlp_int8_graphmodule.pt"])
+def test_truncated_archives(cli, tmp_path, name):
+    data = (SAMPLES / name).read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    result = cli("show", path)
+    assert result.code == 2 and "internal error" not in result.err, result.err
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda n, d: b"{not json" if n.endswith("models/model.json") else d, "not valid JSON"),
+    (lambda n, d: None if "weights/weight_" in n else d, "no record"),
+    (lambda n, d: d[:3] if n.endswith("weights/weight_2") else d, "re-export"),
+    (lambda n, d: json.dumps({"graph_module": {"graph": {"nodes": 7}}}).encode()
+     if n.endswith("models/model.json") else d, "malformed"),
+])
+def test_damaged_pt2(cli, tmp_path, edit, needle):
+    path = _rewrite(SAMPLES / "pt2e_mlp_xnnpack.pt2", tmp_path / "m.pt2", edit)
+    _one_line_error(cli("show", path), needle)
+
+
+def test_names_from_the_file_are_escaped(cli, tmp_path):
+    path = tmp_path / "odd.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("\x1b[31mred", b"x")
+    result = cli("show", path)
+    assert result.code == 2 and "\x1b" not in result.err
