@@ -1,0 +1,688 @@
+"""``qinspect verify``: run every quantized layer in three domains and compare them.
+
+For each quantized layer, from the layer's own quantized input ``x_q``:
+
+1. **float domain**: the layer in float64 on the dequantized input, with the dequantized
+   weight (or the float reference weight, folded where BatchNorm was fused) and the float
+   bias, no output rounding: what the layer means;
+2. **kernel**: the PyTorch quantized op the checkpoint is built for, under the engine the
+   file implies (:mod:`qinspect.analyse.kernels`);
+3. **reference**: qinspect's own integer arithmetic (:mod:`qinspect.quant.reference`).
+
+Reported per layer: SQNR of the kernel output against the float domain, the error in
+output LSB, the outputs the float domain puts beyond the output range (clipped at
+qmin/qmax), the inputs clipped when quantizing, and kernel-vs-reference agreement.
+
+Where inputs come from is decided by :mod:`qinspect.analyse.chain` (the file alone: the
+user's input for the first layer, an *assumed* chain where shapes connect, synthetic
+inputs otherwise) or :mod:`qinspect.analyse.modelrun` (``--model``: the real float
+inputs of every layer from the user's model code).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+import numpy as np
+
+from qinspect.errors import InputError, VerifyError
+from qinspect.model import Checkpoint, Layer, Mode, Weight
+
+Progress = Callable[[str, int, int], None]
+"""``progress(what, done, total)``: called as work advances (the CLI draws a bar)."""
+
+ACT_DTYPE = "quint8"
+QMIN, QMAX = 0, 255
+CLIP_MARGIN_LSB = 0.5
+
+
+class InputKind(str, Enum):
+    """Where a layer's input came from."""
+
+    USER = "user"
+    """The user's ``--input``, quantized with the input qparams (QuantStub's)."""
+    CHAINED = "chained"
+    """The previous layer's integer output: an assumed chain (a state_dict has no graph)."""
+    SYNTHETIC = "synthetic"
+    """Isolated, synthetic input drawn from the layer's input range."""
+    MODEL = "model"
+    """The quantization of the float model's real input to this layer (``--model``)."""
+
+
+@dataclass(frozen=True)
+class KernelAgreement:
+    """torch's kernel against qinspect's reference on the same input."""
+
+    engine: str
+    arithmetic: str
+    op: str
+    elements: int
+    mismatches: int
+    max_diff: float
+    unit: str
+    """``"LSB"`` (integer outputs) or ``"abs"`` (float outputs of dynamic layers)."""
+
+    @property
+    def agree(self) -> bool:
+        return self.mismatches == 0
+
+    @property
+    def agreement(self) -> float:
+        return 1.0 - self.mismatches / self.elements if self.elements else 1.0
+
+
+@dataclass(frozen=True)
+class LayerVerify:
+    """One quantized layer, verified (or the reason it could not be)."""
+
+    name: str
+    kind: str
+    mode: str
+    verified: bool
+    reason: str | None = None
+    input_kind: InputKind | None = None
+    input_text: str = ""
+    input_shape: tuple[int, ...] = ()
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+    input_clipped: float | None = None
+    input_sqnr_db: float | None = None
+    output_scale: float | None = None
+    output_zero_point: int | None = None
+    float_domain: str = ""
+    relu: bool = False
+    elements: int = 0
+    sqnr_db: float | None = None
+    max_error_lsb: float | None = None
+    mean_error_lsb: float | None = None
+    max_abs_error: float | None = None
+    mean_abs_error: float | None = None
+    clipped_low: float | None = None
+    clipped_high: float | None = None
+    kernel: KernelAgreement | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def clipped(self) -> float | None:
+        if self.clipped_low is None or self.clipped_high is None:
+            return None
+        return self.clipped_low + self.clipped_high
+
+
+@dataclass(frozen=True)
+class ChainOutput:
+    """The last output of an assumed chain (file mode), as the kernels computed it."""
+
+    layer: str
+    values: np.ndarray
+    """float32: dequantized for static layers (``f32(scale) * (q - zp)``, as DeQuantStub)."""
+    q: np.ndarray | None = None
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """The quantized model's output against the float model's (``--model``)."""
+
+    sqnr_db: float
+    max_abs_error: float
+    elements: int
+    outputs: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    path: str
+    mode: str
+    """``"file"`` (the checkpoint alone) or ``"model"`` (``--model``)."""
+    engine: str
+    engine_reason: str
+    input_text: str
+    layers: tuple[LayerVerify, ...]
+    reference: str | None = None
+    model: str | None = None
+    seed: int = 0
+    batch: int | None = None
+    float_domain: str = ""
+    chain: tuple[str, ...] = ()
+    chain_note: str | None = None
+    chain_output: ChainOutput | None = None
+    end_to_end: EndToEnd | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def verified(self) -> tuple[LayerVerify, ...]:
+        return tuple(r for r in self.layers if r.verified)
+
+    @property
+    def ranked(self) -> tuple[LayerVerify, ...]:
+        """Verified layers, the one that loses most first (layers on real inputs before
+        layers on synthetic ones); then the layers that could not be verified."""
+        def key(r: LayerVerify) -> tuple[int, float, float]:
+            sqnr = r.sqnr_db if r.sqnr_db is not None and not math.isnan(r.sqnr_db) else -1e9
+            return (int(r.input_kind is InputKind.SYNTHETIC), sqnr, -(r.clipped or 0.0))
+        done = sorted(self.verified, key=key)
+        return tuple(done) + tuple(r for r in self.layers if not r.verified)
+
+    @property
+    def worst(self) -> LayerVerify | None:
+        ranked = [r for r in self.ranked if r.verified and r.sqnr_db is not None]
+        return ranked[0] if ranked else None
+
+    @property
+    def kernel_mismatches(self) -> int:
+        return sum(r.kernel.mismatches for r in self.layers if r.kernel is not None)
+
+    def explanation(self) -> str | None:
+        """One line on what the worst numbers mean."""
+        w = self.worst
+        return explain_worst(w) if w is not None else None
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def verify(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    *,
+    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    reference: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    engine: str | None = None,
+    layer_glob: str | None = None,
+    seed: int = 0,
+    batch: int | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Verify every quantized layer of ``checkpoint``; see the module docstring."""
+    from qinspect.analyse import chain, modelrun
+    from qinspect.inputs import read_input
+    from qinspect.loaders import load
+
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
+    _check_stage(ckpt)
+    if model is not None and reference is None:
+        raise InputError("--model needs --reference FP32.pt: the float weights to load into "
+                         "the model (a quantized state_dict has none)")
+    if model is not None and input is None:
+        raise InputError("--model needs --input: the sample to run through both models")
+    user = read_input(input).limited(batch) if input is not None else None
+    ref = load(reference) if reference is not None else None
+    chosen, reason = choose_engine(ckpt, engine)
+    weights = FloatWeights(ckpt, ref)
+    ctx = Context(engine=chosen, weights=weights, seed=seed, batch=batch,
+                  rng=np.random.default_rng(seed), progress=progress)
+    if model is not None:
+        report = modelrun.run(ckpt, ctx, user, model, str(reference))
+    else:
+        report = chain.run(ckpt, ctx, user)
+    report = replace(report, engine=chosen, engine_reason=reason, reference=_str(reference),
+                     model=model, seed=seed, batch=batch, float_domain=weights.summary)
+    if layer_glob is not None:
+        kept = tuple(r for r in report.layers if fnmatch.fnmatchcase(r.name, layer_glob))
+        if not kept:
+            names = ", ".join(r.name for r in report.layers[:8])
+            raise InputError(f"--layer {layer_glob!r} matches no quantized layer; layers: "
+                             f"{names}")
+        report = replace(report, layers=kept)
+    return report
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _check_stage(ckpt: Checkpoint) -> None:
+    if ckpt.stage in ("qat-prepared", "ptq-prepared"):
+        raise VerifyError(f"{ckpt.path}: a {ckpt.stage} checkpoint holds float weights and "
+                          "observers, nothing quantized to run yet; convert it "
+                          "(torch.ao.quantization.convert) and verify the converted file")
+    if not any(lay.mode in (Mode.STATIC, Mode.DYNAMIC, Mode.QUANTIZE) for lay in ckpt.layers):
+        raise VerifyError(f"{ckpt.path}: no quantized layer to verify (stage {ckpt.stage}); "
+                          "pass a converted quantized checkpoint")
+
+
+def choose_engine(ckpt: Checkpoint, override: str | None) -> tuple[str, str]:
+    """The engine the file implies (or ``override``), and why."""
+    from qinspect.analyse import kernels
+
+    available = kernels.available_engines()
+    if override is not None:
+        if override not in kernels.ENGINES:
+            raise InputError(f"--engine {override!r}: choose one of {', '.join(kernels.ENGINES)}")
+        if override not in available:
+            raise InputError(f"--engine {override}: this torch build does not have it "
+                             f"(available: {', '.join(available)})")
+        return override, "chosen with --engine"
+    static = [lay.weight.quant for lay in ckpt.layers
+              if lay.mode is Mode.STATIC and lay.weight is not None and lay.weight.is_quantized
+              and lay.weight.quant is not None]
+    if any(q.axis is not None for q in static):
+        engine, why = "x86", ("per-channel weights: the fbgemm/x86 default qconfigs (they "
+                              "write identical files); x86 is torch's default engine")
+        if engine not in available:
+            engine = "fbgemm"
+    elif static:
+        engine, why = "qnnpack", ("per-tensor static weights: the qnnpack default qconfig "
+                                  "(for a per-tensor qconfig on x86, pass --engine x86)")
+    else:
+        engine = kernels.default_engine()
+        why = "the file does not imply an engine (dynamic layers only): torch's default here"
+    if engine not in available:
+        fallback = available[0] if available else engine
+        why += f"; {engine} is not in this torch build, so {fallback}"
+        engine = fallback
+    return engine, why
+
+
+# --- float weights ----------------------------------------------------------------------
+
+
+class FloatWeights:
+    """The weights of the float domain: dequantized, or the float reference's (folded)."""
+
+    def __init__(self, ckpt: Checkpoint, reference: Checkpoint | None) -> None:
+        self.reference = reference
+        self.pairs: dict[str, object] = {}
+        if reference is not None:
+            from qinspect.analyse.pairing import pair_layers
+
+            pairing = pair_layers(ckpt, reference)
+            self.pairs = {p.a.name: p for p in pairing.pairs}
+
+    @property
+    def summary(self) -> str:
+        if self.reference is None:
+            return ("dequantized weights (no --reference): the SQNR measures activation "
+                    "quantization only, not weight error")
+        return (f"float weights of {self.reference.path} (BatchNorm folded where the "
+                "checkpoint fused it): the SQNR includes weight error")
+
+    def get(self, layer: Layer) -> tuple[np.ndarray, np.ndarray | None, str, tuple[str, ...]]:
+        """(weight f64, bias f64 or None, description, notes) for the float domain."""
+        deq = dequantized(layer.weight) if layer.weight is not None else None
+        bias = None if layer.bias is None else np.asarray(layer.bias, np.float64)
+        if self.reference is None:
+            return deq, bias, "dequantized weights", ()
+        pair = self.pairs.get(layer.name)
+        if pair is None or pair.b.weight is None:
+            return deq, bias, "dequantized weights", (
+                f"no layer pairs with it in {self.reference.path}: dequantized weights used",)
+        w = np.asarray(pair.b.weight.values, np.float32)
+        b = None if pair.b.bias is None else np.asarray(pair.b.bias, np.float32)
+        notes: tuple[str, ...] = ()
+        how = f"float weights of '{pair.b.name}'"
+        if pair.fold is not None and pair.fold_side == "b":
+            from qinspect.analyse.fold import fold_batchnorm, infer_eps
+
+            choice = infer_eps(w, b, pair.fold, layer.bias)
+            w, b = fold_batchnorm(w, b, pair.fold, choice.eps)
+            how += f" with BatchNorm '{pair.fold.name}' folded (eps {choice.eps:g})"
+            if not choice.matched:
+                notes = (choice.message,)
+        if deq is not None and tuple(w.shape) != tuple(deq.shape):
+            return deq, bias, "dequantized weights", (
+                f"reference weight {tuple(w.shape)} does not match {tuple(deq.shape)}: "
+                "dequantized weights used",)
+        return (w.astype(np.float64), None if b is None else b.astype(np.float64), how, notes)
+
+
+def dequantized(w: Weight) -> np.ndarray:
+    """The real values of a quantized weight, ``(q - zp) * scale``, in float64."""
+    if w.quant is None or not w.is_quantized:
+        return np.asarray(w.values, np.float64)
+    q = w.quant
+    vals = np.asarray(w.values, np.float64)
+    if q.axis is None:
+        return (vals - float(q.zero_point[0])) * float(q.scale[0])
+    shape = [1] * vals.ndim
+    shape[q.axis] = -1
+    return (vals - np.asarray(q.zero_point, np.float64).reshape(shape)) \
+        * np.asarray(q.scale, np.float64).reshape(shape)
+
+
+# --- context and rows ---------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What every row computation needs."""
+
+    engine: str
+    weights: FloatWeights
+    seed: int
+    batch: int | None
+    rng: np.random.Generator
+    progress: Progress | None = None
+    cache: dict[str, object] = field(default_factory=dict)
+
+    def tick(self, what: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(what, done, total)
+
+
+@dataclass
+class Call:
+    """One call of a static layer: its quantized input (and the float it came from)."""
+
+    q: np.ndarray
+    scale: float
+    zero_point: int
+    real: np.ndarray | None = None
+    """The float values ``q`` quantizes, when known (user input, ``--model``)."""
+
+
+def relu_fused(layer: Layer) -> bool:
+    """Fused ReLU inferred from an output zero point at qmin (LinearReLU/ConvReLU keys are
+    the same as the plain layer's; clamping at the zero point is then a no-op)."""
+    return layer.output is not None and layer.output.zero_point == QMIN
+
+
+def dequant(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """float64 values of quint8 ints with a float32 scale (what the kernels use)."""
+    return (np.asarray(q, np.float64) - zero_point) * float(np.float32(scale))
+
+
+def _metrics_static(float_out: np.ndarray, q_kernel: np.ndarray, scale: float, zp: int
+                    ) -> dict[str, float]:
+    from qinspect.quant.affine import dequantize_per_tensor
+    from qinspect.quant.metrics import error_in_lsb, sqnr_db
+
+    got = dequantize_per_tensor(q_kernel, scale, zp).astype(np.float64)
+    s = float(np.float32(scale))
+    lsb = error_in_lsb(float_out, got, s)
+    # Clipped: the float value lies more than half a step beyond the range's edge, so the
+    # clamp loses more than rounding would (metrics.clipped_fraction's convention).
+    lo, hi = (QMIN - zp - CLIP_MARGIN_LSB) * s, (QMAX - zp + CLIP_MARGIN_LSB) * s
+    n = max(float_out.size, 1)
+    err = np.abs(float_out - got)
+    return {
+        "sqnr_db": sqnr_db(float_out, got),
+        "max_error_lsb": lsb.max, "mean_error_lsb": lsb.mean,
+        "max_abs_error": float(err.max()) if err.size else 0.0,
+        "mean_abs_error": float(err.mean()) if err.size else 0.0,
+        "clipped_low": float(np.count_nonzero(float_out < lo)) / n,
+        "clipped_high": float(np.count_nonzero(float_out > hi)) / n,
+    }
+
+
+def _input_stats(calls: list[Call]) -> tuple[float | None, float | None]:
+    """(fraction of real inputs clipped when quantized, input SQNR) where the real is known."""
+    from qinspect.quant.metrics import clipped_fraction, sqnr_db
+
+    known = [c for c in calls if c.real is not None]
+    if not known:
+        return None, None
+    real = np.concatenate([np.asarray(c.real, np.float64).ravel() for c in known])
+    deq = np.concatenate([dequant(c.q, c.scale, c.zero_point).ravel() for c in known])
+    clipped = sum(clipped_fraction(c.real, float(np.float32(c.scale)), c.zero_point, ACT_DTYPE)
+                  * c.real.size for c in known) / max(real.size, 1)
+    return float(clipped), sqnr_db(real, deq)
+
+
+def _agreement(engine: str, arithmetic: str, op: str, kernel: np.ndarray, ref: np.ndarray,
+               unit: str) -> KernelAgreement:
+    if unit == "LSB":
+        diff = np.abs(kernel.astype(np.int64) - ref.astype(np.int64))
+    else:
+        diff = np.abs(kernel.astype(np.float64) - ref.astype(np.float64))
+        same = (kernel == ref) | (np.isnan(kernel) & np.isnan(ref))
+        diff = np.where(same, 0.0, diff)
+    mismatches = int(np.count_nonzero(diff))
+    return KernelAgreement(engine, arithmetic, op, int(diff.size), mismatches,
+                           float(diff.max()) if diff.size else 0.0, unit)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(p).ravel() for p in parts]) if parts else np.zeros(0)
+
+
+def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, text: str,
+               geo: object | None = None, notes: tuple[str, ...] = ()
+               ) -> tuple[LayerVerify, list[np.ndarray]]:
+    """Verify a static Linear or Conv on ``calls``; returns the row and the kernel outputs."""
+    from qinspect.analyse import kernels as K
+    from qinspect.quant import reference as R
+
+    out = layer.output
+    if out is None or layer.weight is None or layer.weight.quant is None:
+        return not_verified(layer, "no output qparams or quantized weight to run"), []
+    if out.dtype != ACT_DTYPE:
+        return not_verified(layer, f"{out.dtype} activations are not supported"), []
+    relu = relu_fused(layer)
+    w_f, b_f, how, wnotes = ctx.weights.get(layer)
+    wq = layer.weight
+    q = wq.quant
+    is_conv = len(wq.shape) > 2
+    if is_conv:
+        geo = geo or K.ConvGeometry.default(len(wq.shape) - 2)
+        arith = K.conv_kernel(ctx.engine, q.zero_point, geo.groups)
+        runner = ctx.cache.get(f"conv:{layer.name}:{geo}")
+        if runner is None:
+            runner = ctx.cache[f"conv:{layer.name}:{geo}"] = K.ConvKernel(layer, ctx.engine, geo)
+        op = f"quantized::conv{len(wq.shape) - 2}d" + ("_relu" if relu else "")
+    else:
+        arith = K.linear_kernel(ctx.engine)
+        runner = ctx.cache.get(f"linear:{layer.name}")
+        if runner is None:
+            runner = ctx.cache[f"linear:{layer.name}"] = K.LinearKernel(layer, ctx.engine)
+        op = "quantized::linear" + ("_relu" if relu else "")
+    floats, kernels_q, refs, outs = [], [], [], []
+    depthwise = False
+    for call in calls:
+        kq = runner(call.q, call.scale, call.zero_point, out.scale, out.zero_point, relu)
+        x = dequant(call.q, call.scale, call.zero_point)
+        if is_conv:
+            depthwise = arith == "fbgemm" and K.fbgemm_depthwise(call.q.shape[1], wq.shape, geo)
+            rq = R.quantized_conv(call.q, call.scale, call.zero_point, wq.values, q.scale,
+                                  q.zero_point, layer.bias, out.scale, out.zero_point,
+                                  kernel=arith, relu=relu, stride=geo.stride,
+                                  padding=geo.padding, dilation=geo.dilation,
+                                  groups=geo.groups, int16_pairs=depthwise)
+            fo = R.conv_float64(x, w_f, b_f, stride=geo.stride, padding=geo.padding,
+                                dilation=geo.dilation, groups=geo.groups)
+        else:
+            rq = R.quantized_linear(call.q, call.scale, call.zero_point, wq.values, q.scale,
+                                    q.zero_point, layer.bias, out.scale, out.zero_point,
+                                    kernel=arith, relu=relu)
+            fo = x @ w_f.T + (0.0 if b_f is None else b_f)
+        if relu:
+            fo = np.maximum(fo, 0.0)
+        floats.append(fo)
+        kernels_q.append(kq)
+        refs.append(rq)
+        outs.append(kq)
+    float_out, kq_all, rq_all = _cat(floats), _cat(kernels_q), _cat(refs)
+    m = _metrics_static(float_out, kq_all, out.scale, out.zero_point)
+    in_clip, in_sqnr = _input_stats(calls)
+    arith_text = arith + (" depthwise (int16 pairs)" if depthwise else "")
+    extra = list(notes) + list(wnotes)
+    if relu:
+        extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "
+                     "the float domain applies it")
+    row = LayerVerify(
+        name=layer.name, kind=layer.kind + ("+ReLU" if relu else ""), mode=layer.mode.value,
+        verified=True, input_kind=kind, input_text=text,
+        input_shape=tuple(calls[0].q.shape) if calls else (),
+        input_scale=calls[0].scale if calls else None,
+        input_zero_point=calls[0].zero_point if calls else None,
+        input_clipped=in_clip, input_sqnr_db=in_sqnr, output_scale=out.scale,
+        output_zero_point=out.zero_point, float_domain=how, relu=relu,
+        elements=int(float_out.size),
+        kernel=_agreement(ctx.engine, arith_text, op, kq_all, rq_all, "LSB"),
+        notes=tuple(extra), **m)
+    return row, outs
+
+
+def quantize_row(ctx: Context, layer: Layer, x: np.ndarray, kind: InputKind, text: str
+                 ) -> tuple[LayerVerify, np.ndarray]:
+    """A QuantStub: the float input quantized with its qparams (torch vs reference)."""
+    from qinspect.analyse import kernels as K
+    from qinspect.quant.affine import quantize_per_tensor
+
+    out = layer.output
+    assert out is not None
+    xf = np.asarray(x, np.float32)
+    kq = K.quantize_kernel(xf, out.scale, out.zero_point)
+    rq = quantize_per_tensor(xf, out.scale, out.zero_point, ACT_DTYPE)
+    m = _metrics_static(xf.astype(np.float64).ravel(), kq.ravel(), out.scale, out.zero_point)
+    row = LayerVerify(
+        name=layer.name, kind="QuantStub (quantize)", mode=layer.mode.value, verified=True,
+        input_kind=kind, input_text=text, input_shape=tuple(xf.shape),
+        output_scale=out.scale, output_zero_point=out.zero_point,
+        float_domain="the float input itself", elements=int(xf.size),
+        kernel=_agreement(ctx.engine, "fbgemm quantize", "quantize_per_tensor", kq, rq, "LSB"),
+        notes=("the error is the input's rounding; clipped outputs are inputs outside the "
+               "range the QuantStub was calibrated for",), **m)
+    return row, kq
+
+
+def add_row(ctx: Context, layer: Layer, calls: list[tuple[Call, Call]], relu: bool,
+            kind: InputKind, text: str, notes: tuple[str, ...] = ()
+            ) -> tuple[LayerVerify, list[np.ndarray]]:
+    """A QFunctional ``add`` (``add_relu``): two quantized inputs, requantized sum."""
+    from qinspect.analyse import kernels as K
+    from qinspect.quant import reference as R
+
+    out = layer.output
+    if out is None:
+        return not_verified(layer, "no output qparams"), []
+    arith = K.linear_kernel(ctx.engine)
+    floats, kqs, rqs, outs = [], [], [], []
+    for a, b in calls:
+        kq = K.add_kernel(layer, ctx.engine, (a.q, a.scale, a.zero_point),
+                          (b.q, b.scale, b.zero_point), out.scale, out.zero_point, relu)
+        rq = R.quantized_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point,
+                             out.scale, out.zero_point, kernel=arith, relu=relu)
+        fo = dequant(a.q, a.scale, a.zero_point) + dequant(b.q, b.scale, b.zero_point)
+        if relu:
+            fo = np.maximum(fo, 0.0)
+        floats.append(fo)
+        kqs.append(kq)
+        rqs.append(rq)
+        outs.append(kq)
+    float_out = _cat(floats)
+    m = _metrics_static(float_out, _cat(kqs), out.scale, out.zero_point)
+    in_clip, in_sqnr = _input_stats([c for pair in calls for c in pair])
+    op = "quantized::add_relu" if relu else "quantized::add"
+    row = LayerVerify(
+        name=layer.name, kind="QFunctional " + ("add_relu" if relu else "add"),
+        mode=layer.mode.value, verified=True, input_kind=kind, input_text=text,
+        input_shape=tuple(calls[0][0].q.shape) if calls else (),
+        input_scale=calls[0][0].scale if calls else None,
+        input_zero_point=calls[0][0].zero_point if calls else None,
+        input_clipped=in_clip, input_sqnr_db=in_sqnr, output_scale=out.scale,
+        output_zero_point=out.zero_point, float_domain="exact sum of the dequantized inputs",
+        relu=relu, elements=int(float_out.size),
+        kernel=_agreement(ctx.engine, arith, op, _cat(kqs), _cat(rqs), "LSB"), notes=notes, **m)
+    return row, outs
+
+
+def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKind, text: str,
+                notes: tuple[str, ...] = ()) -> tuple[LayerVerify, list[np.ndarray]]:
+    """A dynamic Linear (or RNN gate linear): float input, quantized per call inside."""
+    from qinspect.analyse import kernels as K
+    from qinspect.quant import reference as R
+    from qinspect.quant.metrics import sqnr_db
+
+    wq = layer.weight
+    if wq is None or wq.quant is None or not wq.is_quantized:
+        return not_verified(layer, "float16 dynamic weights: verify covers int8 dynamic "
+                            "layers only"), []
+    if wq.quant.dtype != "qint8":
+        return not_verified(layer, f"{wq.quant.dtype} dynamic weights are not supported"), []
+    w_f, b_f, how, wnotes = ctx.weights.get(layer)
+    arith = K.linear_kernel(ctx.engine)
+    runner = ctx.cache.get(f"dyn:{layer.name}")
+    if runner is None:
+        runner = ctx.cache[f"dyn:{layer.name}"] = K.DynamicLinearKernel(layer, ctx.engine)
+    floats, kouts, routs, xreal, xdeq, scales = [], [], [], [], [], []
+    for x in xs:
+        x32 = np.asarray(x, np.float32)
+        ko = runner(x32)
+        ro, xq, sx, zx = R.dynamic_linear(x32, wq.values, wq.quant.scale, wq.quant.zero_point,
+                                          layer.bias, kernel=arith, reduce_range=True)
+        floats.append(x32.astype(np.float64) @ w_f.T + (0.0 if b_f is None else b_f))
+        kouts.append(ko)
+        routs.append(ro)
+        xreal.append(x32)
+        xdeq.append(dequant(xq, sx, zx))
+        scales.append(sx)
+    float_out, k_all, r_all = _cat(floats), _cat(kouts), _cat(routs)
+    err = np.abs(float_out - k_all.astype(np.float64))
+    x_all = _cat(xreal)
+    row = LayerVerify(
+        name=layer.name, kind=layer.kind, mode=layer.mode.value, verified=True,
+        input_kind=kind, input_text=text, input_shape=tuple(np.shape(xs[0])) if xs else (),
+        input_scale=float(scales[0]) if scales else None, input_clipped=0.0 if xs else None,
+        input_sqnr_db=sqnr_db(x_all, _cat(xdeq)) if xs else None,
+        float_domain=how + " on the float input (the layer quantizes it itself)",
+        elements=int(float_out.size), sqnr_db=sqnr_db(float_out, k_all),
+        max_abs_error=float(err.max()) if err.size else 0.0,
+        mean_abs_error=float(err.mean()) if err.size else 0.0,
+        kernel=_agreement(ctx.engine, arith, "quantized::linear_dynamic", k_all, r_all, "abs"),
+        notes=tuple(notes) + tuple(wnotes) + (
+            "dynamic: the input is quantized per call from its own min/max (it never clips; "
+            "its rounding is the error), the output is float (no output LSB)",))
+    return row, kouts
+
+
+def not_verified(layer: Layer, reason: str) -> LayerVerify:
+    return LayerVerify(name=layer.name, kind=layer.kind, mode=layer.mode.value,
+                       verified=False, reason=reason)
+
+
+# --- explanation -------------------------------------------------------------------------
+
+
+def explain_worst(r: LayerVerify) -> str:
+    """What the worst layer's numbers mean, in one line."""
+    sqnr = r.sqnr_db
+    bits = f"~{sqnr / 6.02:.1f} bits" if sqnr is not None and math.isfinite(sqnr) else ""
+    head = f"{r.name} loses most: SQNR {fmt_db(sqnr)}" + (f" ({bits} of precision)"
+                                                           if bits else "")
+    tail = ""
+    if r.input_kind is InputKind.SYNTHETIC:
+        tail = " (on synthetic input: a stress test of the arithmetic, not evidence from real data)"
+    elif r.input_kind is InputKind.CHAINED:
+        tail = (" (on an assumed chain: if the real model runs a ReLU or another op before this "
+                "layer, its real input differs; --model gives the real one)")
+    clipped = r.clipped or 0.0
+    if clipped >= 0.001 and r.output_scale is not None:
+        lo = (QMIN - (r.output_zero_point or 0)) * r.output_scale
+        hi = (QMAX - (r.output_zero_point or 0)) * r.output_scale
+        side = "top" if (r.clipped_high or 0) >= (r.clipped_low or 0) else "bottom"
+        return (f"{head}; {100 * clipped:.1f} % of its outputs fall outside its output range "
+                f"[{lo:.4g}, {hi:.4g}] and clip at the {side}: the range was calibrated too "
+                f"narrow for this input (recalibrate on representative data){tail}")
+    if r.max_error_lsb is not None and r.max_error_lsb > 1.0:
+        if clipped > 0:
+            why = (f"the {100 * clipped:.2f} % of outputs beyond its output range clip "
+                   "(a few outliers: the range is slightly narrow)")
+        elif "dequantized" not in r.float_domain:
+            why = ("the weights' quantization error (against the float reference) adds to "
+                   "the output rounding")
+        else:
+            why = "more than output rounding with dequantized weights: look at this layer"
+        return f"{head}; errors reach {r.max_error_lsb:.1f} output LSB: {why}{tail}"
+    if r.max_error_lsb is not None:
+        return (f"{head}; errors stay within output rounding ({r.max_error_lsb:.2f} LSB max): "
+                f"the output scale (resolution) is what limits it{tail}")
+    return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the float "
+            f"domain: the rounding of the input by dynamic quantization{tail}")
+
+
+def fmt_db(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if math.isinf(x):
+        return "inf dB" if x > 0 else "-inf dB"
+    if math.isnan(x):
+        return "NaN dB"
+    return f"{x:.1f} dB"
