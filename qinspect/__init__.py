@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from qinspect.analyse.check import CheckResult
     from qinspect.analyse.diff import DiffReport
     from qinspect.analyse.summary import Summary
+    from qinspect.analyse.verify import Progress, VerifyReport
     from qinspect.model import Checkpoint
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "diff",
     "load",
     "summarise",
+    "verify",
 ]
 
 
@@ -101,3 +103,25 @@ def diff(
     ckpt_a = a if not isinstance(a, (str, os.PathLike)) else load(a)
     ckpt_b = b if not isinstance(b, (str, os.PathLike)) else load(b)
     return _diff(ckpt_a, ckpt_b, layer_glob=layer_glob, sort=sort, fold_bn=fold_bn)
+
+
+def verify(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    *,
+    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    reference: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    engine: str | None = None,
+    layer_glob: str | None = None,
+    seed: int = 0,
+    batch: int | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """What ``qinspect verify`` reports: every quantized layer run in the float domain, by
+    torch's kernel and by qinspect's integer reference, with SQNR, error in LSB, clipping
+    and kernel agreement. ``model="file.py:Class"`` imports and runs that code (needs
+    ``reference`` and ``input``)."""
+    from qinspect.analyse.verify import verify as _verify
+
+    return _verify(checkpoint, input=input, reference=reference, model=model, engine=engine,
+                   layer_glob=layer_glob, seed=seed, batch=batch, progress=progress)

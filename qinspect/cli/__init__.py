@@ -13,6 +13,7 @@ import typer
 from qinspect.cli import check as _check
 from qinspect.cli import diff as _diff
 from qinspect.cli import show as _show
+from qinspect.cli import verify as _verify
 from qinspect.errors import QInspectError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 app.command("show", no_args_is_help=True)(_show.show)
 app.command("check", no_args_is_help=True)(_check.check)
 app.command("diff", no_args_is_help=True)(_diff.diff)
+app.command("verify", no_args_is_help=True)(_verify.verify)
 
 
 def _version(value: bool) -> None:
