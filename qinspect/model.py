@@ -245,6 +245,9 @@ class Checkpoint:
     module_order_known: bool = False
     notes: tuple[Note, ...] = field(default_factory=tuple)
     dead_weights: tuple[DeadWeight, ...] = ()
+    order: str | None = None
+    """How ``layers`` are ordered when the file says more than module registration order
+    (e.g. "graph order (forward in the archive's code)"); None: see module_order_known."""
     """Tensors stored in the file that the graph never reads (PT2E keeps the float weights
     beside the int8 ones it uses); their keys are also attributed with role UNUSED."""
 

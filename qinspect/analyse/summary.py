@@ -76,6 +76,15 @@ def engine_hints(layers: tuple[Layer, ...]) -> tuple[str, ...]:
               if lay.weight is not None and lay.weight.is_quantized and lay.weight.quant
               and lay.mode is Mode.STATIC]
     hints: list[str] = []
+    if quants and not any(q.dtype.startswith("q") for q in quants):
+        # plain int tensors + separate qparams: PT2E or torchao, not a torch.ao qconfig
+        ranges = {(q.quant_min, q.quant_max) for q in quants if q.quant_min is not None}
+        if ranges == {(-127, 127)}:
+            hints.append("weights in -127..127: a symmetric quantizer (XNNPACK's "
+                         "get_symmetric_quantization_config)")
+        elif ranges == {(-128, 127)}:
+            hints.append("weights in -128..127: e.g. the X86Inductor quantizer")
+        quants = []
     per_channel = sum(1 for q in quants if q.axis is not None)
     if quants and per_channel == len(quants):
         hints.append("per-channel int8 weights: the fbgemm or x86 default qconfig (the two "

@@ -124,6 +124,7 @@ def load(path: str | Path) -> Checkpoint:
         stage="converted" if builder.quantized else "float",
         file_size=p.stat().st_size, layers=tuple(layers), unrecognised=tuple(unrecognised),
         module_order_known=True, notes=tuple(notes + builder.notes), dead_weights=tuple(dead),
+        order="graph order (the exported program)",
     )
 
 

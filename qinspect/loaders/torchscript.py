@@ -100,6 +100,7 @@ def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
         unrecognised=tuple(unrecognised),
         module_order_known=True,
         notes=tuple(notes),
+        order="graph order (forward in the file's code; modules it never calls last)",
     )
 
 

@@ -53,8 +53,8 @@ def _header(s: Summary) -> RenderableType:
                               f"{size(s.fp32_equivalent_bytes)} ({s.compression_ratio:.2f}x)"))
     for hint in s.hints:
         grid.add_row("hint", Text(hint))
-    order = ("module registration order (state_dict metadata)" if c.module_order_known
-             else "key order (no metadata in the file)")
+    order = c.order or ("module registration order (state_dict metadata)"
+                        if c.module_order_known else "key order (no metadata in the file)")
     grid.add_row("order", Text(f"layers listed in {order}"))
     return grid
 
