@@ -193,7 +193,22 @@ def build(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], bool]:
     layers, unrecognised, order_known = eager.build_layers(module_raw)
     quantizers, ops, packed, bad = root_layers(root)
     layers = connect_by_name(layers, quantizers, order_known)
+    if ops:
+        layers = [_warn_requantize(lay, ops) for lay in layers]
     return layers + ops + packed, unrecognised + bad, order_known
+
+
+def _warn_requantize(layer: Layer, ops: list[Layer]) -> Layer:
+    """An inferred input may really come from one of FX's requantize buffers."""
+    src = layer.input_source
+    if src is None or not src.inferred or src.kind not in (SourceKind.PREVIOUS_LAYER,
+                                                            SourceKind.QUANT_STUB):
+        return layer
+    names = ", ".join(op.keys[0].key for op in ops[:4]) + (", ..." if len(ops) > 4 else "")
+    text = (f"{src.explanation}; but FX requantizes between some layers ({names}) and a "
+            "state_dict does not say where: save the model with torch.jit.save for exact "
+            "input sources")
+    return replace(layer, input_source=replace(src, explanation=text))
 
 
 def connect_by_name(layers: list[Layer], quantizers: list[Layer],
