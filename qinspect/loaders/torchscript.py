@@ -177,11 +177,17 @@ class Flattener:
                 self.module(child, prefix + name)
 
     def _packed(self, owner: Stub, key: str, value: Stub) -> None:
+        state = value.state
         if owner.qualname.endswith("LinearPackedParams"):
-            state = value.state
             if isinstance(state, tuple) and len(state) == 2 and T.is_tensor(state[0]):
                 self.entries[key] = state
                 return
+        if owner.qualname.endswith("EmbeddingPackedParams") and isinstance(state, tuple):
+            # EmbeddingPackedParamsBase: (version, [weight], [...], [...])
+            for part in state[1:]:
+                if isinstance(part, list) and part and T.is_quantized(part[0]):
+                    self.entries[key] = part[0]
+                    return
         holder = ScriptObjectState()
         holder.__setstate__((value.state, value.qualname.removeprefix("__torch__.")))
         self.entries[key] = holder
@@ -275,6 +281,7 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
              packed: list[Layer]) -> list[Layer]:
     """Give every layer the input source the graph shows; merge FX functional ops."""
     key_owner = {ref.key: lay.name for lay in quantizers + ops + packed for ref in lay.keys}
+    layer_keys = {ref.key: lay.name for lay in layers for ref in lay.keys}
     extra: dict[str, Layer] = {}
     inputs = dict(graph.inputs)
     alias: dict[str, str] = {}
@@ -308,6 +315,8 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
             alias[op.name] = target
         elif target is not None:
             alias[op.name] = target
+        elif op.weight is not None and op.weight.key in layer_keys:  # traced module op
+            alias[op.name] = layer_keys[op.weight.key]
         elif out_owner is not None:
             base = merged_ops[out_owner]
             merged_ops[out_owner] = replace(base, kind=f"quantized.{op.op} (FX functional op)",
