@@ -86,3 +86,46 @@ def test_code_is_parsed_never_run(eager_ts_file, tmp_path):
     ckpt = qinspect.load(src)
     assert ckpt.layer("fc1").input_source.layer == "conv"
     assert not marker.exists()
+
+
+def test_dynamic_and_weight_only_archives(tmp_path):
+    import torch_models as tm
+    from torch import nn
+
+    class Dyn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    dyn = torch.ao.quantization.quantize_dynamic(Dyn().eval(), {nn.Linear}, dtype=torch.qint8)
+    path = tmp_path / "dyn.pt"
+    torch.jit.save(torch.jit.script(dyn), path)
+    fc = qinspect.load(path).layer("fc")
+    assert fc.mode is Mode.DYNAMIC and fc.input_source.kind is SourceKind.DYNAMIC
+    np.testing.assert_array_equal(fc.weight.values, dyn.fc.weight().int_repr().numpy())
+
+    _, emb = tm.embeddings(False)
+
+    class Lookup(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = emb
+
+        def forward(self, i):
+            return self.m.emb(i)
+
+    path = tmp_path / "emb.pt"
+    torch.jit.save(torch.jit.script(Lookup()), path)
+    ckpt = qinspect.load(path)
+    assert not ckpt.unrecognised
+    for name in ("emb", "bag"):
+        layer = ckpt.layer(f"m.{name}")
+        live = getattr(emb, name).weight()
+        assert layer.mode is Mode.WEIGHT_ONLY
+        np.testing.assert_array_equal(layer.weight.values, live.int_repr().numpy())
+        np.testing.assert_array_equal(layer.weight.quant.scale,
+                                      live.q_per_channel_scales().numpy())
