@@ -246,7 +246,9 @@ class DynamicLinearKernel:
     def __init__(self, layer: Layer, engine: str, reduce_range: bool = True) -> None:
         import torch
 
-        self.layer, self.engine, self.reduce_range = layer, engine, reduce_range
+        # QNNPACK ignores reduce_range (and warns on every process's first call)
+        self.layer, self.engine = layer, engine
+        self.reduce_range = reduce_range and engine != "qnnpack"
         with engine_context(engine):
             try:
                 self.packed = torch.ops.quantized.linear_prepack(weight_tensor(layer),

@@ -533,7 +533,7 @@ def quantize_row(ctx: Context, layer: Layer, x: np.ndarray, kind: InputKind, tex
     rq = quantize_per_tensor(xf, out.scale, out.zero_point, ACT_DTYPE)
     m = _metrics_static(xf.astype(np.float64).ravel(), kq.ravel(), out.scale, out.zero_point)
     row = LayerVerify(
-        name=layer.name, kind="QuantStub (quantize)", mode=layer.mode.value, verified=True,
+        name=layer.name, kind="QuantStub", mode=layer.mode.value, verified=True,
         input_kind=kind, input_text=text, input_shape=tuple(xf.shape),
         output_scale=out.scale, output_zero_point=out.zero_point,
         float_domain="the float input itself", elements=int(xf.size),
@@ -663,7 +663,7 @@ def explain_worst(r: LayerVerify) -> str:
                 f"narrow for this input (recalibrate on representative data){tail}")
     if r.max_error_lsb is not None and r.max_error_lsb > 1.0:
         if clipped > 0:
-            why = (f"the {100 * clipped:.2f} % of outputs beyond its output range clip "
+            why = (f"the {100 * clipped:.2g} % of outputs beyond its output range clip "
                    "(a few outliers: the range is slightly narrow)")
         elif "dequantized" not in r.float_domain:
             why = ("the weights' quantization error (against the float reference) adds to "
@@ -672,8 +672,8 @@ def explain_worst(r: LayerVerify) -> str:
             why = "more than output rounding with dequantized weights: look at this layer"
         return f"{head}; errors reach {r.max_error_lsb:.1f} output LSB: {why}{tail}"
     if r.max_error_lsb is not None:
-        return (f"{head}; errors stay within output rounding ({r.max_error_lsb:.2f} LSB max): "
-                f"the output scale (resolution) is what limits it{tail}")
+        return (f"{head}; errors stay near output rounding ({r.max_error_lsb:.2f} LSB max, "
+                f"0.5 is rounding alone): the output scale (resolution) is what limits it{tail}")
     return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the float "
             f"domain: the rounding of the input by dynamic quantization{tail}")
 

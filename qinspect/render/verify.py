@@ -32,7 +32,7 @@ CLIP_BAD = 0.01
 SOURCE_LABEL = {
     InputKind.USER: "user input",
     InputKind.CHAINED: "chained (assumed)",
-    InputKind.SYNTHETIC: "isolated, synthetic input",
+    InputKind.SYNTHETIC: "synthetic (isolated)",
     InputKind.MODEL: "model's real input",
 }
 
@@ -101,7 +101,7 @@ def _table(r: VerifyReport) -> Table:
             Text(fmt_db(row.sqnr_db), style=_sqnr_style(row.sqnr_db)),
             _error_cell(row),
             _clip_cell(row),
-            Text("-" if row.input_clipped is None else f"{100 * row.input_clipped:.1f} %",
+            Text("-" if row.input_clipped is None else _percent(row.input_clipped),
                  style=_clip_style(row.input_clipped)),
             _kernel_cell(row.kernel),
         )
@@ -141,7 +141,7 @@ def _clip_cell(row: LayerVerify) -> Text:
     c = row.clipped
     if c is None:
         return Text("- (float output)" if row.mode == "dynamic" else "-", style="dim")
-    body = f"{100 * c:.1f} %"
+    body = _percent(c)
     if c > 0:
         low, high = row.clipped_low or 0.0, row.clipped_high or 0.0
         where = "top" if high and not low else "bottom" if low and not high else "both ends"
@@ -149,11 +149,18 @@ def _clip_cell(row: LayerVerify) -> Text:
     return Text(body, style=_clip_style(c))
 
 
+def _percent(x: float) -> str:
+    """A fraction as a percentage; small non-zero values keep their digits."""
+    if 0 < x < 0.001:
+        return f"{100 * x:.3f} %"
+    return f"{100 * x:.1f} %"
+
+
 def _kernel_cell(k: KernelAgreement | None) -> Text:
     if k is None:
         return Text("-")
     if k.agree:
-        return Text(f"bit-exact ({k.elements} values, {k.arithmetic})", style="green")
+        return Text(f"bit-exact ({k.arithmetic})", style="green")
     unit = "LSB" if k.unit == "LSB" else "(abs)"
     return Text(f"{k.mismatches} of {k.elements} differ, max {k.max_diff:.4g} {unit} "
                 f"({k.arithmetic})", style="bold red")
