@@ -103,6 +103,8 @@ def cases(int8: Path, fp32: Path, qat: Path) -> list[Case]:
         Case("qinspect show --json int8_1g", [*QINSPECT, "show", "--json", str(int8)],
              "qinspect"),
         Case("qinspect show qat_1g", [*QINSPECT, "show", str(qat)], "qinspect"),
+        Case("qinspect diff fp32_1g int8_1g", [*QINSPECT, "diff", str(fp32), str(int8)],
+             "qinspect"),
     ]
 
 
@@ -117,6 +119,10 @@ def ratios(results: dict[str, Result], file_mb: float) -> list[tuple[str, float,
     rss = results["qinspect show int8_1g"].peak_rss_mb
     out.append(("show peak RSS - file size (MB)", rss - file_mb, 300.0,
                 "ok" if rss - file_mb <= 300 else "MISSED"))
+    read = results["read both diff files once"].median_s
+    value = results["qinspect diff fp32_1g int8_1g"].median_s / read
+    out.append(("qinspect diff 1 GB pair / reading both files once", value, 2.0,
+                "ok" if value <= 2.0 else "MISSED"))
     help_imports = results["qinspect --help"].median_s / results["import torch"].median_s
     out.append(("qinspect --help / import torch", help_imports, 1.0,
                 "ok" if help_imports < 1.0 else "MISSED"))

@@ -402,26 +402,27 @@ def real_values(w: Weight) -> np.ndarray:
 
 def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
                  reference: str) -> WeightError:
-    """The metrics of :mod:`qinspect.quant.metrics` for one weight pair."""
-    lsb_max = lsb_mean = clipped = None
-    if quant is not None and _usable_scales(quant.scale):
-        scale = quant.scale if quant.axis is not None else quant.scale[0]
-        lsb = metrics.error_in_lsb(ref, cand, scale, quant.axis)
-        lsb_max, lsb_mean = lsb.max, lsb.mean
-        clipped = metrics.clipped_fraction(ref, scale, quant.zero_point if quant.axis
-                                           is not None else quant.zero_point[0],
-                                           quant.dtype, quant.axis)
-    r = np.asarray(ref, dtype=np.float64)
-    e = r - np.asarray(cand, dtype=np.float64)
+    """The metrics of :mod:`qinspect.quant.metrics` for one weight pair, in one pass."""
+    scaled = quant is not None and _usable_scales(quant.scale)
+    per_channel = scaled and quant.axis is not None
+    stats = metrics.pair_stats(
+        ref, cand,
+        scale=(quant.scale if per_channel else quant.scale[0]) if scaled else None,
+        zero_point=(quant.zero_point if per_channel else quant.zero_point[0])
+        if scaled else None,
+        dtype=quant.dtype if scaled else None,
+        axis=quant.axis if per_channel else None,
+    )
     return WeightError(
         reference=reference,
-        sqnr_db=metrics.sqnr_db(ref, cand),
-        max_abs_error=metrics.max_abs_error(ref, cand),
-        mean_abs_error=metrics.mean_abs_error(ref, cand),
-        cosine_similarity=metrics.cosine_similarity(ref, cand),
-        max_error_lsb=lsb_max, mean_error_lsb=lsb_mean, clipped_fraction=clipped,
+        sqnr_db=stats.sqnr_db,
+        max_abs_error=stats.max_abs_error,
+        mean_abs_error=stats.mean_abs_error,
+        cosine_similarity=stats.cosine_similarity,
+        max_error_lsb=stats.max_error_lsb, mean_error_lsb=stats.mean_error_lsb,
+        clipped_fraction=stats.clipped_fraction,
         dtype=quant.dtype if quant is not None else None,
-        reference_energy=float(np.sum(r * r)), error_energy=float(np.sum(e * e)),
+        reference_energy=stats.reference_energy, error_energy=stats.error_energy,
     )
 
 

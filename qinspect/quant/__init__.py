@@ -23,11 +23,13 @@ from .affine import (
 from .dtypes import QDTYPES, QDtype, activation_range, qdtype
 from .metrics import (
     LsbError,
+    PairStats,
     clipped_fraction,
     cosine_similarity,
     error_in_lsb,
     max_abs_error,
     mean_abs_error,
+    pair_stats,
     saturated_fraction,
     sqnr_db,
 )
@@ -35,6 +37,7 @@ from .metrics import (
 __all__ = [
     "QDTYPES",
     "LsbError",
+    "PairStats",
     "QDtype",
     "activation_range",
     "clipped_fraction",
@@ -49,6 +52,7 @@ __all__ = [
     "fake_quantize_per_tensor",
     "max_abs_error",
     "mean_abs_error",
+    "pair_stats",
     "qdtype",
     "quantize_per_channel",
     "quantize_per_channel_decomposed",

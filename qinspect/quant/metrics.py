@@ -19,11 +19,13 @@ from .dtypes import QDtype, qdtype
 
 __all__ = [
     "LsbError",
+    "PairStats",
     "clipped_fraction",
     "cosine_similarity",
     "error_in_lsb",
     "max_abs_error",
     "mean_abs_error",
+    "pair_stats",
     "saturated_fraction",
     "sqnr_db",
 ]
@@ -187,7 +189,7 @@ def clipped_fraction(
     # (a thousandth of a step) of slack
     slack = CLIP_TOLERANCE_LSB * np.abs(s) if margin_lsb > 0 else 0.0
     inside = (v >= lo - slack) & (v <= hi + slack)
-    return float(1.0 - np.count_nonzero(inside) / v.size)
+    return float((v.size - np.count_nonzero(inside)) / v.size)
 
 
 def saturated_fraction(q: ArrayLike, dtype: str | QDtype) -> float:
@@ -202,3 +204,172 @@ def saturated_fraction(q: ArrayLike, dtype: str | QDtype) -> float:
         return 0.0
     hits = np.count_nonzero((a == d.qmin) | (a == d.qmax))
     return float(hits / a.size)
+
+
+class PairStats(NamedTuple):
+    """Every metric of one (reference, test) pair, from a single streaming pass.
+
+    Equal (to float64 rounding of the sums) to the separate functions of this module,
+    which stay the reference definitions. ``max_error_lsb``, ``mean_error_lsb`` and
+    ``clipped_fraction`` are ``None`` when no scale was given. ``reference_energy`` and
+    ``error_energy`` are ``sum(ref^2)`` and ``sum((ref - test)^2)``, for model-level SQNR.
+    """
+
+    sqnr_db: float
+    max_abs_error: float
+    mean_abs_error: float
+    cosine_similarity: float
+    max_error_lsb: float | None
+    mean_error_lsb: float | None
+    clipped_fraction: float | None
+    reference_energy: float
+    error_energy: float
+
+
+CHUNK_ELEMENTS = 1 << 19  # 4 MiB of float64 per temporary: stays in cache-sized blocks
+
+
+def pair_stats(
+    reference: ArrayLike,
+    test: ArrayLike,
+    scale: ArrayLike | None = None,
+    zero_point: ArrayLike | None = None,
+    dtype: str | QDtype | None = None,
+    axis: int | None = None,
+) -> PairStats:
+    """SQNR, abs/LSB errors, cosine and clipping of a pair in one pass over row blocks.
+
+    The separate functions each convert whole arrays to float64 and make several full
+    temporaries; for a 4096x8192 weight that is ~30 passes over 268 MB. Here the arrays
+    are walked in blocks along the channel axis (moved to the front) with float64
+    temporaries of at most ``CHUNK_ELEMENTS``. Falls back to the separate functions when
+    the sums of squares overflow float64 (values beyond ~1e154).
+    """
+    r_all, t_all = np.asarray(reference), np.asarray(test)
+    if r_all.shape != t_all.shape:
+        raise ValueError(f"shape mismatch: reference {r_all.shape} vs test {t_all.shape}")
+    with_scale = scale is not None and zero_point is not None and dtype is not None
+    if axis is not None and r_all.ndim:
+        r_all, t_all = np.moveaxis(r_all, axis, 0), np.moveaxis(t_all, axis, 0)
+    acc = _Accumulator(with_scale)
+    for lo, hi in _blocks(r_all):
+        rows = slice(lo, hi)
+        s = z = None
+        if with_scale:
+            s, z = _block_params(scale, zero_point, axis, rows, r_all.ndim)
+        acc.add(r_all[rows] if r_all.ndim else r_all, t_all[rows] if t_all.ndim else t_all,
+                s, z, qdtype(dtype) if with_scale else None)
+    stats = acc.result(r_all.size)
+    if not np.isfinite(stats.reference_energy) or not np.isfinite(stats.error_energy):
+        return _pair_stats_separately(reference, test, scale, zero_point, dtype, axis)
+    return stats
+
+
+def _blocks(a: np.ndarray) -> list[tuple[int, int]]:
+    if a.ndim == 0 or a.size == 0:
+        return [(0, 1)] if a.ndim == 0 else []
+    per_row = max(1, a.size // a.shape[0])
+    step = max(1, CHUNK_ELEMENTS // per_row)
+    return [(i, min(i + step, a.shape[0])) for i in range(0, a.shape[0], step)]
+
+
+def _block_params(scale: ArrayLike, zero_point: ArrayLike, axis: int | None, rows: slice,
+                  ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scale, dtype=np.float64).reshape(-1)
+    z = np.asarray(zero_point, dtype=np.float64).reshape(-1)
+    if axis is None:
+        return s.reshape(()), z.reshape(())
+    view = (-1,) + (1,) * (ndim - 1)
+    return s[rows].reshape(view), z[rows].reshape(view)
+
+
+class _Accumulator:
+    """Running sums of one pass; ``add`` takes float64-convertible blocks."""
+
+    def __init__(self, with_scale: bool) -> None:
+        self.with_scale = with_scale
+        self.rr = self.tt = self.rt = self.ee = self.abs_sum = self.lsb_sum = 0.0
+        self.abs_max = self.lsb_max = 0.0
+        self.clipped = 0
+        self.nan = False
+
+    def add(self, r: np.ndarray, t: np.ndarray, s: np.ndarray | None, z: np.ndarray | None,
+            d: QDtype | None) -> None:
+        r = np.asarray(r, dtype=np.float64)
+        t = np.asarray(t, dtype=np.float64)
+        e = r - t
+        self.rr += float(np.dot(r.ravel(), r.ravel()))
+        self.tt += float(np.dot(t.ravel(), t.ravel()))
+        self.rt += float(np.dot(r.ravel(), t.ravel()))
+        self.ee += float(np.dot(e.ravel(), e.ravel()))
+        np.abs(e, out=e)
+        if e.size:
+            self.abs_max = max(self.abs_max, float(e.max()))
+            self.abs_sum += float(e.sum())
+        self.nan = self.nan or bool(np.isnan(self.ee))
+        if self.with_scale and d is not None and s is not None and z is not None:
+            self._add_scaled(r, e, s, z, d)
+
+    def _add_scaled(self, r: np.ndarray, abs_e: np.ndarray, s: np.ndarray, z: np.ndarray,
+                    d: QDtype) -> None:
+        if np.any(~(s > 0)):
+            raise ValueError("scale must be positive")
+        abs_e /= s
+        if abs_e.size:
+            self.lsb_max = max(self.lsb_max, float(abs_e.max()))
+            self.lsb_sum += float(abs_e.sum())
+        slack = CLIP_TOLERANCE_LSB * s
+        lo = (d.qmin - z - 0.5) * s - slack
+        hi = (d.qmax - z + 0.5) * s + slack
+        inside = np.count_nonzero((r >= lo) & (r <= hi))
+        self.clipped += r.size - inside
+
+    def result(self, n: int) -> PairStats:
+        nan = float("nan")
+        lsb_max = lsb_mean = clipped = None
+        if self.with_scale:
+            lsb_max = self.lsb_max if n else 0.0
+            lsb_mean = self.lsb_sum / n if n else 0.0
+            clipped = self.clipped / n if n else 0.0
+        if self.nan:
+            return PairStats(nan, nan, nan, nan, nan if self.with_scale else None,
+                             nan if self.with_scale else None, clipped, self.rr, self.ee)
+        return PairStats(
+            sqnr_db=_sqnr_from_energies(self.rr, self.ee),
+            max_abs_error=self.abs_max if n else 0.0,
+            mean_abs_error=self.abs_sum / n if n else 0.0,
+            cosine_similarity=_cosine_from_sums(self.rr, self.tt, self.rt),
+            max_error_lsb=lsb_max, mean_error_lsb=lsb_mean, clipped_fraction=clipped,
+            reference_energy=self.rr, error_energy=self.ee,
+        )
+
+
+def _sqnr_from_energies(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return float(10.0 * (np.log10(signal) - np.log10(noise)))
+
+
+def _cosine_from_sums(rr: float, tt: float, rt: float) -> float:
+    if rr == 0.0 and tt == 0.0:
+        return 1.0
+    if rr == 0.0 or tt == 0.0:
+        return 0.0
+    return float(np.clip(rt / (np.sqrt(rr) * np.sqrt(tt)), -1.0, 1.0))
+
+
+def _pair_stats_separately(reference: ArrayLike, test: ArrayLike, scale: ArrayLike | None,
+                           zero_point: ArrayLike | None, dtype: str | QDtype | None,
+                           axis: int | None) -> PairStats:
+    lsb_max = lsb_mean = clipped = None
+    if scale is not None and zero_point is not None and dtype is not None:
+        lsb = error_in_lsb(reference, test, scale, axis)
+        lsb_max, lsb_mean = lsb.max, lsb.mean
+        clipped = clipped_fraction(reference, scale, zero_point, dtype, axis)
+    r, t = _pair(reference, test)
+    e = r - t
+    return PairStats(sqnr_db(r, t), max_abs_error(r, t), mean_abs_error(r, t),
+                     cosine_similarity(r, t), lsb_max, lsb_mean, clipped,
+                     float(np.sum(r * r)), float(np.sum(e * e)))

@@ -203,3 +203,56 @@ def test_value_on_the_half_step_bound_is_not_clipped() -> None:
     assert qm.clipped_fraction(beyond, scale, zp, "qint8", axis=0) == pytest.approx(2 / 6)
     # float32-stored scales put the bound ~1e-5 steps off: still rounding, not clipping
     assert qm.clipped_fraction(w, scale.astype(np.float32), zp, "qint8", axis=0) == 0.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), name=st.sampled_from(["qint8", "quint8", "quint4x2"]),
+       per_channel=st.booleans(), chunk=st.sampled_from([1, 7, 64, qm.CHUNK_ELEMENTS]))
+def test_pair_stats_equals_the_separate_metrics(data, name, per_channel, chunk) -> None:
+    """The one-pass streaming stats agree with the reference functions (float64 sums in
+    another order: 1e-12 relative), with blocks small enough to split every shape."""
+    saved = qm.CHUNK_ELEMENTS
+    qm.CHUNK_ELEMENTS = chunk
+    try:
+        _check_pair_stats(data, name, per_channel)
+    finally:
+        qm.CHUNK_ELEMENTS = saved
+
+
+def _check_pair_stats(data, name, per_channel) -> None:
+    d = qdtype(name)
+    shape = data.draw(shapes)
+    axis = data.draw(st.integers(0, len(shape) - 1)) if per_channel else None
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    ref = rng.normal(size=shape).astype(np.float32)
+    test = (ref + rng.normal(scale=0.01, size=shape)).astype(np.float32)
+    n = shape[axis] if axis is not None else 1
+    scale = rng.uniform(0.001, 0.05, n)
+    zp = rng.integers(d.qmin, d.qmax + 1, n)
+    sarg, zarg = (scale, zp) if axis is not None else (scale[0], zp[0])
+    got = qm.pair_stats(ref, test, sarg, zarg, name, axis)
+    close = {"rtol": 1e-12, "atol": 0}
+    np.testing.assert_allclose(got.sqnr_db, qm.sqnr_db(ref, test), rtol=1e-12, atol=1e-12)
+    assert got.max_abs_error == qm.max_abs_error(ref, test)
+    np.testing.assert_allclose(got.mean_abs_error, qm.mean_abs_error(ref, test), **close)
+    np.testing.assert_allclose(got.cosine_similarity, qm.cosine_similarity(ref, test),
+                               rtol=0, atol=1e-12)
+    lsb = qm.error_in_lsb(ref, test, sarg, axis)
+    assert got.max_error_lsb == lsb.max
+    np.testing.assert_allclose(got.mean_error_lsb, lsb.mean, **close)
+    assert got.clipped_fraction == qm.clipped_fraction(ref, sarg, zarg, name, axis)
+    plain = qm.pair_stats(ref, test)
+    assert plain.max_error_lsb is None and plain.clipped_fraction is None
+    assert plain.sqnr_db == got.sqnr_db
+
+
+def test_pair_stats_degenerate_inputs_follow_the_conventions() -> None:
+    z = np.zeros(4)
+    assert qm.pair_stats(z, z).sqnr_db == math.inf
+    assert qm.pair_stats(z, z).cosine_similarity == 1.0
+    assert qm.pair_stats(z, np.ones(4)).sqnr_db == -math.inf
+    assert math.isnan(qm.pair_stats(np.array([1.0, math.nan]), np.ones(2)).sqnr_db)
+    huge = np.array([1e200, -1e200])
+    assert qm.pair_stats(huge, huge * 0.5).sqnr_db == pytest.approx(qm.sqnr_db(huge, huge * 0.5))
+    empty = qm.pair_stats(np.zeros((0, 3)), np.zeros((0, 3)), 0.1, 0, "qint8")
+    assert (empty.sqnr_db, empty.max_abs_error, empty.clipped_fraction) == (math.inf, 0.0, 0.0)
