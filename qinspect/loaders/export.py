@@ -76,6 +76,8 @@ class Node:
     args: list[tuple[str, Any]]  # (parameter name, ("tensor", name) | literal)
     outputs: list[str]
     users: list[str] = field(default_factory=list)
+    raw_inputs: list[dict[str, Any]] = field(default_factory=list)
+    """The serialized inputs as stored (name, arg, kind), for running the graph."""
 
     def tensor_args(self) -> list[str]:
         out: list[str] = []
@@ -102,6 +104,19 @@ class Node:
 
 def load(path: str | Path) -> Checkpoint:
     p = Path(path)
+    builder, notes = read_program(p)
+    layers, unrecognised, dead = builder.build()
+    return Checkpoint(
+        path=str(p), format=FORMAT + (" PT2E-quantized" if builder.quantized else ""),
+        stage="converted" if builder.quantized else "float",
+        file_size=p.stat().st_size, layers=tuple(layers), unrecognised=tuple(unrecognised),
+        module_order_known=True, notes=tuple(notes + builder.notes), dead_weights=tuple(dead),
+        order="graph order (the exported program)",
+    )
+
+
+def read_program(p: Path) -> tuple[Builder, list[Note]]:
+    """The archive's first program as a :class:`Builder` (graph + stored tensors)."""
     with Archive(p) as archive:
         models = sorted(n for n in archive.names if n.startswith("models/")
                         and n.endswith(".json"))
@@ -117,15 +132,7 @@ def load(path: str | Path) -> Checkpoint:
     if len(models) > 1:
         notes.append(Note(Level.WARNING, f"the archive holds {len(models)} programs; "
                           f"only {model_name!r} is read"))
-    builder = Builder(program, {**state, **consts}, p)
-    layers, unrecognised, dead = builder.build()
-    return Checkpoint(
-        path=str(p), format=FORMAT + (" PT2E-quantized" if builder.quantized else ""),
-        stage="converted" if builder.quantized else "float",
-        file_size=p.stat().st_size, layers=tuple(layers), unrecognised=tuple(unrecognised),
-        module_order_known=True, notes=tuple(notes + builder.notes), dead_weights=tuple(dead),
-        order="graph order (the exported program)",
-    )
+    return Builder(program, {**state, **consts}, p), notes
 
 
 def _json(archive: Archive, name: str, p: Path) -> dict[str, Any]:
@@ -217,6 +224,15 @@ class Builder:
         self.path = path
         self.notes: list[Note] = []
         self.quantized = False
+        self.layer_nodes: dict[str, Node] = {}
+        self.outputs: list[str] = []
+        for spec in self.signature.get("output_specs", []):
+            body = spec.get("user_output") if isinstance(spec, dict) else None
+            if isinstance(body, dict):
+                arg = body.get("arg", {})
+                name = (arg.get("as_tensor") or {}).get("name")
+                if name:
+                    self.outputs.append(name)
         self.arg_to_state: dict[str, str] = {}
         self.user_inputs: list[str] = []
         for spec in self.signature.get("input_specs", []):
@@ -255,7 +271,8 @@ class Builder:
             elif "as_tensors" in out:
                 outputs.extend(t.get("name") for t in out["as_tensors"])
         return Node(raw.get("name") or (outputs[0] if outputs else "?"),
-                    str(raw.get("target", "")), args, [o for o in outputs if o])
+                    str(raw.get("target", "")), args, [o for o in outputs if o],
+                    raw_inputs=[i for i in raw.get("inputs", []) if isinstance(i, dict)])
 
     # --- attribution ---------------------------------------------------------------
     def build(self) -> tuple[list[Layer], list[Unrecognised], list[DeadWeight]]:
@@ -292,6 +309,7 @@ class Builder:
                 continue
             layers.append(self._layer(node, weights, acts, q_of, w_inputs, a_inputs,
                                       produced_by))
+            self.layer_nodes[layers[-1].name] = node
             for out in node.outputs:
                 produced_by[out] = layers[-1].name
         for lay in layers:
