@@ -240,3 +240,64 @@ def test_progress_is_reported(samples):
     qinspect.verify(samples / "mlp_int8_qnnpack.pt", input=samples / "sample.npy",
                     progress=lambda what, done, total: seen.append((what, done, total)))
     assert seen and seen[-1][1] == seen[-1][2]
+
+
+def test_lstm_chain_output_equals_the_real_quantized_model(samples):
+    """TinyLSTM runs lstm -> fc with nothing between: the chain through both LSTM layers
+    (torch's dynamic kernels as gates) and the head is the real model, bit for bit."""
+    x = np.load(samples / "lstm_sample.npy")
+    report = qinspect.verify(samples / "lstm_dynamic_int8.pt", input=samples / "lstm_sample.npy")
+    with flows.quant_engine(report.engine), torch.no_grad():
+        want = flows.lstm_dynamic().converted_model(torch.from_numpy(x)).numpy()
+    assert report.chain == ("lstm.cell0.ih", "lstm.cell0.hh", "lstm.cell1.ih",
+                            "lstm.cell1.hh", "fc")
+    np.testing.assert_array_equal(report.chain_output.values, want)
+
+
+def test_reference_weights_make_the_float_domain_include_weight_error(samples):
+    """With --reference the float domain of fc1 is torch's float Linear with the fp32
+    weights on the same quantized input."""
+    flow = flows.mlp_ptq(engine="qnnpack")
+    x = torch.from_numpy(np.load(samples / "sample.npy"))
+    plain = qinspect.verify(samples / "mlp_int8_qnnpack.pt", input=samples / "sample.npy",
+                            layer_glob="fc1").layers[0]
+    row = qinspect.verify(samples / "mlp_int8_qnnpack.pt", input=samples / "sample.npy",
+                          reference=samples / "mlp_fp32.pt", layer_glob="fc1").layers[0]
+    qm, fm = flow.converted_model, flow.float_model
+    xq = torch.quantize_per_tensor(x, float(qm.quant.scale), int(qm.quant.zero_point),
+                                   torch.quint8)
+    with torch.no_grad():
+        float_domain = torch.nn.functional.linear(xq.dequantize().double(),
+                                                  fm.fc1.weight.double(), fm.fc1.bias.double())
+        with flows.quant_engine("qnnpack"):
+            kernel = qm.fc1(xq).dequantize().double()
+    assert row.sqnr_db == pytest.approx(sqnr_db(float_domain.numpy(), kernel.numpy()), abs=1e-6)
+    assert "mlp_fp32.pt" in qinspect.verify(samples / "mlp_int8_qnnpack.pt",
+                                            reference=samples / "mlp_fp32.pt").float_domain
+    assert row.sqnr_db != plain.sqnr_db and row.float_domain != plain.float_domain
+
+
+def test_model_mode_folds_batchnorm_and_takes_conv_geometry_from_the_model(samples):
+    """conv2 (fused with bn2 in the file, padding 1 in the model): its float domain is
+    torch's fuse_conv_bn_eval of the float model's conv2/bn2 on the quantized input."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    flow = flows.convnet_ptq("x86")
+    x = torch.from_numpy(np.load(samples / "conv_sample.npy"))
+    report = qinspect.verify(samples / "convnet_int8.pt", input=samples / "conv_sample.npy",
+                             reference=samples / "convnet_fp32.pt",
+                             model=f"{samples / 'models.py'}:SmallConvNet", layer_glob="conv2")
+    (row,) = report.layers
+    fm, qm = flow.float_model, flow.converted_model
+    with torch.no_grad():
+        h = fm.features(x)
+        hq = torch.quantize_per_tensor(h, qm.features[0].scale, qm.features[0].zero_point,
+                                       torch.quint8)
+        fused = fuse_conv_bn_eval(fm.conv2, fm.bn2)
+        float_domain = torch.nn.functional.conv2d(
+            hq.dequantize().double(), fused.weight.double(), fused.bias.double(), padding=1)
+        with flows.quant_engine(report.engine):
+            kernel = qm.conv2(hq).dequantize().double()
+    assert row.input_shape == tuple(hq.shape)
+    assert row.sqnr_db == pytest.approx(sqnr_db(float_domain.numpy(), kernel.numpy()), abs=1e-6)
+    assert row.kernel.agree and row.kernel.elements == kernel.numel()

@@ -194,3 +194,14 @@ def test_pt_input_runs_like_npy(cli, samples, tmp_path):
     la = [(lay["name"], lay["sqnr_db"]) for lay in json.loads(a.out)["layers"]]
     lb = [(lay["name"], lay["sqnr_db"]) for lay in json.loads(b.out)["layers"]]
     assert la == lb
+
+
+def test_model_as_package_module_class(cli, samples):
+    """`models` is importable here (conftest puts sample_checkpoints on sys.path)."""
+    r = cli("verify", samples / "mlp_fused_int8.pt", "--input", samples / "sample.npy",
+            "--reference", samples / "mlp_fused_fp32.pt", "--model", "models:MnistMLPFused",
+            "--json")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["mode"] == "model" and doc["model"] == "models:MnistMLPFused"
+    assert all(lay["input"]["source"] == "model" for lay in doc["layers"])

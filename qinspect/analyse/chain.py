@@ -113,6 +113,9 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
                 flow = Flow("input", arrays.pop(0), False, from_user=True)
             if flow is not None and flow.from_user:
                 _check_first_fits(layer, how, flow, ckpt, user)
+                if flow.values.ndim == 1:  # one unbatched sample, as nn.Linear accepts
+                    flow.values = flow.values[None]
+                    flow.real = None if flow.real is None else flow.real[None]
             first_consumer_done = True
         if how == "linear":
             row, flow = _linear(ctx, layer, flow)
