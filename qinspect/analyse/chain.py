@@ -27,8 +27,9 @@ SYNTH_SEQ = 5
 SYNTH_SPATIAL = {1: 64, 2: 16, 3: 8}
 CONV_ASSUMED = ("conv hyper-parameters are not stored in a state_dict: assumed stride 1, "
                 "padding 0, dilation 1, groups 1 (pass --model to use the model's)")
-CHAIN_ASSUMPTION = ("each layer runs on the previous layer's integer output, assuming "
-                    "nothing runs between them (a state_dict stores no graph: a ReLU, "
+CHAIN_ASSUMPTION = ("each layer runs on the previous layer's output (its integers, for a "
+                    "static layer), assuming nothing runs between them (a state_dict stores "
+                    "no graph: a ReLU, "
                     "pooling or reshape in the real model changes the numbers); "
                     "--model FILE.py:Class runs the real model")
 

@@ -107,8 +107,7 @@ def build_float(cls: Any, spec: str, reference_path: str) -> Any:
                          "that builds with no arguments") from exc
     raw = read_file(reference_path)
     state = {k: v for k, v in raw.entries.items() if _is_tensor(v)}
-    missing, unexpected = _load(model, state, strict=True, where=f"{reference_path} into {spec}")
-    del missing, unexpected
+    _load(model, state, strict=True, where=f"{reference_path} into {spec}")
     return model.eval()
 
 
@@ -180,7 +179,6 @@ def build_quantized(float_model: Any, ckpt: Checkpoint, ctx: Context) -> Any:
 
     import torch
     import torch.ao.quantization as tq
-    from torch import nn
 
     from qinspect.analyse.kernels import engine_context
     from qinspect.loaders.reader import read_file
@@ -241,7 +239,6 @@ def build_quantized(float_model: Any, ckpt: Checkpoint, ctx: Context) -> Any:
             raise VerifyError(f"--model: the quantized model's keys do not match {ckpt.path} "
                               f"({', '.join(keys)}); is it the model this file came from?")
         _load_cells(m, cells)
-    del nn
     return m.eval()
 
 
