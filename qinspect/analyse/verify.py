@@ -207,6 +207,10 @@ def verify(
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
     _check_stage(ckpt)
+    if model is None and ckpt.format.startswith("torch.export"):
+        from qinspect.analyse import graphrun  # a .pt2 has its graph: run it whole
+
+        return graphrun.verify_graph(ckpt, input, layer_glob, batch)
     if model is not None and reference is None:
         raise InputError("--model needs --reference FP32.pt: the float weights to load into "
                          "the model (a quantized state_dict has none)")

@@ -81,3 +81,25 @@ def test_show_lists_dead_weight(pt2e, cli):
     result = cli("show", path)
     assert result.code == 0, result.err
     assert "Dead weight: 3 stored tensors" in result.out and "fc1.weight" in result.out
+
+
+def test_verify_runs_the_whole_graph(pt2e, tmp_path):
+    """End-to-end SQNR equals running the float and the quantized models directly."""
+    import torch
+
+    from qinspect.quant.metrics import sqnr_db
+
+    made, path = pt2e
+    x = made.example
+    sample = tmp_path / "x.npy"
+    np.save(sample, x.numpy())
+    report = qinspect.verify(path, input=sample)
+    assert report.mode == "graph"
+    assert {r.name for r in report.layers if r.verified} >= {"conv", "fc1", "fc2"}
+    with torch.no_grad():
+        expected = sqnr_db(made.float_model(x).double().numpy(),
+                           made.quantized.module()(x).double().numpy())
+    assert round(report.end_to_end.sqnr_db, 1) == round(expected, 1)
+    for row in report.layers:
+        if row.verified and row.name != "flatten":
+            assert 30 < row.sqnr_db < 80
