@@ -301,3 +301,31 @@ def test_model_mode_folds_batchnorm_and_takes_conv_geometry_from_the_model(sampl
     assert row.input_shape == tuple(hq.shape)
     assert row.sqnr_db == pytest.approx(sqnr_db(float_domain.numpy(), kernel.numpy()), abs=1e-6)
     assert row.kernel.agree and row.kernel.elements == kernel.numel()
+
+
+def test_a_float_layer_between_quantized_ones_breaks_the_chain(tmp_path):
+    """quant -> fc1 -> dequant -> float mid -> quant2 -> fc2: fc2's input is not fc1's."""
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant, self.fc1, self.dq = tq.QuantStub(), nn.Linear(8, 8), tq.DeQuantStub()
+            self.mid, self.q2, self.fc2 = nn.Linear(8, 8), tq.QuantStub(), nn.Linear(8, 8)
+            self.dq2 = tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dq2(self.fc2(self.q2(self.mid(self.dq(self.fc1(self.quant(x)))))))
+
+    torch.manual_seed(0)
+    m = M().eval()
+    m.qconfig = tq.get_default_qconfig("x86")
+    m.mid.qconfig = None
+    with flows.quant_engine("x86"):
+        prepared = tq.prepare(m)
+        prepared(torch.randn(16, 8))
+        torch.save(tq.convert(prepared).state_dict(), tmp_path / "partial.pt")
+    np.save(tmp_path / "x.npy", np.ones((2, 8), np.float32))
+    report = qinspect.verify(tmp_path / "partial.pt", input=tmp_path / "x.npy")
+    kinds = {r.name: r.input_kind for r in report.layers}
+    assert kinds == {"quant": InputKind.USER, "fc1": InputKind.USER,
+                     "q2": InputKind.SYNTHETIC, "fc2": InputKind.SYNTHETIC}
+    assert report.chain == () and report.chain_note is None

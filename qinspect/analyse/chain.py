@@ -83,7 +83,8 @@ def unsupported_reason(layer: Layer) -> str:
 
 def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyReport:
     layers = [lay for lay in ckpt.layers if lay.mode in (Mode.STATIC, Mode.DYNAMIC,
-                                                         Mode.QUANTIZE, Mode.WEIGHT_ONLY)]
+                                                         Mode.QUANTIZE, Mode.WEIGHT_ONLY)
+              or (lay.mode is Mode.FLOAT and lay.weight is not None)]
     rows: list[LayerVerify] = []
     flow: Flow | None = None
     arrays = list(user.arrays) if user is not None else []
@@ -93,6 +94,9 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
     for i, layer in enumerate(layers):
         ctx.tick(layer.name, i, total)
         if layer.name in done_gates:
+            continue
+        if layer.mode is Mode.FLOAT:  # a float layer runs here: the chain cannot go on
+            flow = None
             continue
         how = kind_of(layer)
         if how == "stub":
