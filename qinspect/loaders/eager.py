@@ -112,7 +112,8 @@ def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], b
         layers.extend(built)
         ctx.unrecognised.extend(leftovers)
     layers = connect_inputs(layers, order_known)
-    return layers, ctx.unrecognised, order_known
+    set_aside = [Unrecognised(key, what, why) for key, (what, why) in raw.rejected.items()]
+    return layers, ctx.unrecognised + set_aside, order_known
 
 
 def _group(entries: dict[str, Any]) -> dict[str, dict[str, tuple[str, Any]]]:
@@ -127,7 +128,8 @@ def _order(groups: dict[str, Any], metadata: dict[str, Any] | None) -> list[str]
     if not metadata:
         return list(groups)
     rank = {name: i for i, name in enumerate(metadata)}
-    return sorted(groups, key=lambda m: (rank.get(m, len(rank)), list(groups).index(m)))
+    position = {name: i for i, name in enumerate(groups)}
+    return sorted(groups, key=lambda m: (rank.get(m, len(rank)), position[m]))
 
 
 def _context(groups: dict[str, Any], metadata: dict[str, Any] | None) -> Context:

@@ -1,0 +1,605 @@
+"""Check a checkpoint's container before torch reads it: no size declared in the file is
+trusted.
+
+``torch.load`` believes the file it is given. It reads ``data.pkl`` whole (a deflated
+member can expand to gigabytes), slices each storage by the size the pickle declares
+(silently cut short at the end of the file when memory-mapped), and allocates a quantized
+tensor of the declared shape before checking that shape against its storage. The legacy
+(non-zip) format allocates every declared storage before reading a byte of it.
+
+This module reads the zip directory with :mod:`zipfile` and walks the pickle's opcodes
+with :mod:`pickletools` on a symbolic stack, so nothing from the file is executed or
+imported. It refuses, with one line, a file whose member names leave the archive, whose
+members run past the end of the file or expand beyond :data:`MAX_PICKLE_BYTES`, whose
+storages declare more bytes than the file holds, or whose tensors (offset, size, stride)
+reach outside their storage or declare far more values than the file could hold.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickletools
+import stat
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from qinspect.errors import LoadError
+
+#: ``data.pkl`` (or the legacy pickle) may not exceed this many bytes; real state_dicts
+#: need about 200 bytes per tensor, so this is room for ~150,000 tensors.
+MAX_PICKLE_BYTES = 32 * 2**20
+#: Tensors may declare at most this many times the file's bytes (tied weights share one
+#: storage, so 2x is legitimate), plus a constant for tiny files.
+VIEW_BUDGET_FACTOR = 4
+VIEW_BUDGET_SLACK = 16 * 2**20
+MAX_DIMS = 64
+REBUILDERS = {
+    "torch._utils._rebuild_tensor": "v1",
+    "torch._utils._rebuild_tensor_v2": "v2",
+    "torch._utils._rebuild_tensor_v3": "v3",
+    "torch._utils._rebuild_qtensor": "q",
+}
+#: values per storage element for sub-byte quantized storages
+PER_ELEMENT = {"QUInt4x2Storage": 2, "QUInt2x4Storage": 4}
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def view_budget(file_size: int) -> int:
+    """The most bytes of tensor values a file of ``file_size`` bytes may declare."""
+    return VIEW_BUDGET_FACTOR * file_size + VIEW_BUDGET_SLACK
+
+
+def printable(text: object) -> str:
+    """Names and messages from a file, safe for a terminal (see ``render.text.safe``)."""
+    from qinspect.render.text import safe
+
+    return safe(text)
+
+
+class _Refused(Exception):
+    """Internal: the structure is inconsistent; becomes a LoadError naming the file."""
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def check_zip(p: Path, file_size: int) -> None:
+    """Validate a torch.save zip archive; raise :class:`LoadError` with one line if not."""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            members = _check_members(zf, p, file_size)
+            pickle_bytes = _read_pickle(zf, members.data_pkl)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+            NotImplementedError, RuntimeError, OSError) as exc:
+        raise LoadError(
+            f"{printable(p)}: the zip archive is truncated or corrupt "
+            f"({printable(_first_line(exc))}); re-export the checkpoint"
+        ) from exc
+    except _Refused as exc:
+        raise LoadError(f"{printable(p)}: refused: {printable(exc)}") from exc
+    try:
+        walk = _Walk(legacy=False, budget=view_budget(file_size))
+        walk.run(io.BytesIO(pickle_bytes), len(pickle_bytes))
+        _check_storages_in_zip(walk, members)
+    except _Refused as exc:
+        raise LoadError(f"{printable(p)}: refused: {printable(exc)}") from exc
+    except _Corrupt as exc:
+        raise LoadError(
+            f"{printable(p)}: the pickle inside is corrupt ({printable(exc)}); re-export the "
+            "checkpoint"
+        ) from exc
+
+
+def check_legacy(p: Path, file_size: int) -> None:
+    """Validate a legacy (pre-zip) torch.save stream: pickles, then raw storages."""
+    try:
+        with p.open("rb") as fh:
+            _check_legacy_stream(fh, file_size)
+    except OSError as exc:
+        raise LoadError(f"{printable(p)}: cannot read ({exc.strerror})") from exc
+    except _Refused as exc:
+        raise LoadError(f"{printable(p)}: refused: {printable(exc)}") from exc
+    except _Corrupt as exc:
+        raise LoadError(
+            f"{printable(p)}: the pickle inside is corrupt ({printable(exc)}); re-export the "
+            "checkpoint"
+        ) from exc
+
+
+# --- zip members -------------------------------------------------------------------------
+
+
+@dataclass
+class _Members:
+    prefix: str
+    data_pkl: zipfile.ZipInfo
+    records: dict[str, zipfile.ZipInfo] = field(default_factory=dict)
+
+
+def _check_members(zf: zipfile.ZipFile, p: Path, file_size: int) -> _Members:
+    infos = zf.infolist()
+    if not infos:
+        raise _Refused("an empty zip archive, not a torch.save checkpoint")
+    seen: set[str] = set()
+    for info in infos:
+        _check_name(info.filename)
+        if info.filename in seen:
+            raise _Refused(f"the archive holds {info.filename!r} twice; torch.save never "
+                           "writes duplicate members")
+        seen.add(info.filename)
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise _Refused(f"member {info.filename!r} is a symbolic link; torch.save never "
+                           "writes links")
+    # torch reads every record relative to the folder of the first member
+    prefix = infos[0].filename.split("/", 1)[0] + "/"
+    records: dict[str, zipfile.ZipInfo] = {}
+    data_pkl = None
+    with p.open("rb") as fh:
+        for info in infos:
+            if not info.filename.startswith(prefix):
+                raise _Refused(f"member {info.filename!r} is outside the archive folder "
+                               f"{prefix!r}")
+            _check_extent(fh, info, file_size)
+            local = info.filename[len(prefix):]
+            if local == "data.pkl":
+                data_pkl = info
+            elif local.startswith("data/"):
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise _Refused(f"storage {info.filename!r} is compressed; torch.save "
+                                   "stores tensor data uncompressed")
+                records[local[len("data/"):]] = info
+    if data_pkl is None:
+        raise _Refused("no data.pkl in the archive folder; not written by torch.save")
+    return _Members(prefix, data_pkl, records)
+
+
+def _check_name(name: str) -> None:
+    parts = name.replace("\\", "/").split("/")
+    if (name.startswith(("/", "\\")) or "\\" in name or "\x00" in name or ".." in parts
+            or (len(name) > 1 and name[1] == ":")):
+        raise _Refused(f"member name {name!r} points outside the archive; qinspect never "
+                       "extracts files, and torch.save never writes such names")
+
+
+def _check_extent(fh: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> None:
+    """The member's bytes must lie inside the file, and its sizes must be believable."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _Refused(f"member {info.filename!r} uses compression method "
+                       f"{info.compress_type}; torch.save writes stored members")
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+        raise _Refused(f"member {info.filename!r} declares {info.file_size} bytes but "
+                       f"stores {info.compress_size}")
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > MAX_PICKLE_BYTES:
+        raise _Refused(f"member {info.filename!r} would expand to {_size(info.file_size)} "
+                       f"(limit {_size(MAX_PICKLE_BYTES)}): a zip bomb, or not a checkpoint")
+    fh.seek(info.header_offset)
+    header = fh.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"member {info.filename!r} has no local header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.compress_size > file_size:
+        raise zipfile.BadZipFile(f"member {info.filename!r} runs past the end of the file")
+
+
+def _read_pickle(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise _Refused(f"data.pkl is {_size(info.file_size)} (limit "
+                       f"{_size(MAX_PICKLE_BYTES)}); too large for a state_dict's index")
+    with zf.open(info) as member:
+        data = member.read(MAX_PICKLE_BYTES + 1)
+    if len(data) > MAX_PICKLE_BYTES:  # pragma: no cover - zipfile stops at the declared size
+        raise _Refused("data.pkl expands beyond its declared size")
+    return data
+
+
+def _check_storages_in_zip(walk: _Walk, members: _Members) -> None:
+    for key, st in walk.storages.items():
+        info = members.records.get(key)
+        if info is None:
+            raise _Refused(f"the pickle refers to storage {key!r}, which is not in the "
+                           "archive")
+        if st.nbytes is not None and st.nbytes > info.file_size:
+            raise _Refused(f"storage {key!r} declares {_size(st.nbytes)} but the archive "
+                           f"holds {_size(info.file_size)} for it")
+
+
+# --- legacy stream -----------------------------------------------------------------------
+
+
+class _Limited:
+    """A read-only view of a file that refuses to read past ``limit`` bytes from here."""
+
+    def __init__(self, fh: BinaryIO, limit: int) -> None:
+        self.fh = fh
+        self.end = fh.tell() + limit
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self.end - self.fh.tell(), 0)
+        n = left if n is None or n < 0 else min(n, left)
+        return self.fh.read(n)
+
+    def readline(self) -> bytes:
+        return self.fh.readline(max(self.end - self.fh.tell(), 0))
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+
+def _check_legacy_stream(fh: BinaryIO, file_size: int) -> None:
+    first = _Walk(legacy=True, budget=0)
+    if first.run(_Limited(fh, 4096), 4096) != LEGACY_MAGIC:
+        if first.globals:
+            return  # a plain pickle naming code: torch's weights-only check refuses it by name
+        raise _Corrupt("not a torch.save stream (bad magic number)")
+    header = [_Walk(legacy=True, budget=0).run(_Limited(fh, 4096), 4096) for _ in range(2)]
+    if not isinstance(header[0], int):
+        raise _Corrupt("not a torch.save stream (bad protocol version)")
+    walk = _Walk(legacy=True, budget=view_budget(file_size))
+    walk.run(_Limited(fh, MAX_PICKLE_BYTES + 1), MAX_PICKLE_BYTES)
+    keys = _Walk(legacy=True, budget=0).run(_Limited(fh, MAX_PICKLE_BYTES),
+                                             MAX_PICKLE_BYTES)
+    if not (isinstance(keys, list) and all(isinstance(k, (str, int)) for k in keys)):
+        raise _Corrupt("the list of storage keys is malformed")
+    offset = fh.tell()
+    for key in keys:
+        st = walk.storages.get(str(key))
+        if st is None:
+            raise _Refused(f"storage {str(key)!r} is listed but never used")
+        head = fh.read(8)
+        if len(head) < 8:
+            raise _Corrupt(f"the file ends before storage {str(key)!r} (truncated?)")
+        (count,) = struct.unpack("<q", head)
+        if count != st.numel:
+            raise _Refused(f"storage {str(key)!r} declares {st.numel} elements in the "
+                           f"pickle but {count} in the data")
+        nbytes = st.nbytes if st.nbytes is not None else count
+        offset += 8 + nbytes
+        if offset > file_size:
+            raise _Refused(f"storage {str(key)!r} declares {_size(nbytes)}, past the end "
+                           "of the file (truncated, or a forged size)")
+        fh.seek(offset)
+    missing = set(walk.storages) - {str(k) for k in keys}
+    if missing:
+        raise _Refused(f"storage {sorted(missing)[0]!r} is used but not stored in the file")
+
+
+# --- the symbolic pickle walk ------------------------------------------------------------
+
+
+class _Corrupt(Exception):
+    """The opcodes do not form a pickle a loader could finish."""
+
+
+@dataclass(frozen=True)
+class _Global:
+    module: str
+    name: str
+
+    @property
+    def full(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass
+class _Storage:
+    key: str
+    type_name: str
+    numel: int
+    itemsize: int | None  # None: a type torch does not know (torch refuses it itself)
+    per_element: int = 1
+
+    @property
+    def nbytes(self) -> int | None:
+        return None if self.itemsize is None else self.numel * self.itemsize
+
+
+@dataclass(frozen=True)
+class _Call:
+    func: Any
+
+
+class _Opaque:
+    """A dict, set or object: its contents do not matter for the checks."""
+
+
+_MARK = object()
+_CONSTANTS = {
+    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
+    "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE",
+    "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT",
+}
+
+
+class _Walk:
+    """Run a pickle's opcodes on a symbolic stack: globals stay names, calls stay records,
+    nothing is imported or called. Collects storages and checks every tensor view."""
+
+    def __init__(self, legacy: bool, budget: int) -> None:
+        self.legacy = legacy
+        self.budget = budget
+        self.declared = 0
+        self.storages: dict[str, _Storage] = {}
+        self.globals: list[str] = []
+
+    def run(self, source: Any, limit: int) -> Any:
+        stack: list[Any] = []
+        marks: list[int] = []
+        memo: dict[int, Any] = {}
+        try:
+            for op, arg, pos in pickletools.genops(source):
+                if pos is not None and pos > limit:
+                    raise _Refused(f"its pickle is larger than {_size(limit)}")
+                name = op.name
+                if name == "STOP":
+                    return self._pop(stack, marks)
+                self._step(name, arg, stack, marks, memo)
+        except _Refused:
+            raise
+        except _Corrupt:
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError,
+                struct.error, EOFError, UnicodeDecodeError, RecursionError) as exc:
+            raise _Corrupt(_first_line(exc)) from exc
+        raise _Corrupt("the pickle ends before its STOP opcode")
+
+    # one opcode ------------------------------------------------------------------------
+
+    def _step(self, name: str, arg: Any, stack: list, marks: list, memo: dict) -> None:
+        if name in _CONSTANTS:
+            stack.append(arg)
+        elif name in ("PROTO", "FRAME"):
+            return
+        elif name == "NONE":
+            stack.append(None)
+        elif name in ("NEWTRUE", "NEWFALSE"):
+            stack.append(name == "NEWTRUE")
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name == "POP":
+            self._pop(stack, marks)
+        elif name == "POP_MARK":
+            self._pop_mark(stack, marks)
+        elif name == "DUP":
+            stack.append(self._top(stack, marks))
+        elif name == "EMPTY_TUPLE":
+            stack.append(())
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = [self._pop(stack, marks) for _ in range(n)][::-1]
+            stack.append(tuple(items))
+        elif name == "TUPLE":
+            stack.append(tuple(self._pop_mark(stack, marks)))
+        elif name == "EMPTY_LIST":
+            stack.append([])
+        elif name == "LIST":
+            stack.append(list(self._pop_mark(stack, marks)))
+        elif name == "APPEND":
+            value = self._pop(stack, marks)
+            target = self._top(stack, marks)
+            if isinstance(target, list):
+                target.append(value)
+        elif name == "APPENDS":
+            items = self._pop_mark(stack, marks)
+            target = self._top(stack, marks)
+            if isinstance(target, list):
+                target.extend(items)
+        elif name in ("EMPTY_DICT", "EMPTY_SET"):
+            stack.append(_Opaque())
+        elif name in ("DICT", "FROZENSET"):
+            self._pop_mark(stack, marks)
+            stack.append(_Opaque())
+        elif name == "SETITEM":
+            self._pop(stack, marks)
+            self._pop(stack, marks)
+            self._top(stack, marks)
+        elif name in ("SETITEMS", "ADDITEMS"):
+            self._pop_mark(stack, marks)
+            self._top(stack, marks)
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = self._top(stack, marks)
+        elif name == "MEMOIZE":
+            memo[len(memo)] = self._top(stack, marks)
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            if arg not in memo:
+                raise _Corrupt(f"memo entry {arg} read before it is written")
+            stack.append(memo[arg])
+        elif name == "GLOBAL":
+            module, _, attr = str(arg).partition(" ")
+            stack.append(_Global(module, attr))
+            self.globals.append(f"{module}.{attr}")
+        elif name == "STACK_GLOBAL":
+            attr = self._pop(stack, marks)
+            module = self._pop(stack, marks)
+            stack.append(_Global(str(module), str(attr)))
+        elif name == "REDUCE":
+            args = self._pop(stack, marks)
+            func = self._pop(stack, marks)
+            stack.append(self._call(func, args))
+        elif name == "NEWOBJ":
+            self._pop(stack, marks)
+            stack.append(_Call(self._pop(stack, marks)))
+        elif name == "NEWOBJ_EX":
+            self._pop(stack, marks)
+            self._pop(stack, marks)
+            stack.append(_Call(self._pop(stack, marks)))
+        elif name == "BUILD":
+            self._pop(stack, marks)
+            self._top(stack, marks)
+        elif name == "INST":
+            module, _, attr = str(arg).partition(" ")
+            self._pop_mark(stack, marks)
+            stack.append(_Call(_Global(module, attr)))
+        elif name == "OBJ":
+            items = self._pop_mark(stack, marks)
+            if not items:
+                raise _Corrupt("OBJ without a class")
+            stack.append(_Call(items[0]))
+        elif name == "PERSID":
+            stack.append(self._persistent(arg))
+        elif name == "BINPERSID":
+            stack.append(self._persistent(self._pop(stack, marks)))
+        elif name in ("EXT1", "EXT2", "EXT4", "NEXT_BUFFER"):
+            stack.append(_Opaque())
+        elif name == "READONLY_BUFFER":
+            self._top(stack, marks)
+        else:  # pragma: no cover - genops yields only the opcodes above
+            raise _Corrupt(f"unknown opcode {name}")
+
+    @staticmethod
+    def _pop(stack: list, marks: list) -> Any:
+        if not stack or (marks and len(stack) <= marks[-1]):
+            raise _Corrupt("an opcode pops from an empty stack")
+        return stack.pop()
+
+    @staticmethod
+    def _top(stack: list, marks: list) -> Any:
+        if not stack or (marks and len(stack) <= marks[-1]):
+            raise _Corrupt("an opcode needs a value and the stack is empty")
+        return stack[-1]
+
+    @staticmethod
+    def _pop_mark(stack: list, marks: list) -> list:
+        if not marks:
+            raise _Corrupt("an opcode needs a MARK and there is none")
+        start = marks.pop()
+        items = stack[start:]
+        del stack[start:]
+        return items
+
+    # storages and tensors --------------------------------------------------------------
+
+    def _persistent(self, pid: Any) -> _Storage:
+        arity = 6 if self.legacy else 5
+        if not (isinstance(pid, tuple) and len(pid) == arity and pid[0] in ("storage",
+                                                                               b"storage")):
+            raise _Refused("the pickle holds a persistent reference that is not a tensor "
+                           "storage; torch.save writes only ('storage', type, key, location, "
+                           "size)")
+        _, kind, key, location, numel = pid[:5]
+        if not isinstance(kind, _Global):
+            raise _Refused("a storage reference names no storage type")
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+            raise _Refused("a storage reference has a key that is not a name")
+        if not isinstance(location, (str, bytes)):
+            raise _Refused("a storage reference has a location that is not a device name")
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise _Refused(f"storage {str(key)!r} declares a size of {numel!r} elements")
+        key = str(key)
+        itemsize = _storage_itemsize(kind)
+        per = PER_ELEMENT.get(kind.name, 1)
+        known = self.storages.get(key)
+        if known is None:
+            known = _Storage(key, kind.name, numel, itemsize, per)
+            self.storages[key] = known
+        elif known.numel != numel or known.itemsize != itemsize:
+            # torch keeps the first declaration; later tensors are checked against it
+            pass
+        if self.legacy and pid[5] is not None:
+            return self._legacy_view(known, pid[5])
+        return known
+
+    def _legacy_view(self, root: _Storage, meta: Any) -> _Storage:
+        if not (isinstance(meta, tuple) and len(meta) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in meta[1:])):
+            raise _Refused(f"storage {root.key!r} has malformed view metadata")
+        view_key, offset, size = meta
+        if offset < 0 or size < 0 or offset + size > root.numel:
+            raise _Refused(f"a view of storage {root.key!r} (offset {offset}, size {size}) "
+                           f"reaches past its {root.numel} elements")
+        return _Storage(str(view_key), root.type_name, size, root.itemsize, root.per_element)
+
+    def _call(self, func: Any, args: Any) -> Any:
+        if isinstance(func, _Global) and func.full in REBUILDERS:
+            self._check_tensor(REBUILDERS[func.full], args)
+        elif isinstance(func, _Global) and func.full == "builtins.bytearray":
+            if args and isinstance(args[0], int) and args[0] > MAX_PICKLE_BYTES:
+                raise _Refused(f"the pickle asks for a bytearray of {_size(args[0])}")
+        return _Call(func)
+
+    def _check_tensor(self, kind: str, args: Any) -> None:
+        if not isinstance(args, tuple) or len(args) < 4:
+            raise _Refused("a tensor is rebuilt with too few arguments")
+        storage, offset, size, stride = args[:4]
+        if not isinstance(storage, _Storage):
+            return  # not a storage at all: torch refuses it itself
+        if not _ints(size) or not _ints(stride) or not _ints((offset,)):
+            raise _Refused(f"a tensor on storage {storage.key!r} has a shape, stride or "
+                           "offset that is not made of integers")
+        if len(size) != len(stride) or len(size) > MAX_DIMS:
+            raise _Refused(f"a tensor on storage {storage.key!r} has {len(size)} sizes and "
+                           f"{len(stride)} strides")
+        if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+            raise _Refused(f"a tensor on storage {storage.key!r} has a negative size, stride "
+                           f"or offset (size {list(size)}, stride {list(stride)}, offset "
+                           f"{offset})")
+        bits = self._element_bits(kind, storage, args)
+        numel = math.prod(size)
+        if numel == 0 or bits is None or storage.nbytes is None:
+            return
+        extent = offset + sum((s - 1) * t for s, t in zip(size, stride, strict=True)) + 1
+        needed = -(-extent * bits // 8)
+        if needed > storage.nbytes:
+            raise _Refused(f"a tensor of shape {list(size)} (stride {list(stride)}, offset "
+                           f"{offset}) reaches {_size(needed)} into storage {storage.key!r}, "
+                           f"which declares {_size(storage.nbytes)}")
+        self.declared += -(-numel * bits // 8)
+        if self.declared > self.budget:
+            raise _Refused(f"its tensors declare {_size(self.declared)} of values, more than "
+                           f"{VIEW_BUDGET_FACTOR}x the file's size (zero or overlapping "
+                           "strides, or a storage shared many times over)")
+
+    @staticmethod
+    def _element_bits(kind: str, storage: _Storage, args: tuple) -> int | None:
+        if kind == "v3":
+            return _dtype_bits(args[6]) if len(args) > 6 else None
+        if storage.itemsize is None:
+            return None
+        return storage.itemsize * 8 // storage.per_element
+
+
+def _ints(values: Any) -> bool:
+    return isinstance(values, tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _storage_itemsize(kind: _Global) -> int | None:
+    if kind.name == "UntypedStorage":
+        return 1
+    if kind.module != "torch" or not kind.name.endswith("Storage"):
+        return None
+    import torch
+    from torch.serialization import StorageType
+
+    try:
+        dtype = StorageType(kind.name).dtype
+    except (KeyError, AttributeError, RuntimeError):
+        return None
+    return torch._utils._element_size(dtype)
+
+
+def _dtype_bits(value: Any) -> int | None:
+    if not isinstance(value, _Global) or value.module != "torch":
+        return None
+    import torch
+
+    dtype = getattr(torch, value.name, None)
+    return dtype.itemsize * 8 if isinstance(dtype, torch.dtype) else None
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
