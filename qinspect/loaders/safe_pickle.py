@@ -170,7 +170,8 @@ def _allowed(module: str, name: str) -> Any:
             return torch.device
         if name == "Size":
             return torch.Size
-        obj = getattr(torch, name, None) if not name.startswith("_") else None
+        # the module dict, not getattr: no lazy submodule import is triggered by a name
+        obj = vars(torch).get(name) if not name.startswith("_") else None
         if isinstance(obj, (torch.dtype, torch.qscheme, torch.layout)):
             return obj
         return None

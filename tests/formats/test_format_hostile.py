@@ -91,3 +91,15 @@ def test_names_from_the_file_are_escaped(cli, tmp_path):
         zf.writestr("\x1b[31mred", b"x")
     result = cli("show", path)
     assert result.code == 2 and "\x1b" not in result.err
+
+
+def test_the_pickle_walker_imports_nothing_the_file_names():
+    import sys
+
+    from qinspect.loaders.safe_pickle import Stub, load_pickle
+
+    assert "antigravity" not in sys.modules
+    data = b"\x80\x02cantigravity\nfly\nq\x00)R."
+    value = load_pickle(data, None, "test")
+    assert isinstance(value, Stub) and value.qualname == "antigravity.fly"
+    assert "antigravity" not in sys.modules
