@@ -329,3 +329,18 @@ def test_a_float_layer_between_quantized_ones_breaks_the_chain(tmp_path):
     assert kinds == {"quant": InputKind.USER, "fc1": InputKind.USER,
                      "q2": InputKind.SYNTHETIC, "fc2": InputKind.SYNTHETIC}
     assert report.chain == () and report.chain_note is None
+
+
+def test_a_layer_torch_refuses_is_reported_and_the_rest_still_runs(samples, tmp_path):
+    sd = torch.load(samples / "mlp_int8_qnnpack.pt", weights_only=True)
+    sd["fc1.scale"] = torch.tensor(1e38)
+    torch.save(sd, tmp_path / "refused.pt")
+    with pytest.raises(RuntimeError, match="requantization scale"):
+        q = flows.mlp_ptq(engine="qnnpack").converted_model
+        q.fc1.scale = 1e38
+        with flows.quant_engine("qnnpack"):
+            q(torch.from_numpy(np.load(samples / "sample.npy")))
+    report = qinspect.verify(tmp_path / "refused.pt", input=samples / "sample.npy")
+    rows = {r.name: r for r in report.layers}
+    assert rows["quant"].verified
+    assert not rows["fc1"].verified and "requantization scale" in rows["fc1"].reason

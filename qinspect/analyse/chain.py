@@ -18,7 +18,7 @@ import numpy as np
 
 from qinspect.analyse import verify as V
 from qinspect.analyse.verify import Call, Context, InputKind, LayerVerify
-from qinspect.errors import InputError
+from qinspect.errors import InputError, VerifyError
 from qinspect.inputs import UserInput, shape_text
 from qinspect.model import Checkpoint, Layer, Mode
 
@@ -122,29 +122,21 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
                     flow.values = flow.values[None]
                     flow.real = None if flow.real is None else flow.real[None]
             first_consumer_done = True
-        if how == "linear":
-            row, flow = _linear(ctx, layer, flow)
-        elif how == "conv":
-            row, flow = _conv(ctx, layer, flow)
-        elif how == "add":
-            row, flow = _add(ctx, layer), None
-        elif how == "dynamic":
-            row, flow = _dynamic(ctx, layer, flow)
-        elif how == "lstm" and layer.name.endswith(".ih"):
-            hh = _sibling(layers, layer)
-            if hh is None:
-                rows.append(V.not_verified(layer, "its hidden-to-hidden gates (.hh) are "
-                                                  "missing from the file"))
-                flow = None
+        try:
+            if how == "lstm" and layer.name.endswith(".ih"):
+                hh = _sibling(layers, layer)
+                if hh is None:
+                    rows.append(V.not_verified(layer, "its hidden-to-hidden gates (.hh) are "
+                                                      "missing from the file"))
+                    flow = None
+                    continue
+                new_rows, flow = _lstm(ctx, layer, hh, flow)
+                rows.extend(new_rows)
+                done_gates.add(hh.name)
                 continue
-            new_rows, flow = _lstm(ctx, layer, hh, flow)
-            rows.extend(new_rows)
-            done_gates.add(hh.name)
-            continue
-        elif how in ("gate", "lstm"):
-            row, flow = _gate_isolated(ctx, layer), None
-        else:
-            row, flow = V.not_verified(layer, unsupported_reason(layer)), None
+            row, flow = _one(ctx, layer, how, flow)
+        except VerifyError as exc:  # torch refused the layer: say so, go on with the rest
+            row, flow = V.not_verified(layer, str(exc).removeprefix(f"{layer.name}: ")), None
         rows.append(row)
     ctx.tick("done", total, total)
     text = user.describe() if user is not None else "none: every layer runs on synthetic input"
@@ -156,6 +148,21 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
         path=ckpt.path, mode="file", engine=ctx.engine, engine_reason="", input_text=text,
         layers=tuple(rows), chain=names,
         chain_note=CHAIN_ASSUMPTION if len(names) > 1 else None, chain_output=output)
+
+
+def _one(ctx: Context, layer: Layer, how: str, flow: Flow | None
+         ) -> tuple[LayerVerify, Flow | None]:
+    if how == "linear":
+        return _linear(ctx, layer, flow)
+    if how == "conv":
+        return _conv(ctx, layer, flow)
+    if how == "add":
+        return _add(ctx, layer), None
+    if how == "dynamic":
+        return _dynamic(ctx, layer, flow)
+    if how in ("gate", "lstm"):
+        return _gate_isolated(ctx, layer), None
+    return V.not_verified(layer, unsupported_reason(layer)), None
 
 
 def _chain_names(rows: list[LayerVerify]) -> tuple[str, ...]:

@@ -383,30 +383,12 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
             rows.append(V.not_verified(layer, "not called by the model's forward() on this "
                                               "input"))
             continue
-        how = kind_of(layer)
-        if how == "stub":
-            x = np.asarray(f_calls[0][1][0], np.float32)
-            xs = [np.asarray(c[1][0], np.float32) for c in f_calls]
-            row, _ = V.quantize_row(ctx, layer, np.concatenate([v.ravel() for v in xs]),
-                                    InputKind.MODEL, f"the model's input {shape_text(x.shape)}")
-            rows.append(replace_shape(row, x.shape))
-        elif how in ("linear", "conv"):
-            rows.append(_static(ctx, layer, f_calls, q_calls, modules_f[name]))
-        elif how == "add":
-            rows.append(_qfunctional(ctx, layer, f_calls, q_calls))
-        elif how == "dynamic":
-            xs = [np.asarray(c[1][0], np.float32) for c in f_calls]
-            row, _ = V.dynamic_row(ctx, layer, xs, InputKind.MODEL,
-                                   f"the float model's input to '{name}' "
-                                   f"{shape_text(xs[0].shape)}")
-            rows.append(row)
-        elif how == "lstm":
-            new = _lstm(ctx, ckpt, name, modules_f[name], f_calls)
-            rows.extend(new)
-            done.update(r.name for r in new)
-        else:
-            rows.append(V.not_verified(layer, unsupported_reason(layer)
-                                       + "; it runs inside the end-to-end comparison"))
+        try:
+            new_rows = _model_rows(ctx, ckpt, layer, name, f_calls, q_calls, modules_f)
+        except VerifyError as exc:  # torch refused the layer: say so, go on with the rest
+            new_rows = [V.not_verified(layer, str(exc).removeprefix(f"{layer.name}: "))]
+        rows.extend(new_rows)
+        done.update(r.name for r in new_rows)
     e2e = _end_to_end(f_out, q_out)
     ctx.tick("done", 4, 4)
     return V.VerifyReport(
@@ -415,6 +397,34 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
         notes=(f"--model imported and ran {spec.rpartition(':')[0]}: every layer gets the "
                "quantization of its real float input from the float model, with the input "
                "qparams the quantized model used there",))
+
+
+def _model_rows(ctx: Context, ckpt: Checkpoint, layer: Layer, name: str, f_calls: list,
+                q_calls: list, modules_f: dict[str, Any]) -> list[LayerVerify]:
+    rows: list[LayerVerify] = []
+    how = kind_of(layer)
+    if how == "stub":
+        x = np.asarray(f_calls[0][1][0], np.float32)
+        xs = [np.asarray(c[1][0], np.float32) for c in f_calls]
+        row, _ = V.quantize_row(ctx, layer, np.concatenate([v.ravel() for v in xs]),
+                                InputKind.MODEL, f"the model's input {shape_text(x.shape)}")
+        rows.append(replace_shape(row, x.shape))
+    elif how in ("linear", "conv"):
+        rows.append(_static(ctx, layer, f_calls, q_calls, modules_f[name]))
+    elif how == "add":
+        rows.append(_qfunctional(ctx, layer, f_calls, q_calls))
+    elif how == "dynamic":
+        xs = [np.asarray(c[1][0], np.float32) for c in f_calls]
+        row, _ = V.dynamic_row(ctx, layer, xs, InputKind.MODEL,
+                               f"the float model's input to '{name}' "
+                               f"{shape_text(xs[0].shape)}")
+        rows.append(row)
+    elif how == "lstm":
+        rows.extend(_lstm(ctx, ckpt, name, modules_f[name], f_calls))
+    else:
+        rows.append(V.not_verified(layer, unsupported_reason(layer)
+                                   + "; it runs inside the end-to-end comparison"))
+    return rows
 
 
 def replace_shape(row: LayerVerify, shape: tuple[int, ...]) -> LayerVerify:
