@@ -211,6 +211,12 @@ def verify(
         from qinspect.analyse import graphrun  # a .pt2 has its graph: run it whole
 
         return graphrun.verify_graph(ckpt, input, layer_glob, batch)
+    if model is None and ckpt.format.startswith(("TorchScript archive", "FX GraphModule")):
+        from qinspect.analyse import scriptrun  # so does TorchScript / a pickled GraphModule
+
+        kind = "torchscript" if ckpt.format.startswith("TorchScript") else "fx-pickle"
+        return scriptrun.verify_script(ckpt, kind, input, reference, layer_glob, batch,
+                                       engine)
     if model is not None and reference is None:
         raise InputError("--model needs --reference FP32.pt: the float weights to load into "
                          "the model (a quantized state_dict has none)")

@@ -30,10 +30,27 @@ FORMAT = "FX GraphModule pickle (torch.save(model)), read without unpickling cod
 def load(path: str | Path) -> Checkpoint:
     from dataclasses import replace
 
-    from qinspect.loaders._quiet import quiet_torch_warnings
     from qinspect.loaders.torchscript import assemble
 
     p = Path(path)
+    root, classes, problems = _read(p)
+    ckpt = assemble(p, root, classes, ROOT, FORMAT, problems)
+    note = Note(Level.INFO, "torch.save(model) pickles need code execution to load (and "
+                "torch 2.13 cannot load them with quantized convs); qinspect read the "
+                "tensors and the forward code as data. Prefer saving model.state_dict() or "
+                "a TorchScript archive")
+    return replace(ckpt, notes=(note, *ckpt.notes))
+
+
+def read_script(p: Path) -> tuple[Stub, dict, str]:
+    """(module tree, parsed forward, root name): what ``verify`` runs."""
+    root, classes, _ = _read(p)
+    return root, classes, ROOT
+
+
+def _read(p: Path) -> tuple[Stub, dict, list[str]]:
+    from qinspect.loaders._quiet import quiet_torch_warnings
+
     with Archive(p) as archive, quiet_torch_warnings():
         obj = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
                           f"{p} (data.pkl)")
@@ -46,12 +63,7 @@ def load(path: str | Path) -> Checkpoint:
     root.__dict__["qualname"] = ROOT
     root.__dict__["state"] = body
     classes, problems = _classes(body.get("_code"))
-    ckpt = assemble(p, root, classes, ROOT, FORMAT, problems)
-    note = Note(Level.INFO, "torch.save(model) pickles need code execution to load (and "
-                "torch 2.13 cannot load them with quantized convs); qinspect read the "
-                "tensors and the forward code as data. Prefer saving model.state_dict() or "
-                "a TorchScript archive")
-    return replace(ckpt, notes=(note, *ckpt.notes))
+    return root, classes, problems
 
 
 def _body(obj: Any) -> dict | None:

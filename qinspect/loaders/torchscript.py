@@ -56,9 +56,22 @@ def demangle(qualname: str) -> str:
 
 
 def load(path: str | Path) -> Checkpoint:
+    p = Path(path)
+    root, classes, problems = _read(p)
+    is_fx = root.qualname.endswith("torch.fx.graph_module.GraphModule")
+    fmt = f"TorchScript archive ({'FX GraphModule' if is_fx else demangle(root.qualname)})"
+    return assemble(p, root, classes, root.qualname, fmt, problems)
+
+
+def read_script(p: Path) -> tuple[Stub, dict, str]:
+    """(module tree, parsed classes, root class name): what ``verify`` runs."""
+    root, classes, _ = _read(p)
+    return root, classes, root.qualname
+
+
+def _read(p: Path) -> tuple[Stub, dict, list[str]]:
     from qinspect.loaders._quiet import quiet_torch_warnings
 
-    p = Path(path)
     with Archive(p) as archive, quiet_torch_warnings():
         root = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
                            f"{p} (data.pkl)")
@@ -69,9 +82,7 @@ def load(path: str | Path) -> Checkpoint:
                                      f"data.pkl holds {printable(type(root).__name__)}, not "
                                      "a module; re-export it")
     classes, problems = parse_classes(sources)
-    is_fx = root.qualname.endswith("torch.fx.graph_module.GraphModule")
-    fmt = f"TorchScript archive ({'FX GraphModule' if is_fx else demangle(root.qualname)})"
-    return assemble(p, root, classes, root.qualname, fmt, problems)
+    return root, classes, problems
 
 
 def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
@@ -118,6 +129,8 @@ class Flattener:
         self.modules: dict[str, str] = OrderedDict()
         self.versions: dict[str, int | None] = OrderedDict()
         self.unrecognised: list[Unrecognised] = []
+        self.geometry: dict[str, dict[str, Any]] = {}
+        """Conv hyper-parameters by module path (from a quantized conv's pickled state)."""
         self._seen: set[int] = set()
 
     def module(self, obj: Stub, path: str) -> None:
@@ -201,6 +214,10 @@ class Flattener:
             return
         w, b, scale, zp = state[index:index + 4]
         prefix = f"{path}." if path else ""
+        if index == 10:  # (in, out, kernel, stride, padding, dilation, transposed, ...)
+            self.geometry[path] = {"stride": state[3], "padding": state[4],
+                                   "dilation": state[5], "transposed": state[6],
+                                   "groups": state[8]}
         self.entries[prefix + "weight"] = w
         if T.is_tensor(b):
             self.entries[prefix + "bias"] = b
