@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import stat
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -197,6 +198,9 @@ def _torch_load(p: Path, mmap: bool) -> Any:
     allowed = [(ScriptObjectState, "torch.ScriptObject")]
     try:
         with quiet_torch_warnings(), torch.serialization.safe_globals(allowed), _private_mmap():
+            # torch's load-time warnings (pickle protocol, storage deprecations) speak of
+            # its internals, not of the user's file: the error or the result says it all
+            warnings.simplefilter("ignore")
             return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise _unpickling_error(p, exc) from exc
