@@ -67,7 +67,11 @@ def _errors(doc) -> set[tuple[str, str]]:
 
 
 def assert_fails_in_every_format(cli, path, rule: str, layer: str, *args: str) -> dict:
-    """Exit 1 and (rule, layer) named in human, json, junit and github output."""
+    """Exit 1 and (rule, layer) named in human, json, junit and github output.
+
+    ``layer="(file)"`` stands for a finding about the whole file (JSON layer "")."""
+    json_layer = "" if layer == "(file)" else layer
+    gh_layer = "file" if layer == "(file)" else layer
     human = cli("check", path, *args)
     assert human.code == 1, human.out + human.err
     assert rule in human.out and layer in human.out and "FAILED" in human.out
@@ -76,7 +80,7 @@ def assert_fails_in_every_format(cli, path, rule: str, layer: str, *args: str) -
     assert r.code == 1, r.err
     doc = json.loads(r.out)
     jsonschema.validate(doc, SCHEMA)
-    assert (rule, layer) in _errors(doc), doc["findings"]
+    assert (rule, json_layer) in _errors(doc), doc["findings"]
     assert doc["passed"] is False and doc["exit_code"] == 1
 
     r = cli("check", path, *args, "--format", "junit")
@@ -89,7 +93,7 @@ def assert_fails_in_every_format(cli, path, rule: str, layer: str, *args: str) -
     r = cli("check", path, *args, "--format", "github")
     assert r.code == 1
     errors = [line for line in r.out.splitlines() if line.startswith("::error ")]
-    assert any(f"{rule} " in line and f"({layer})" in line for line in errors), r.out
+    assert any(f"{rule} " in line and f"({gh_layer})" in line for line in errors), r.out
     return doc
 
 
@@ -299,6 +303,82 @@ def test_ignore_in_an_override_skips_the_check(cli, tmp_path):
     assert skipped == ["QI004 calibrated: spare"]
 
 
+# --- --reference (weight SQNR from qinspect diff) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ptq_pair(tmp_path_factory):
+    """(float state_dict path, converted state_dict) of one PTQ flow."""
+    model, _, converted = tm.mlp_ptq()
+    folder = tmp_path_factory.mktemp("ref")
+    return tm.save(model.state_dict(), folder / "fp32.pt"), converted.state_dict()
+
+
+def test_samples_pass_with_their_float_reference():
+    pairs = {"mlp_int8_fbgemm.pt": "mlp_fp32.pt", "mlp_int8_qnnpack.pt": "mlp_fp32.pt",
+             "mlp_fused_int8.pt": "mlp_fused_fp32.pt", "convnet_int8.pt": "convnet_fp32.pt",
+             "dynlinear_int8.pt": "dynlinear_fp32.pt", "dynlinear_fp16.pt": "dynlinear_fp32.pt",
+             "embbag_4bit.pt": "embbag_fp32.pt", "lstm_dynamic_int8.pt": "lstm_fp32.pt"}
+    for quantized, reference in pairs.items():
+        result = qinspect.check(SAMPLES / quantized, reference=SAMPLES / reference, config=None)
+        assert result, (quantized, [f.message for f in result.errors])
+        measured = [c for c in result.cases if c.rule.id == "QI200"]
+        assert measured and all(c.status.value == "passed" for c in measured), quantized
+
+
+def test_weight_sqnr_under_threshold(cli, tmp_path, ptq_pair):
+    fp32, sd = ptq_pair
+    good = _save(sd, tmp_path, "good.pt")
+    assert cli("check", good, "--reference", fp32).code == 0
+    stale = _save(_requantize(sd, "fc1", 64.0), tmp_path)  # a 64x too large weight scale
+    doc = assert_fails_in_every_format(cli, stale, "QI200", "fc1", "--reference", fp32)
+    assert _errors(doc) == {("QI200", "fc1"), ("QI201", "")}  # fc1 holds most weights
+    finding = doc["findings"][0]
+    assert finding["value"] < 20 and finding["limit"] == 20
+    fc1 = next(lay for lay in doc["layers"] if lay["name"] == "fc1")
+    assert fc1["weight_sqnr_db"] == finding["value"]
+    # a configured threshold applies instead of the default
+    doc = json.loads(cli("check", good, "--reference", fp32, "--format", "json", "--set",
+                         "min_weight_sqnr_db=60").out)
+    assert _errors(doc) == {("QI200", "fc1"), ("QI200", "fc2")}
+
+
+def test_overall_weight_sqnr_under_threshold(cli, tmp_path, ptq_pair):
+    fp32, sd = ptq_pair
+    path = _save(sd, tmp_path)
+    doc = assert_fails_in_every_format(cli, path, "QI201", "(file)", "--reference", fp32,
+                                       "--set", "min_overall_weight_sqnr_db=60")
+    assert _errors(doc) == {("QI201", "")}
+    assert doc["overall"]["weight_sqnr_db"] == doc["findings"][0]["value"] < 60
+
+
+def test_nan_scale_fails_weight_sqnr_too(tmp_path, ptq_pair):
+    fp32, sd = ptq_pair
+    w, _ = sd["fc2._packed_params._packed_params"]
+    scales = w.q_per_channel_scales().clone()
+    scales[0] = float("nan")
+    result = qinspect.check(_save(_with_packed_weight(sd, "fc2", scales=scales), tmp_path),
+                            reference=fp32, config=None)
+    assert {(f.rule.id, f.layer) for f in result.errors} >= {("QI001", "fc2"), ("QI200", "fc2")}
+
+
+def test_reference_missing_a_layer_fails_that_layer(tmp_path, ptq_pair):
+    fp32, sd = ptq_pair
+    ref = {k: v for k, v in torch.load(fp32).items() if not k.startswith("fc2.")}
+    result = qinspect.check(_save(sd, tmp_path), reference=_save(ref, tmp_path, "ref.pt"),
+                            config=None)
+    (finding,) = result.errors
+    assert (finding.rule.id, finding.layer) == ("QI200", "fc2")
+    assert "not measurable" in finding.message
+
+
+def test_unrelated_reference_is_a_usage_error(cli, tmp_path, ptq_pair):
+    _, sd = ptq_pair
+    other = tm.save({"conv.weight": torch.randn(2, 2, 1, 1)}, tmp_path / "other.pt")
+    r = cli("check", _save(sd, tmp_path), "--reference", other)
+    assert r.code == 2 and "shares no quantized weight" in r.err
+
+
 # --- baseline ---------------------------------------------------------------------------
 
 
@@ -334,6 +414,27 @@ def test_baseline_layer_no_longer_quantized(cli, tmp_path):
     new = _save(tm.mlp_ptq(float_modules=("fc2",))[2].state_dict(), tmp_path)
     doc = assert_fails_in_every_format(cli, new, "QI402", "fc2", "--baseline", str(report))
     assert _errors(doc) == {("QI402", "fc2")}
+
+
+def test_baseline_sqnr_regression(cli, tmp_path, ptq_pair):
+    fp32, sd = ptq_pair
+    report = tmp_path / "report.json"
+    r = cli("check", _save(sd, tmp_path, "old.pt"), "--reference", fp32, "--format", "json",
+            "--output", report)
+    assert r.code == 0
+    old = {lay["name"]: lay["weight_sqnr_db"] for lay in json.loads(report.read_text())["layers"]}
+    assert old["fc2"] > 30
+    worse = _save(_requantize(sd, "fc2", 1.5), tmp_path)  # still above the 20 dB floor
+    doc = assert_fails_in_every_format(cli, worse, "QI400", "fc2", "--reference", fp32,
+                                       "--baseline", str(report))
+    assert _errors(doc) == {("QI400", "fc2")}
+    finding = doc["findings"][0]
+    assert finding["value"] > 1 and finding["limit"] == 1.0 and "dropped" in finding["message"]
+    assert cli("check", worse, "--reference", fp32, "--baseline", report,
+               "--set", "max_sqnr_drop_db=20").code == 0
+    # the baseline has SQNRs: a run without --reference cannot compare, and says so
+    doc = json.loads(cli("check", worse, "--baseline", report, "--format", "json").out)
+    assert ("QI400", "fc1") in _errors(doc) and "pass --reference" in doc["findings"][0]["message"]
 
 
 def test_baseline_that_is_not_a_report(cli, tmp_path, mlp_sd):

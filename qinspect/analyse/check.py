@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from qinspect.analyse.rules import (
 )
 from qinspect.config import CheckConfig
 from qinspect.errors import InputError
-from qinspect.model import Checkpoint, Layer
+from qinspect.model import Checkpoint, Layer, Mode
 
 CHECK_SCHEMA = "qinspect.check/1"
 
@@ -77,6 +77,19 @@ class LayerReport:
     mode: str
     quantized: bool
     metrics: LayerMetrics
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What ``--reference`` / ``--input`` measured, keyed by the checkpoint's layer names.
+
+    ``weight_problems``: quantized weights the reference could not measure (no counterpart,
+    a shape mismatch...), with the reason; QI200 fails for them.
+    """
+
+    metrics: Mapping[str, LayerMetrics]
+    overall_weight_sqnr_db: float | None = None
+    weight_problems: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,8 +144,7 @@ def run_check(
     checkpoint: Checkpoint,
     config: CheckConfig | None = None,
     *,
-    metrics: Mapping[str, LayerMetrics] | None = None,
-    overall_weight_sqnr_db: float | None = None,
+    measured: Measurements | None = None,
     baseline: Baseline | None = None,
     reference: str | None = None,
     input: str | None = None,  # noqa: A002 - mirrors --input
@@ -143,8 +155,9 @@ def run_check(
         lay.name: weight_health(lay.weight) if lay.weight is not None else None
         for lay in checkpoint.layers
     }
-    ctx = Context(checkpoint, config, health, dict(metrics or {}), overall_weight_sqnr_db,
-                  baseline)
+    measured = measured or Measurements({})
+    ctx = Context(checkpoint, config, health, dict(measured.metrics),
+                  measured.overall_weight_sqnr_db, baseline, dict(measured.weight_problems))
     active, not_run = _active_rules(reference, input, baseline)
     cases: list[Case] = []
     for rule in active:
@@ -159,7 +172,7 @@ def run_check(
     layers = tuple(_layer_report(lay, ctx.metrics) for lay in checkpoint.layers)
     return CheckResult(
         path=checkpoint.path, config=config, rules=active, cases=tuple(cases), layers=layers,
-        overall_weight_sqnr_db=overall_weight_sqnr_db, reference=reference, input=input,
+        overall_weight_sqnr_db=measured.overall_weight_sqnr_db, reference=reference, input=input,
         baseline=baseline.path if baseline else None, not_run=not_run,
     )
 
@@ -248,7 +261,7 @@ def _number(value: Any, path: Path, index: int) -> float | None:
 def check(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     *,
-    reference: str | os.PathLike[str] | None = None,
+    reference: str | os.PathLike[str] | Checkpoint | None = None,
     input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
     baseline: str | os.PathLike[str] | None = None,
     config: Any = "auto",
@@ -285,13 +298,15 @@ def check(
         cfg = _with_keywords(cfg, overrides)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
     base = read_baseline(baseline) if baseline is not None else None
-    metrics, overall = measure(ckpt, reference, input)
-    return run_check(ckpt, cfg, metrics=metrics, overall_weight_sqnr_db=overall,
-                     baseline=base, reference=_str(reference), input=_str(input))
+    measured = measure(ckpt, reference, input)
+    return run_check(ckpt, cfg, measured=measured, baseline=base,
+                     reference=_str(reference), input=_str(input))
 
 
 def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
+    if value is None:
+        return None
+    return value.path if isinstance(value, Checkpoint) else str(value)
 
 
 def _with_keywords(cfg: CheckConfig, values: Mapping[str, Any]) -> CheckConfig:
@@ -313,12 +328,54 @@ def _with_keywords(cfg: CheckConfig, values: Mapping[str, Any]) -> CheckConfig:
 
 def measure(
     checkpoint: Checkpoint,
-    reference: str | os.PathLike[str] | None,
+    reference: str | os.PathLike[str] | Checkpoint | None,
     input_path: str | os.PathLike[str] | None,
-) -> tuple[dict[str, LayerMetrics], float | None]:
-    """Per-layer metrics from ``qinspect diff`` (reference) and ``qinspect verify`` (input)."""
-    metrics: dict[str, LayerMetrics] = {}
+) -> Measurements:
+    """Per-layer numbers from ``qinspect diff`` (reference) and ``qinspect verify`` (input)."""
+    weight: dict[str, float] = {}
+    problems: dict[str, str] = {}
     overall = None
-    if reference is not None or input_path is not None:
-        raise InputError("--reference and --input are not wired into qinspect check yet")
-    return metrics, overall
+    if reference is not None:
+        weight, problems, overall = _weight_sqnr(checkpoint, reference)
+    if input_path is not None:
+        raise InputError("--input is not wired into qinspect check yet (needs qinspect verify)")
+    names = set(weight)
+    metrics = {name: LayerMetrics(weight_sqnr_db=weight.get(name)) for name in names}
+    return Measurements(metrics, overall, problems)
+
+
+def _weight_sqnr(
+    checkpoint: Checkpoint, reference: str | os.PathLike[str] | Checkpoint
+) -> tuple[dict[str, float], dict[str, str], float | None]:
+    """Weight SQNR of every quantized weight against the float reference (``diff``)."""
+    from qinspect.analyse.diff import diff
+    from qinspect.loaders import load
+
+    ref = reference if isinstance(reference, Checkpoint) else load(reference)
+    report = diff(ref, checkpoint, sort="name")
+    rows = {row.name_b: row for row in report.layers}
+    sqnr: dict[str, float] = {}
+    problems: dict[str, str] = {}
+    for layer in checkpoint.layers:
+        if layer.weight is None or not _has_quantized_weight(layer):
+            continue
+        row = rows.get(layer.name)
+        if row is None:
+            problems[layer.name] = f"no layer {layer.name!r} in the reference {ref.path}"
+        elif row.weight is None:
+            problems[layer.name] = row.problem or (
+                f"the reference's {row.name!r} has no weight to compare with")
+        else:
+            sqnr[layer.name] = row.weight.sqnr_db
+    if not sqnr and problems:
+        raise InputError(f"{ref.path} shares no quantized weight with {checkpoint.path}; pass "
+                         "the float checkpoint this one was quantized from as --reference")
+    return sqnr, problems, report.summary.weight_sqnr_db
+
+
+def _has_quantized_weight(layer: Layer) -> bool:
+    """Quantized (or fp16 dynamic) weights: what the weight-SQNR rules are about."""
+    w = layer.weight
+    if w is None or layer.mode is Mode.FLOAT:
+        return False
+    return w.quant is not None or (layer.mode is Mode.DYNAMIC and w.declared_dtype is not None)
