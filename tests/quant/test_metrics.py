@@ -243,7 +243,8 @@ def _check_pair_stats(data, name, per_channel) -> None:
     assert got.clipped_fraction == qm.clipped_fraction(ref, sarg, zarg, name, axis)
     plain = qm.pair_stats(ref, test)
     assert plain.max_error_lsb is None and plain.clipped_fraction is None
-    assert plain.sqnr_db == got.sqnr_db
+    # blocks run along the channel axis when one is given, so the sums differ in order
+    np.testing.assert_allclose(plain.sqnr_db, got.sqnr_db, rtol=1e-12, atol=1e-12)
 
 
 def test_pair_stats_degenerate_inputs_follow_the_conventions() -> None:
