@@ -252,6 +252,17 @@ def pair_stats(
     if axis is not None and r_all.ndim:
         r_all, t_all = np.moveaxis(r_all, axis, 0), np.moveaxis(t_all, axis, 0)
     acc = _Accumulator(with_scale)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below
+        _accumulate(acc, r_all, t_all, scale, zero_point, dtype, axis, with_scale)
+        stats = acc.result(r_all.size)
+    if not np.isfinite(stats.reference_energy) or not np.isfinite(stats.error_energy):
+        return _pair_stats_separately(reference, test, scale, zero_point, dtype, axis)
+    return stats
+
+
+def _accumulate(acc: _Accumulator, r_all: np.ndarray, t_all: np.ndarray,
+                scale: ArrayLike | None, zero_point: ArrayLike | None,
+                dtype: str | QDtype | None, axis: int | None, with_scale: bool) -> None:
     for lo, hi in _blocks(r_all):
         rows = slice(lo, hi)
         s = z = None
@@ -259,10 +270,6 @@ def pair_stats(
             s, z = _block_params(scale, zero_point, axis, rows, r_all.ndim)
         acc.add(r_all[rows] if r_all.ndim else r_all, t_all[rows] if t_all.ndim else t_all,
                 s, z, qdtype(dtype) if with_scale else None)
-    stats = acc.result(r_all.size)
-    if not np.isfinite(stats.reference_energy) or not np.isfinite(stats.error_energy):
-        return _pair_stats_separately(reference, test, scale, zero_point, dtype, axis)
-    return stats
 
 
 def _blocks(a: np.ndarray) -> list[tuple[int, int]]:
