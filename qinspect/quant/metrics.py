@@ -377,6 +377,7 @@ def _pair_stats_separately(reference: ArrayLike, test: ArrayLike, scale: ArrayLi
         clipped = clipped_fraction(reference, scale, zero_point, dtype, axis)
     r, t = _pair(reference, test)
     e = r - t
+    with np.errstate(over="ignore"):  # energies beyond float64 are reported as inf
+        energies = float(np.sum(r * r)), float(np.sum(e * e))
     return PairStats(sqnr_db(r, t), max_abs_error(r, t), mean_abs_error(r, t),
-                     cosine_similarity(r, t), lsb_max, lsb_mean, clipped,
-                     float(np.sum(r * r)), float(np.sum(e * e)))
+                     cosine_similarity(r, t), lsb_max, lsb_mean, clipped, *energies)
