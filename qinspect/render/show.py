@@ -124,9 +124,18 @@ def _explanations(s: Summary) -> RenderableType:
         if not sentences:
             continue
         parts.append(Text.assemble(text(row.layer.name, "bold cyan"), f" ({row.layer.kind})"))
-        for sentence in sentences:
-            parts.append(Text("  - " + safe(sentence)))
+        parts.append(_bullets(sentences))
     return Group(*parts)
+
+
+def _bullets(sentences: list[str]) -> Table:
+    """Bulleted sentences whose wrapped lines stay indented under their bullet."""
+    grid = Table.grid(padding=(0, 0))
+    grid.add_column(width=4, no_wrap=True)
+    grid.add_column(ratio=1)
+    for sentence in sentences:
+        grid.add_row("  - ", text(sentence))
+    return grid
 
 
 def _dead_weights(s: Summary) -> RenderableType | None:
