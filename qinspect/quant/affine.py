@@ -596,3 +596,95 @@ def dequantize_per_channel_decomposed(
         diff = diff - _channel_param(zero_points, qa.ndim, ax, n, np.int64, "zero_points")
     with np.errstate(over="ignore"):
         return (diff.astype(ct) * sc).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- torchao block-wise
+
+_ZERO_POINT_DOMAINS = ("int", "none", "float")
+
+
+def block_grid(shape: Sequence[int], block_size: Sequence[int]) -> tuple[int, ...]:
+    """Shape of the grid of blocks (one scale each) of a ``shape`` tensor cut into
+    ``block_size`` blocks, as torchao's ``_get_reduction_params`` cuts it: a dimension whose
+    block is 1 keeps one scale per index, one whose block equals the dimension gets one."""
+    shape, block = tuple(int(n) for n in shape), tuple(int(b) for b in block_size)
+    if len(shape) != len(block):
+        raise ValueError(f"block_size {list(block)} does not match a {len(shape)}-d tensor")
+    grid = []
+    for n, b in zip(shape, block, strict=True):
+        if b < 1 or n % min(b, n):
+            raise ValueError(f"block_size {list(block)} does not tile shape {list(shape)}")
+        grid.append(n // min(b, n))
+    return tuple(grid)
+
+
+def expand_blocks(param: ArrayLike, shape: Sequence[int], block_size: Sequence[int]
+                  ) -> NDArray:
+    """A per-block parameter (``scale``/``zero_point``, any shape with one value per block,
+    row-major over the grid) broadcast to one value per element of ``shape``."""
+    grid = block_grid(shape, block_size)
+    p = np.asarray(param)
+    if p.size != int(np.prod(grid, dtype=np.int64)):
+        raise ValueError(f"{p.size} parameters for a grid of {list(grid)} blocks")
+    p = p.reshape(grid)
+    for ax, (n, g) in enumerate(zip(shape, grid, strict=True)):
+        if g != n:
+            p = np.repeat(p, n // g, axis=ax)
+    return p
+
+
+def dequantize_blockwise(
+    q: ArrayLike,
+    scale: ArrayLike,
+    zero_point: ArrayLike | None,
+    block_size: Sequence[int],
+    zero_point_domain: str = "int",
+    quant_min: int | None = None,
+    quant_max: int | None = None,
+) -> NDArray[np.floating]:
+    """torchao ``dequantize_affine`` (``quant_primitives``), float32 output.
+
+    One ``scale`` (and ``zero_point``) per block of ``block_size`` elements (``(1, K)``:
+    per row; ``(1, 32)``: per group of 32 along a row); ``scale`` holds one value per
+    block in row-major order of the block grid, in any shape (torchao keeps ``(N, 1)`` or
+    ``(N, K/32)``). What ``Int8Tensor.dequantize()`` and ``IntxUnpackedToInt8Tensor
+    .dequantize()`` (int4 in int8 bytes) compute, by ``zero_point_domain``:
+
+    * ``"int"`` (``ZeroPointDomain.INT``, every ``MappingType``; the default)::
+
+          out = f32( f32(f32(q) - f32(zp)) * scale )      # zp None: f32(q) * scale
+
+      the multiply runs in torch's promoted dtype: float32 for float32 (or narrower)
+      scales, float64 for float64 scales (then rounded to float32);
+    * ``"none"`` (``_dequantize_affine_no_zero_point``): ``f32(f32(q) * scale)``;
+    * ``"float"`` (tinygemm, ``_dequantize_affine_tinygemm``; float zero point)::
+
+          mid = (quant_max + quant_min + 1) / 2
+          out = f32( f32(f32(q - mid) * f32(scale)) + f32(zp) )
+
+    No clamping: dequantization reads the integers as stored. ``quant_min``/``quant_max``
+    matter only for the tinygemm mid point.
+    """
+    if zero_point_domain not in _ZERO_POINT_DOMAINS:
+        raise ValueError(f"zero_point_domain {zero_point_domain!r}: use one of "
+                         f"{', '.join(_ZERO_POINT_DOMAINS)}")
+    qa = np.asarray(q)
+    sc_raw = np.asarray(scale)
+    sc = expand_blocks(sc_raw, qa.shape, block_size)
+    zp = None if zero_point is None or np.asarray(zero_point).size == 0 else \
+        expand_blocks(zero_point, qa.shape, block_size)
+    ct = np.float64 if sc_raw.dtype == np.float64 else np.float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        if zero_point_domain == "float":
+            if quant_min is None or quant_max is None:
+                raise ValueError("zero_point_domain 'float' needs quant_min and quant_max")
+            mid = (int(quant_max) + int(quant_min) + 1) / 2
+            d = (qa.astype(np.float64) - mid).astype(np.float32)
+            out = d * sc.astype(np.float32)
+            if zp is not None:
+                out = out + zp.astype(np.float32)
+            return out.astype(np.float32)
+        d = qa.astype(np.float32)
+        if zp is not None and zero_point_domain == "int":
+            d = d - zp.astype(np.float32)
+        return (d.astype(ct) * sc.astype(ct)).astype(np.float32)
