@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -533,18 +534,25 @@ def test_pt2e_int8_weights_dequantize_like_the_decomposed_ops(tmp_path):
     assert row.weight.max_error_lsb <= 0.5 + 1e-3
 
 
-def test_block_wise_weights_are_reported_not_compared():
+def test_block_wise_weights_are_compared_per_block():
     from qinspect.model import TensorQuant, Weight
 
     w = np.ones((4, 8), np.float32)
-    quant = TensorQuant("int8", "per_group", np.ones(8), np.zeros(8, np.int64), 0,
-                        block_size=(1, 4))
+    w[:, 4:] = 3.0
+    scale = np.tile([1.0, 0.25], 4)  # one scale per block of 1x4, row-major over the grid
+    ints = (w / scale.reshape(4, 2).repeat(4, axis=1)).astype(np.int8)
+    quant = TensorQuant("int8", "per_group_affine (group 4)", scale, np.zeros(8, np.int64),
+                        None, block_size=(1, 4))
     a = _synthetic("a", Weight("fc.weight", (4, 8), "float32", w))
-    b = _synthetic("b", Weight("fc.weight", (4, 8), "int8", w.astype(np.int8), quant))
+    b = _synthetic("b", Weight("fc.weight", (4, 8), "int8", ints, quant))
     report = qinspect.diff(a, b)
     row = report.layers[0]
-    assert row.comparison.value == "unsupported" and row.weight is None
-    assert "block-wise weights (blocks of 1x4)" in row.problem
+    assert row.comparison.value == "float-vs-quantized" and row.weight.error_energy == 0
+    assert row.weight.granularity == "per group of 4 (blocks 1x4)"
+    bad = replace(quant, block_size=(1, 3))
+    c = _synthetic("c", Weight("fc.weight", (4, 8), "int8", ints, bad))
+    odd = qinspect.diff(a, c).layers[0]
+    assert odd.comparison.value == "unsupported" and "does not tile" in odd.problem
     from qinspect.render.diff import diff_json
     from qinspect.render.jsonout import dumps
 

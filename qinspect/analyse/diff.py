@@ -99,6 +99,10 @@ class WeightError:
     dtype: str | None
     reference_energy: float
     error_energy: float
+    granularity: str | None = None
+    """Block-wise (torchao) weights: the scale's granularity and block shape, e.g.
+    ``per group of 32 (blocks 1x32)``; LSB and clipping then use each
+    element's block scale. None for per-tensor/per-channel torch schemes."""
 
     @property
     def bits(self) -> int | None:
@@ -329,8 +333,13 @@ def _not_comparable(w: Weight) -> str | None:
     if q is not None and q.dtype.removeprefix("torch.") not in QDTYPES:
         return f"weight dtype {q.dtype}: not an integer quantization dtype qinspect knows"
     if w.is_quantized and q is not None and q.block_size is not None:
-        return (f"block-wise weights (blocks of {_shape(q.block_size)}): not compared, "
-                "qinspect.quant has no block-wise dequantization yet")
+        try:
+            grid = affine.block_grid(w.shape, q.block_size)
+        except ValueError as exc:
+            return f"block-wise weights: {exc}"
+        if int(np.prod(grid)) != q.scale.size:
+            return (f"block-wise weights: {q.scale.size} scales for a grid of "
+                    f"{_shape(grid)} blocks of {_shape(q.block_size)}")
     return None
 
 
@@ -386,6 +395,9 @@ def real_values(w: Weight) -> np.ndarray:
     if not w.is_quantized or w.quant is None:
         return np.asarray(w.values)
     q = w.quant
+    if q.block_size is not None:  # torchao: float32 scales (read as float64, exactly)
+        return affine.dequantize_blockwise(w.values, np.asarray(q.scale).astype(np.float32),
+                                           q.zero_point, q.block_size)
     if not qdtype(q.dtype).is_quantized_tensor_dtype:  # PT2E / decomposed: plain int dtypes
         if q.axis is not None:
             return affine.dequantize_per_channel_decomposed(w.values, q.scale, q.zero_point,
@@ -402,7 +414,15 @@ def real_values(w: Weight) -> np.ndarray:
 
 def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
                  reference: str) -> WeightError:
-    """The metrics of :mod:`qinspect.quant.metrics` for one weight pair, in one pass."""
+    """The metrics of :mod:`qinspect.quant.metrics` for one weight pair, in one pass.
+
+    Block-wise (torchao) weights are cut into their blocks first, one row per block, so
+    each element's LSB and clipping range come from its own block's scale."""
+    granularity = None
+    if quant is not None and quant.block_size is not None:
+        ref, cand = _blocks(ref, quant.block_size), _blocks(cand, quant.block_size)
+        granularity = _block_granularity(quant)
+        quant = replace(quant, axis=0, block_size=None)
     scaled = quant is not None and _usable_scales(quant.scale)
     per_channel = scaled and quant.axis is not None
     stats = metrics.pair_stats(
@@ -423,7 +443,32 @@ def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
         clipped_fraction=stats.clipped_fraction,
         dtype=quant.dtype if quant is not None else None,
         reference_energy=stats.reference_energy, error_energy=stats.error_energy,
+        granularity=granularity,
     )
+
+
+def _block_granularity(q: TensorQuant) -> str:
+    """``per row (blocks 1x128)``, ``per group of 32 (blocks 1x32)``..."""
+    block = q.block_size or ()
+    if q.qscheme == "per_channel_affine":
+        label = "per row"
+    elif q.qscheme.startswith("per_group_affine"):
+        label = f"per group of {block[-1]}"
+    elif q.qscheme == "per_tensor_affine":
+        label = "per tensor"
+    else:
+        label = "per block"
+    return f"{label} (blocks {_shape(block)})"
+
+
+def _blocks(values: np.ndarray, block_size: tuple[int, ...]) -> np.ndarray:
+    """``values`` as (blocks, elements per block), blocks in row-major grid order (the
+    order of torchao's flattened scales)."""
+    v = np.asarray(values)
+    grid = affine.block_grid(v.shape, block_size)
+    split = [d for g, n in zip(grid, v.shape, strict=True) for d in (g, n // g)]
+    order = list(range(0, 2 * v.ndim, 2)) + list(range(1, 2 * v.ndim, 2))
+    return v.reshape(split).transpose(order).reshape(int(np.prod(grid)), -1)
 
 
 def _usable_scales(scale: np.ndarray) -> bool:

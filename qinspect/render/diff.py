@@ -143,6 +143,8 @@ def _notes_cell(row: LayerDiff) -> Text:
     lines.append((COMPARED[row.comparison], "dim"))
     if row.weight is not None and row.weight.dtype:
         lines[-1] = (f"{COMPARED[row.comparison]} ({row.weight.dtype})", "dim")
+    if row.weight is not None and row.weight.granularity:
+        lines.append((row.weight.granularity, "dim"))
     if row.fold is not None:
         lines.append((f"BatchNorm {row.fold.batchnorm} folded (eps {row.fold.eps:g})", "cyan"))
     if row.quant_change is not None:
@@ -349,6 +351,7 @@ def _weight_json(w: WeightError | None) -> dict[str, Any] | None:
         "max_abs_error": w.max_abs_error, "mean_abs_error": w.mean_abs_error,
         "max_error_lsb": w.max_error_lsb, "mean_error_lsb": w.mean_error_lsb,
         "clipped_fraction": w.clipped_fraction, "cosine_similarity": w.cosine_similarity,
+        "granularity": w.granularity,
     }
 
 
