@@ -370,6 +370,7 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
                 raise VerifyError(f"the quantized model failed on the input ({_line(exc)})"
                                   ) from exc
     modules_f = dict(float_model.named_modules())
+    modules_q = dict(qmodel.named_modules())
     rows: list[LayerVerify] = []
     done: set[str] = set()
     for i, layer in enumerate(layers):
@@ -384,7 +385,8 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
                                               "input"))
             continue
         try:
-            new_rows = _model_rows(ctx, ckpt, layer, name, f_calls, q_calls, modules_f)
+            new_rows = _model_rows(ctx, ckpt, layer, name, f_calls, q_calls, modules_f,
+                                   modules_q)
         except VerifyError as exc:  # torch refused the layer: say so, go on with the rest
             new_rows = [V.not_verified(layer, str(exc).removeprefix(f"{layer.name}: "))]
         rows.extend(new_rows)
@@ -400,7 +402,8 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
 
 
 def _model_rows(ctx: Context, ckpt: Checkpoint, layer: Layer, name: str, f_calls: list,
-                q_calls: list, modules_f: dict[str, Any]) -> list[LayerVerify]:
+                q_calls: list, modules_f: dict[str, Any], modules_q: dict[str, Any] | None = None
+                ) -> list[LayerVerify]:
     rows: list[LayerVerify] = []
     how = kind_of(layer)
     if how == "stub":
@@ -410,7 +413,8 @@ def _model_rows(ctx: Context, ckpt: Checkpoint, layer: Layer, name: str, f_calls
                                 InputKind.MODEL, f"the model's input {shape_text(x.shape)}")
         rows.append(replace_shape(row, x.shape))
     elif how in ("linear", "conv"):
-        rows.append(_static(ctx, layer, f_calls, q_calls, modules_f[name]))
+        rows.append(_static(ctx, layer, f_calls, q_calls, modules_f[name],
+                            _packed((modules_q or {}).get(name))))
     elif how == "add":
         rows.append(_qfunctional(ctx, layer, f_calls, q_calls))
     elif how == "dynamic":
@@ -443,7 +447,8 @@ def _qparams_of(q_call: tuple[str, tuple[Any, ...]] | None, index: int = 0
     return None
 
 
-def _static(ctx: Context, layer: Layer, f_calls: list, q_calls: list, module: Any) -> LayerVerify:
+def _static(ctx: Context, layer: Layer, f_calls: list, q_calls: list, module: Any,
+            packed: Any = None) -> LayerVerify:
     from qinspect.analyse.kernels import ConvGeometry
     from qinspect.quant.affine import quantize_per_tensor
 
@@ -471,8 +476,22 @@ def _static(ctx: Context, layer: Layer, f_calls: list, q_calls: list, module: An
             f"quantized with the input qparams the quantized model used (scale "
             f"{calls[0].scale:.4g}, zero point {calls[0].zero_point})")
     notes = (f"conv hyper-parameters from the model: {geo.describe()}",) if geo else ()
-    row, _ = V.static_row(ctx, layer, calls, InputKind.MODEL, text, geo=geo, notes=notes)
+    row, _ = V.static_row(ctx, layer, calls, InputKind.MODEL, text, geo=geo, notes=notes,
+                          packed=packed)
     return row
+
+
+def _packed(module: Any) -> Any:
+    """The quantized model's packed weight for this layer (the checkpoint's weight, bias
+    and geometry, packed under the same engine), so verify need not prepack it again."""
+    import torch.ao.nn.quantized as nnq
+
+    if isinstance(module, nnq.Linear) and type(module).__module__.startswith("torch.ao.nn"):
+        return module._packed_params._packed_params
+    if isinstance(module, nnq.modules.conv._ConvNd) \
+            and type(module).__module__.startswith("torch.ao.nn"):
+        return module._packed_params
+    return None
 
 
 def _qfunctional(ctx: Context, layer: Layer, f_calls: list, q_calls: list) -> LayerVerify:

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -454,9 +455,11 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, text: str,
-               geo: object | None = None, notes: tuple[str, ...] = ()
+               geo: object | None = None, notes: tuple[str, ...] = (), packed: Any = None
                ) -> tuple[LayerVerify, list[np.ndarray]]:
-    """Verify a static Linear or Conv on ``calls``; returns the row and the kernel outputs."""
+    """Verify a static Linear or Conv on ``calls``; returns the row and the kernel outputs.
+
+    ``packed``: torch's packed weight of this layer when a quantized model already has it."""
     from qinspect.analyse import kernels as K
     from qinspect.quant import reference as R
 
@@ -475,13 +478,15 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         arith = K.conv_kernel(ctx.engine, q.zero_point, geo.groups)
         runner = ctx.cache.get(f"conv:{layer.name}:{geo}")
         if runner is None:
-            runner = ctx.cache[f"conv:{layer.name}:{geo}"] = K.ConvKernel(layer, ctx.engine, geo)
+            runner = ctx.cache[f"conv:{layer.name}:{geo}"] = K.ConvKernel(layer, ctx.engine, geo,
+                                                                          packed)
         op = f"quantized::conv{len(wq.shape) - 2}d" + ("_relu" if relu else "")
     else:
         arith = K.linear_kernel(ctx.engine)
         runner = ctx.cache.get(f"linear:{layer.name}")
         if runner is None:
-            runner = ctx.cache[f"linear:{layer.name}"] = K.LinearKernel(layer, ctx.engine)
+            runner = ctx.cache[f"linear:{layer.name}"] = K.LinearKernel(layer, ctx.engine,
+                                                                        packed)
         op = "quantized::linear" + ("_relu" if relu else "")
     floats, kernels_q, refs, outs = [], [], [], []
     depthwise = False
@@ -494,9 +499,10 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
                                   q.zero_point, layer.bias, out.scale, out.zero_point,
                                   kernel=arith, relu=relu, stride=geo.stride,
                                   padding=geo.padding, dilation=geo.dilation,
-                                  groups=geo.groups, int16_pairs=depthwise)
+                                  groups=geo.groups, int16_pairs=depthwise,
+                                  conv_sum=K.conv_sum)
             fo = R.conv_float64(x, w_f, b_f, stride=geo.stride, padding=geo.padding,
-                                dilation=geo.dilation, groups=geo.groups)
+                                dilation=geo.dilation, groups=geo.groups, conv_sum=K.conv_sum)
         else:
             rq = R.quantized_linear(call.q, call.scale, call.zero_point, wq.values, q.scale,
                                     q.zero_point, layer.bias, out.scale, out.zero_point,

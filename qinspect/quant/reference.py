@@ -60,7 +60,7 @@ overflow).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -97,6 +97,8 @@ _CHUNK_ELEMENTS = 1 << 23
 
 f32 = np.float32
 f64 = np.float64
+ConvSum = Callable[..., NDArray]
+"""``conv_sum(x, w, stride, padding, dilation, groups, exact)`` of float64 arrays."""
 
 
 # ----------------------------------------------------------------------- accumulation
@@ -189,6 +191,7 @@ def accumulate_conv(
     x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, *,
     stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1, groups: int = 1, int16_pairs: bool = False,
+    conv_sum: ConvSum | None = None,
 ) -> NDArray[np.int32]:
     """Integer accumulator of a quantized N-d convolution, (N, O, *out), as int32.
 
@@ -201,13 +204,18 @@ def accumulate_conv(
     with saturation (``vpmaddubsw``) before widening to int32; the zero points are
     subtracted afterwards through row/column sums. With activations in the full 0..255
     range and large weights a pair can exceed 32767: this reproduces that clipping.
+
+    ``conv_sum``: another implementation of :func:`_conv_sum` (same arguments; with
+    ``exact`` it must return the exact integer sums, e.g. a float64 convolution, which
+    cannot round below 2**37 terms of 8-bit products whatever its summation order).
     """
     if int16_pairs:
         return _wrap_int32(_depthwise_int16(x_q, x_zp, w_q, w_zp, stride, padding, dilation,
                                             groups))
     w = np.asarray(w_q).astype(f64)
     w = w - np.asarray(w_zp, dtype=f64).reshape((-1,) + (1,) * (w.ndim - 1))
-    acc = _conv_sum(_centred(x_q, x_zp, f64), w, stride, padding, dilation, groups, True)
+    acc = (conv_sum or _conv_sum)(_centred(x_q, x_zp, f64), w, stride, padding, dilation,
+                                  groups, True)
     return _wrap_int32(acc)
 
 
@@ -249,10 +257,12 @@ def _depthwise_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike,
 
 def conv_float64(x: ArrayLike, w: ArrayLike, bias: ArrayLike | None = None, *,
                  stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-                 dilation: int | Sequence[int] = 1, groups: int = 1) -> NDArray[np.float64]:
+                 dilation: int | Sequence[int] = 1, groups: int = 1,
+                 conv_sum: ConvSum | None = None) -> NDArray[np.float64]:
     """A float64 N-d convolution (cross-correlation, zero padding), for float domains."""
     wa = np.asarray(w, dtype=f64)
-    out = _conv_sum(np.asarray(x, dtype=f64), wa, stride, padding, dilation, groups, False)
+    out = (conv_sum or _conv_sum)(np.asarray(x, dtype=f64), wa, stride, padding, dilation,
+                                  groups, False)
     if bias is not None:
         out = out + np.asarray(bias, dtype=f64).reshape((1, -1) + (1,) * (wa.ndim - 2))
     return out
@@ -356,11 +366,12 @@ def quantized_conv(
     w_zp: ArrayLike, bias: ArrayLike | None, out_scale: float, out_zp: int, *,
     kernel: str, relu: bool = False, stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, groups: int = 1,
-    int16_pairs: bool = False,
+    int16_pairs: bool = False, conv_sum: ConvSum | None = None,
 ) -> NDArray[np.uint8]:
     """``torch.ops.quantized.conv{1,2,3}d`` (``_relu``) with zero padding, (N, C, *S)."""
     acc = accumulate_conv(x_q, x_zp, w_q, w_zp, stride=stride, padding=padding,
-                          dilation=dilation, groups=groups, int16_pairs=int16_pairs)
+                          dilation=dilation, groups=groups, int16_pairs=int16_pairs,
+                          conv_sum=conv_sum)
     return requantize(acc, x_scale, w_scale, bias, out_scale, out_zp, kernel=kernel,
                       relu=relu, axis=1)
 
