@@ -5,6 +5,10 @@
 * ``fp32_1g.pt``: the float weights the int8 file was quantized from (for ``diff``).
 * ``qat_1g.pt``: a QAT-prepared state_dict of 8 Linear 4096x8192 layers (about 1.07 GB
   of float weights plus fake-quant and observer buffers), made by prepare_qat.
+* ``resnet_fp32.pt`` / ``resnet_int8.pt`` / ``resnet_input.npy``: the ResNet-18-shaped
+  network of ``resnet.py`` (random weights and BatchNorm statistics), its eager static
+  int8 version (x86 qconfig, calibrated on random 224x224 batches) and one (1,3,224,224)
+  input, for ``verify``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.ao.nn.quantized as nnq
 import torch.ao.quantization as tq
@@ -60,13 +65,53 @@ def make_qat(out_dir: Path, layers: int = 8, seed: int = 0) -> Path:
     return path
 
 
+def make_resnet(out_dir: Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from resnet import ResNet18Shaped, fuse
+
+    torch.manual_seed(seed)
+    model = ResNet18Shaped()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    model.eval()
+    fp32_path = out_dir / "resnet_fp32.pt"
+    torch.save(model.state_dict(), fp32_path)
+    torch.backends.quantized.engine = "x86"
+    fuse(model)
+    model.qconfig = tq.get_default_qconfig("x86")
+    prepared = tq.prepare(model)
+    with torch.no_grad():
+        for _ in range(4):
+            prepared(torch.randn(2, 3, 224, 224))
+    int8_path = out_dir / "resnet_int8.pt"
+    torch.save(tq.convert(prepared).state_dict(), int8_path)
+    input_path = out_dir / "resnet_input.npy"
+    np.save(input_path, torch.randn(1, 3, 224, 224).numpy())
+    return fp32_path, int8_path, input_path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--only", choices=("linear", "qat", "resnet"),
+                        help="make only one group of inputs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for path in (*make_int8_pair(args.out), make_qat(args.out)):
-        print(f"{path}  {path.stat().st_size / 1e9:.2f} GB")
+    makers = {"linear": make_int8_pair, "qat": make_qat, "resnet": make_resnet}
+    paths: list[Path] = []
+    for name, make in makers.items():
+        if args.only in (None, name):
+            made = make(args.out)
+            paths += [made] if isinstance(made, Path) else list(made)
+    for path in paths:
+        print(f"{path}  {path.stat().st_size / 1e9:.3f} GB")
 
 
 if __name__ == "__main__":
