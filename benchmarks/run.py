@@ -3,10 +3,13 @@ measured in the same run, on the same machine.
 
     .venv/bin/python benchmarks/run.py            # generates inputs if missing, ~5 min
     .venv/bin/python benchmarks/run.py --repeat 5 --only show
+    make bench                                     # the same, --repeat 3
 
 Every case runs as a fresh subprocess (so ``import torch`` is included, as a user pays
 it); peak RSS is the child's ``ru_maxrss`` from ``os.wait4``. File pages touched through
 mmap count in RSS, so a pass over a 1 GB checkpoint shows about 1 GB whatever the code.
+Cases that print ``INPROC <seconds>`` also report that in-process time (the work after
+imports and loading): the quantized ResNet's forward pass and ``qinspect.verify()``.
 Results go to ``benchmarks/out/results.json`` and a Markdown table on stdout.
 """
 
@@ -19,11 +22,13 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESNET = ("resnet_int8.pt", "resnet_fp32.pt", "resnet_input.npy")
 OUT = HERE / "out"
 PY = sys.executable
 QINSPECT = [PY, "-m", "qinspect"]
@@ -46,6 +51,36 @@ for v in sd.values():
     if isinstance(v, tuple) and isinstance(v[0], torch.Tensor) and v[0].is_quantized:
         a = v[0].int_repr().numpy()
         a.min(); a.max(); np.bincount((a.astype(np.int64) + 128).ravel(), minlength=256)
+"""
+
+QFORWARD = """
+import sys, time, statistics
+import numpy as np, torch
+import torch.ao.quantization as tq
+sys.path.insert(0, sys.argv[1])
+from resnet import ResNet18Shaped, fuse
+torch.backends.quantized.engine = "x86"
+model = fuse(ResNet18Shaped().eval())
+model.qconfig = tq.get_default_qconfig("x86")
+qmodel = tq.convert(tq.prepare(model))
+qmodel.load_state_dict(torch.load(sys.argv[2], weights_only=True))
+x = torch.from_numpy(np.load(sys.argv[3]))
+times = []
+with torch.no_grad():
+    for _ in range(6):
+        start = time.perf_counter()
+        qmodel(x)
+        times.append(time.perf_counter() - start)
+print("INPROC", statistics.median(times[1:]), "FIRST", times[0])
+"""
+
+VERIFY_INPROC = """
+import sys, time, warnings
+import torch, qinspect
+warnings.filterwarnings("ignore")
+start = time.perf_counter()
+qinspect.verify(sys.argv[1], input=sys.argv[2], reference=sys.argv[3], model=sys.argv[4])
+print("INPROC", time.perf_counter() - start)
 """
 
 READ_FILES = """
@@ -72,24 +107,38 @@ class Result:
     runs_s: list[float]
     peak_rss_mb: float
     exit_code: int
+    inproc_s: float | None = None
+    first_s: float | None = None
 
 
 def measure(case: Case, repeat: int) -> Result:
     times, rss, code = [], 0.0, 0
+    inproc: dict[str, list[float]] = {"INPROC": [], "FIRST": []}
     for _ in range(repeat):
-        start = time.perf_counter()
-        proc = subprocess.Popen(case.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        times.append(time.perf_counter() - start)
-        rss = max(rss, usage.ru_maxrss / 1024)
-        code = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if code not in (0, 1):
-            raise SystemExit(f"{case.name} failed with exit {code}: {err.strip()[:500]}")
-    return Result(case.name, case.kind, statistics.median(times), times, rss, code)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as errf:
+            start = time.perf_counter()
+            proc = subprocess.Popen(case.argv, stdout=out, stderr=errf, cwd=HERE)
+            _, status, usage = os.wait4(proc.pid, 0)
+            times.append(time.perf_counter() - start)
+            rss = max(rss, usage.ru_maxrss / 1024)
+            code = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            errf.seek(0)
+            if code not in (0, 1):
+                err = errf.read().decode(errors="replace")
+                raise SystemExit(f"{case.name} failed with exit {code}: {err.strip()[:500]}")
+            words = out.read()[-4096:].decode(errors="replace").split()
+            for key, values in inproc.items():
+                if key in words:
+                    values.append(float(words[words.index(key) + 1]))
+    med = {k: statistics.median(v) if v else None for k, v in inproc.items()}
+    return Result(case.name, case.kind, statistics.median(times), times, rss, code,
+                  med["INPROC"], med["FIRST"])
 
 
 def cases(int8: Path, fp32: Path, qat: Path) -> list[Case]:
+    rn_int8, rn_fp32, rn_input = (str(OUT / n) for n in RESNET)
+    model = f"{HERE / 'resnet.py'}:ResNet18Shaped"
     return [
         Case("import torch", [PY, "-c", "import torch"], "baseline"),
         Case("torch.load(mmap=True) + one numpy pass", [PY, "-c", MMAP_PASS, str(int8)],
@@ -105,6 +154,16 @@ def cases(int8: Path, fp32: Path, qat: Path) -> list[Case]:
         Case("qinspect show qat_1g", [*QINSPECT, "show", str(qat)], "qinspect"),
         Case("qinspect diff fp32_1g int8_1g", [*QINSPECT, "diff", str(fp32), str(int8)],
              "qinspect"),
+        Case("qinspect check int8_1g", [*QINSPECT, "check", str(int8)], "qinspect"),
+        Case("quantized ResNet-18 forward (build + load + run)",
+             [PY, "-c", QFORWARD, str(HERE), rn_int8, rn_input], "baseline"),
+        Case("qinspect verify resnet (file mode)",
+             [*QINSPECT, "verify", rn_int8, "--input", rn_input], "qinspect"),
+        Case("qinspect verify resnet --model",
+             [*QINSPECT, "verify", rn_int8, "--input", rn_input, "--reference", rn_fp32,
+              "--model", model], "qinspect"),
+        Case("qinspect.verify() resnet --model (in-process)",
+             [PY, "-c", VERIFY_INPROC, rn_int8, rn_input, rn_fp32, model], "qinspect"),
     ]
 
 
@@ -126,6 +185,19 @@ def ratios(results: dict[str, Result], file_mb: float) -> list[tuple[str, float,
     help_imports = results["qinspect --help"].median_s / results["import torch"].median_s
     out.append(("qinspect --help / import torch", help_imports, 1.0,
                 "ok" if help_imports < 1.0 else "MISSED"))
+    value = results["qinspect check int8_1g"].median_s / mmap
+    out.append(("qinspect check int8_1g / (import torch + mmap load + one pass)", value, 1.5,
+                "ok" if value <= 1.5 else "MISSED"))
+    fwd = results["quantized ResNet-18 forward (build + load + run)"]
+    for name in ("qinspect verify resnet --model", "qinspect verify resnet (file mode)"):
+        value = results[name].median_s / fwd.median_s
+        out.append((f"{name} / quantized forward, whole processes", value, 15.0,
+                    "ok" if value <= 15 else "MISSED"))
+    inproc = results["qinspect.verify() resnet --model (in-process)"].inproc_s
+    if inproc is not None and fwd.inproc_s:
+        value = inproc / fwd.inproc_s
+        out.append(("qinspect.verify() --model / one warm quantized forward, in-process",
+                    value, 15.0, "ok" if value <= 15 else "MISSED"))
     return out
 
 
@@ -138,21 +210,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", help="run only cases whose name contains this")
+    parser.add_argument("--only", help="run only cases whose name contains this (any case)")
     args = parser.parse_args()
     int8, fp32, qat = OUT / "int8_1g.pt", OUT / "fp32_1g.pt", OUT / "qat_1g.pt"
+    make = [PY, str(HERE / "make_inputs.py"), "--out", str(OUT)]
     if not all(p.exists() for p in (int8, fp32, qat)):
-        subprocess.run([PY, str(HERE / "make_inputs.py"), "--out", str(OUT)], check=True)
-    todo = [c for c in cases(int8, fp32, qat) if not args.only or args.only in c.name]
+        subprocess.run(make, check=True)
+    elif not all((OUT / n).exists() for n in RESNET):
+        subprocess.run([*make, "--only", "resnet"], check=True)
+    load_before = os.getloadavg()
+    only = (args.only or "").lower()
+    todo = [c for c in cases(int8, fp32, qat) if only in c.name.lower()]
     results = {}
     for case in todo:
         results[case.name] = measure(case, args.repeat)
         r = results[case.name]
         print(f"  {r.name:<55} {r.median_s:7.2f} s  {r.peak_rss_mb:7.0f} MB", file=sys.stderr)
     report = {"machine": machine(), "results": [asdict(r) for r in results.values()]}
-    print("| case | median wall (s) | peak RSS (MB) |\n|---|---:|---:|")
+    print("| case | median wall (s) | peak RSS (MB) | in-process (s) |\n|---|---:|---:|---:|")
     for r in results.values():
-        print(f"| {r.name} | {r.median_s:.2f} | {r.peak_rss_mb:.0f} |")
+        extra = "" if r.inproc_s is None else f"{r.inproc_s:.3f}"
+        if r.first_s is not None:
+            extra += f" (first call {r.first_s:.3f})"
+        print(f"| {r.name} | {r.median_s:.2f} | {r.peak_rss_mb:.0f} | {extra} |")
     if not args.only:
         file_mb = int8.stat().st_size / 2**20
         rows = ratios(results, file_mb)
@@ -161,7 +241,9 @@ def main() -> None:
         print("\n| target | measured | bound | verdict |\n|---|---:|---:|---|")
         for target, value, bound, verdict in rows:
             print(f"| {target} | {value:.2f} | {bound:g} | {verdict} |")
-    print(f"\nmachine: {report['machine']}")
+    report["load_average"] = os.getloadavg()
+    print(f"\nmachine: {report['machine']}; load average before/after: "
+          f"{load_before[0]:.2f} / {report['load_average'][0]:.2f}")
     (OUT / "results.json").write_text(json.dumps(report, indent=2))
 
 
