@@ -207,6 +207,10 @@ def verify(
     from qinspect.loaders import load
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
+    from qinspect.analyse import aoverify  # torchao: its own kernels, layer by layer
+
+    if aoverify.is_torchao(ckpt):
+        return aoverify.verify_torchao(ckpt, input, reference, model, layer_glob, seed, batch)
     _check_stage(ckpt)
     if model is None and ckpt.format.startswith("torch.export"):
         from qinspect.analyse import graphrun  # a .pt2 has its graph: run it whole
@@ -690,6 +694,12 @@ def explain_worst(r: LayerVerify) -> str:
     if r.max_error_lsb is not None:
         return (f"{head}; errors stay near output rounding ({r.max_error_lsb:.2f} LSB max, "
                 f"0.5 is rounding alone): the output scale (resolution) is what limits it{tail}")
+    if r.mode == Mode.WEIGHT_ONLY.value:  # torchao weight-only: the input is not quantized
+        why = ("float rounding only: with dequantized weights a weight-only layer has no "
+               "quantization error to show (--reference FP32.pt measures the weights')"
+               if "dequantized" in r.float_domain else "the weights' quantization error")
+        return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the "
+                f"float domain: {why}{tail}")
     return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the float "
             f"domain: the rounding of the input by dynamic quantization{tail}")
 

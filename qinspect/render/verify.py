@@ -159,6 +159,9 @@ def _percent(x: float) -> str:
 def _kernel_cell(k: KernelAgreement | None) -> Text:
     if k is None:
         return Text("-")
+    if k.agree and k.max_diff > 0:  # float outputs compared within a rounding bound
+        return Text(f"agree to float32 rounding, max {k.max_diff:.3g} ({k.arithmetic})",
+                    style="green")
     if k.agree:
         return Text(f"bit-exact ({k.arithmetic})", style="green")
     unit = "LSB" if k.unit == "LSB" else "(abs)"

@@ -117,3 +117,100 @@ def test_torchao_vs_torchao_compares_blockwise(torchao_made):
     assert fc1.weight.error_energy == 0 and fc1.quant_change.int_changed_fraction == 0
     np.testing.assert_array_equal(ckpt.layer("fc1").weight.quant.block_size,
                                   tuple(_made.quantized.fc1.weight.block_size))
+
+
+# --- verify ----------------------------------------------------------------------------
+
+
+def _float64_linear(module: torch.nn.Linear, x: np.ndarray) -> np.ndarray:
+    w = module.weight.detach().double().numpy()
+    return x.astype(np.float64) @ w.T + module.bias.detach().double().numpy()
+
+
+@pytest.mark.parametrize("name,k", [("fc1", 128), ("fc2", 32)])
+def test_verify_torchao_layer_against_torchao(torchao_made, float_file, tmp_path, name, k):
+    from qinspect.analyse.verify import InputKind
+    from qinspect.quant.metrics import sqnr_db
+
+    config, made, path = torchao_made
+    x = np.random.default_rng(7).standard_normal((5, k)).astype(np.float32) * 2
+    np.save(tmp_path / "x.npy", x)
+    report = qinspect.verify(path, input=tmp_path / "x.npy", reference=float_file)
+    assert report.engine == "torchao"
+    row = next(r for r in report.layers if r.name == name)
+    assert row.verified and row.input_kind is InputKind.USER
+    assert row.mode == ("dynamic" if config == "int8dyn" else "weight_only")
+    with torch.no_grad():
+        live = made.quantized.get_submodule(name)(torch.from_numpy(x)).numpy()
+    expected = _float64_linear(made.float_model.get_submodule(name), x)
+    assert math.isclose(row.sqnr_db, sqnr_db(expected, live), rel_tol=1e-12)
+    assert row.max_abs_error == pytest.approx(float(np.abs(expected - live).max()), rel=1e-12)
+    assert row.kernel.engine == "torchao" and row.kernel.agree
+    if config == "int8dyn":  # qinspect's numpy arithmetic is bit-exact with torchao's
+        assert row.kernel.max_diff == 0.0
+        assert row.input_sqnr_db is not None and row.input_clipped == 0.0
+    other = next(r for r in report.layers if r.name != name)
+    assert other.input_kind is InputKind.SYNTHETIC
+
+
+def test_verify_torchao_without_reference_measures_float_rounding(torchao_made):
+    config, made, path = torchao_made
+    report = qinspect.verify(path)
+    for row in report.layers:
+        assert row.verified and "dequantized" in row.float_domain
+        if config != "int8dyn":  # weight-only: nothing but float32 rounding is left
+            assert row.sqnr_db > 100
+    assert report.explanation()
+
+
+def test_dynamic_reference_is_bit_exact_with_torchao():
+    from torchao.quantization import Int8Tensor
+    from torchao.quantization.granularity import PerRow
+
+    from qinspect.analyse.aoverify import dynamic_linear_reference, quantize_per_token_symmetric
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((64, 48)) * np.exp(rng.uniform(-8, 8, (64, 1)))).astype(np.float32)
+    x[0] = 0.0
+    x[1] = np.float32(2.0 ** -140)
+    x[2, ::2] = 127.5 * np.float32(0.25)  # exact ties of x / scale
+    live = Int8Tensor.from_hp(torch.from_numpy(x), PerRow())
+    q, s = quantize_per_token_symmetric(x)
+    np.testing.assert_array_equal(q, live.qdata.numpy())
+    np.testing.assert_array_equal(s.view(np.uint32), live.scale.numpy().view(np.uint32))
+    lin = torch.nn.Linear(48, 24)
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    quantize_(lin, Int8DynamicActivationInt8WeightConfig())
+    with torch.no_grad():
+        expected = lin(torch.from_numpy(x)).numpy()
+    got, _, _ = dynamic_linear_reference(x, lin.weight.qdata.numpy(), lin.weight.scale.numpy(),
+                                         lin.bias.detach().numpy())
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_verify_torchao_cli_json(torchao_made, float_file, cli):
+    from importlib import resources
+
+    import jsonschema
+
+    _config, _made, path = torchao_made
+    res = cli("verify", str(path), "--reference", str(float_file), "--json")
+    assert res.code == 0, res.out + res.err
+    data = json.loads(res.out)
+    schema = json.loads(resources.files("qinspect.schemas").joinpath("verify-1.json")
+                        .read_text())
+    jsonschema.validate(data, schema)
+    assert data["engine"] == "torchao"
+    assert {r["name"] for r in data["layers"]} == {"fc1", "fc2"}
+    table = cli("verify", str(path), "--reference", str(float_file))
+    assert table.code == 0 and "torchao" in table.out
+
+
+def test_verify_torchao_refuses_model(torchao_made, float_file, tmp_path):
+    from qinspect.errors import InputError
+
+    _config, _made, path = torchao_made
+    np.save(tmp_path / "x.npy", np.zeros((1, 128), np.float32))
+    with pytest.raises(InputError, match="--model"):
+        qinspect.verify(path, model="m.py:Net", reference=float_file, input=tmp_path / "x.npy")
