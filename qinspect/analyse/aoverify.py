@@ -64,7 +64,7 @@ def verify_torchao(ckpt: Checkpoint, input: str | os.PathLike[str] | None,  # no
         raise InputError("--model is not supported for torchao state_dicts yet; drop it: "
                          "verify runs each quantized Linear of the file on its own input")
     try:
-        import torchao  # noqa: F401  (registers the tensor subclasses' kernels)
+        _import_torchao()
     except ImportError as exc:
         raise VerifyError(f"{ckpt.path}: running torchao layers needs torchao "
                           f"({INSTALL_HINT})") from exc
@@ -102,6 +102,25 @@ def verify_torchao(ckpt: Checkpoint, input: str | os.PathLike[str] | None,  # no
         notes=("torchao state_dict: no graph, so each quantized Linear runs on its own input "
                "(the --input where its last dimension fits, synthetic otherwise); no chain "
                "is assumed",))
+
+
+def _import_torchao() -> None:
+    """``import torchao`` (registers its tensor subclasses' kernels) without its import-time
+    log lines (optional CUDA libraries it cannot load here, no triton, a torch deprecation)."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchao  # noqa: F401
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @dataclass(frozen=True)
