@@ -93,6 +93,7 @@ def diff(
     layer_glob: str | None = None,
     sort: str = "sqnr",
     fold_bn: bool = True,
+    progress: Progress | None = None,
 ) -> DiffReport:
     """What ``qinspect diff`` reports: layers of ``a`` and ``b`` paired by module path, with
     weight SQNR, max/mean error, error in LSB, clipping, cosine, qparam changes and (QAT
@@ -102,7 +103,8 @@ def diff(
 
     ckpt_a = a if not isinstance(a, (str, os.PathLike)) else load(a)
     ckpt_b = b if not isinstance(b, (str, os.PathLike)) else load(b)
-    return _diff(ckpt_a, ckpt_b, layer_glob=layer_glob, sort=sort, fold_bn=fold_bn)
+    return _diff(ckpt_a, ckpt_b, layer_glob=layer_glob, sort=sort, fold_bn=fold_bn,
+                 progress=progress)
 
 
 def verify(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -265,13 +265,20 @@ class DiffReport:
 
 
 def diff(a: Checkpoint, b: Checkpoint, layer_glob: str | None = None, sort: str = "sqnr",
-         fold_bn: bool = True) -> DiffReport:
-    """Compare two loaded checkpoints layer by layer (see the module docstring)."""
+         fold_bn: bool = True, progress: Callable[[str, int, int], None] | None = None
+         ) -> DiffReport:
+    """Compare two loaded checkpoints layer by layer (see the module docstring).
+    ``progress(what, done, total)`` is called before each pair (the CLI draws a bar)."""
     if sort not in SORTS:
         raise InputError(f"unknown sort {sort!r}; use one of: {', '.join(SORTS)}")
     pairing = pair_layers(a, b, fold_bn)
     listed = [p for p in pairing.pairs if _listed(p, layer_glob)]
-    rows = sort_rows([compare_pair(p) for p in listed], sort)
+    compared = []
+    for i, p in enumerate(listed):
+        if progress is not None:
+            progress(p.name, i, len(listed))
+        compared.append(compare_pair(p))
+    rows = sort_rows(compared, sort)
     only_a = tuple(_side_only(lay) for lay in pairing.only_a if _matches(lay.name, layer_glob))
     only_b = tuple(_side_only(lay) for lay in pairing.only_b if _matches(lay.name, layer_glob))
     summary = _summary(a, b, rows, len(pairing.pairs), pairing.only_a, pairing.only_b)

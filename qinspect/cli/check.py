@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from qinspect.cli._console import print_json, stdout_console
+from qinspect.cli._console import print_json, progress_bar, stdout_console
 
 OptPath = Optional[Path]  # noqa: UP045 - typer needs Optional
 
@@ -40,6 +40,9 @@ def check(
     output: Annotated[OptPath, typer.Option(
         help="Write the report here (atomically); the human summary still goes to stdout.")
     ] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="No progress bar (there is none when stderr is not a terminal).")
+    ] = False,
 ) -> None:
     """Gate a quantized checkpoint on its calibrated values (exit 0 pass, 1 fail, 2 error)."""
     from qinspect.analyse.check import check as run
@@ -51,9 +54,10 @@ def check(
     if len(paths) > 1 and not multi_ok:
         raise InputError("several checkpoints work with --format human or github only; "
                          "run once per file for --reference/--input/--baseline/--output/json")
-    results = [run(p, reference=reference, input=input, baseline=baseline,
-                   config=config if config is not None else "auto", settings=settings)
-               for p in paths]
+    with progress_bar("check", quiet):
+        results = [run(p, reference=reference, input=input, baseline=baseline,
+                       config=config if config is not None else "auto", settings=settings)
+                   for p in paths]
     for result in results:
         if output is not None:
             write_report(output, render_text(result, fmt.value))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from qinspect.cli._console import print_json, stdout_console
+from qinspect.cli._console import print_json, progress_bar, stdout_console
 
 
 class Sort(str, Enum):
@@ -32,13 +32,18 @@ def diff(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON document (schema qinspect.diff/1) instead of tables.")
     ] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="No progress bar (there is none when stderr is not a terminal).")
+    ] = False,
 ) -> None:
     """What quantization cost, layer by layer: weight SQNR, error in LSB, clipping, changes."""
     from qinspect import diff as run
     from qinspect.render.diff import diff_json, render_diff
     from qinspect.render.jsonout import dumps
 
-    report = run(a, b, layer_glob=layer, sort=sort.value, fold_bn=not no_fold)
+    with progress_bar("diff", quiet) as progress:
+        report = run(a, b, layer_glob=layer, sort=sort.value, fold_bn=not no_fold,
+                     progress=progress)
     if as_json:
         print_json(dumps(diff_json(report)))
         return

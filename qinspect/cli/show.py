@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from qinspect.cli._console import print_json, stdout_console
+from qinspect.cli._console import print_json, progress_bar, stdout_console
 
 
 def show(
@@ -19,13 +19,17 @@ def show(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON document (schema qinspect.show/1) instead of tables.")
     ] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="No progress bar (there is none when stderr is not a terminal).")
+    ] = False,
 ) -> None:
     """Explain every quantization parameter of a checkpoint: weight, input, output, bias."""
     from qinspect import load, summarise
     from qinspect.render.jsonout import dumps
     from qinspect.render.show import render_show, show_json
 
-    summary = summarise(load(path), layer)
+    with progress_bar("show", quiet):
+        summary = summarise(load(path), layer)
     if as_json:
         print_json(dumps(show_json(summary, explain)))
         return

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from qinspect.cli._console import print_json, stdout_console
+from qinspect.cli._console import print_json, progress_bar, stdout_console
 
 OptPath = Optional[Path]  # noqa: UP045 - typer needs Optional
 
@@ -46,14 +45,11 @@ def verify(
 ) -> None:
     """Run every quantized layer three ways (float, torch's kernel, qinspect's integer
     reference) and report SQNR, error in LSB, clipping and kernel agreement."""
-    from rich.console import Console
-
     from qinspect import verify as run
     from qinspect.render.jsonout import dumps
-    from qinspect.render.verify import progress_bar, render_verify, verify_json
+    from qinspect.render.verify import render_verify, verify_json
 
-    err = Console(file=sys.stderr)
-    with progress_bar(err, sys.stderr.isatty() and not quiet) as progress:
+    with progress_bar("verify", quiet) as progress:
         report = run(path, input=input, reference=reference, model=model,
                      engine=engine.value if engine else None, layer_glob=layer, seed=seed,
                      batch=batch, progress=progress)

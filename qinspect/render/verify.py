@@ -1,18 +1,14 @@
 """VerifyReport -> rich renderables (human) or a JSON document (schema ``qinspect.verify/1``).
 
-Also the progress bar the CLI shows on stderr while verify runs (rich ``Progress``,
-drawn only when the run lasts more than a second).
+The progress bar on stderr is the CLI's (``qinspect.cli._console.progress_bar``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -266,36 +262,3 @@ def _layer_json(row: LayerVerify) -> dict[str, Any]:
             "agreement": k.agreement, "max_diff": k.max_diff, "unit": k.unit},
         "notes": list(row.notes),
     }
-
-
-# --- progress ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def progress_bar(console: Console, enabled: bool, delay: float = 1.0
-                 ) -> Iterator[Callable[[str, float, float], None] | None]:
-    """A ``progress(what, done, total)`` callback drawing a transient bar on ``console``
-    once the work has lasted ``delay`` seconds; ``None`` when disabled."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    start = time.monotonic()
-    bar = Progress(TextColumn("verify"), BarColumn(), TextColumn("{task.description}"),
-                   TimeElapsedColumn(), console=console, transient=True)
-    state: dict[str, Any] = {"task": None}
-
-    def update(what: str, done: float, total: float) -> None:
-        if state["task"] is None:
-            if time.monotonic() - start < delay:
-                return
-            bar.start()
-            state["task"] = bar.add_task(safe(what), total=total)
-        bar.update(state["task"], completed=done, total=total, description=safe(what)[:40])
-
-    try:
-        yield update
-    finally:
-        if state["task"] is not None:
-            bar.stop()
