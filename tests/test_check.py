@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import torch
 import torch_models as tm
@@ -377,6 +378,93 @@ def test_unrelated_reference_is_a_usage_error(cli, tmp_path, ptq_pair):
     other = tm.save({"conv.weight": torch.randn(2, 2, 1, 1)}, tmp_path / "other.pt")
     r = cli("check", _save(sd, tmp_path), "--reference", other)
     assert r.code == 2 and "shares no quantized weight" in r.err
+
+
+# --- --input (output SQNR, clipping, kernel agreement from qinspect verify) ------------
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    """(clean, narrow, fp32, input): the same PTQ MLP calibrated on randn and on
+    randn * 0.1, whose activation ranges are then far too narrow for the randn input."""
+    folder = tmp_path_factory.mktemp("input")
+    model, _, clean = tm.mlp_ptq()
+    _, _, narrow = tm.mlp_ptq(calibration_std=0.1)
+    sample = folder / "sample.npy"
+    np.save(sample, torch.randn(16, 20, generator=torch.Generator().manual_seed(1)).numpy())
+    return (tm.save(clean.state_dict(), folder / "clean.pt"),
+            tm.save(narrow.state_dict(), folder / "narrow.pt"),
+            tm.save(model.state_dict(), folder / "fp32.pt"), str(sample))
+
+
+def test_samples_pass_with_their_inputs():
+    runs = {"mlp_int8_fbgemm.pt": "sample.npy", "mlp_int8_qnnpack.pt": "sample.npy",
+            "mlp_fused_int8.pt": "sample.npy", "convnet_int8.pt": "conv_sample.npy",
+            "lstm_dynamic_int8.pt": "lstm_sample.npy"}
+    for quantized, sample in runs.items():
+        result = qinspect.check(SAMPLES / quantized, input=SAMPLES / sample, config=None)
+        assert result, (quantized, [f.message for f in result.errors])
+        rules = {c.rule.id for c in result.cases}
+        expected = {"QI300", "QI302", "QI303"} | (  # dynamic layers output float: no clipping
+            set() if "dynamic" in quantized else {"QI301"})
+        assert expected <= rules, quantized
+
+
+def test_output_clipping_over_threshold(cli, narrow):
+    clean, narrow_path, fp32, sample = narrow
+    assert cli("check", clean, "--input", sample).code == 0
+    doc = assert_fails_in_every_format(cli, narrow_path, "QI301", "quant", "--input", sample)
+    assert ("QI301", "quant") in _errors(doc)
+    assert {rule for rule, _ in _errors(doc)} <= {"QI300", "QI301"}
+    clip = next(f for f in doc["findings"] if f["rule"] == "QI301")
+    assert clip["value"] > 0.25 and clip["limit"] == 0.25 and "clip" in clip["message"]
+    quant = next(lay for lay in doc["layers"] if lay["name"] == "quant")
+    assert quant["clipping_fraction"] == clip["value"] and quant["verify_input"] == "user"
+    # a configured limit: every layer of the narrow model clips more than 5 %, the clean
+    # model's layers do not
+    strict = ("--input", sample, "--set", "max_clipping_fraction=0.05")
+    assert cli("check", clean, *strict).code == 0
+    doc = json.loads(cli("check", narrow_path, *strict, "--format", "json").out)
+    assert {("QI301", "quant"), ("QI301", "fc1"), ("QI301", "fc2")} <= _errors(doc)
+
+
+def test_output_sqnr_under_threshold(cli, narrow):
+    clean, narrow_path, fp32, sample = narrow
+    doc = assert_fails_in_every_format(cli, narrow_path, "QI300", "quant", "--input", sample,
+                                       "--reference", fp32)
+    finding = next(f for f in doc["findings"] if f["rule"] == "QI300")
+    assert finding["value"] < 10 and finding["limit"] == 10
+    strict = ("--input", sample, "--reference", fp32, "--set", "min_output_sqnr_db=60")
+    doc = json.loads(cli("check", clean, *strict, "--format", "json").out)
+    assert ("QI300", "fc1") in _errors(doc)
+
+
+def test_baseline_output_sqnr_regression(cli, tmp_path, narrow):
+    clean, narrow_path, _, sample = narrow
+    report = tmp_path / "report.json"
+    cli("check", clean, "--input", sample, "--format", "json", "--output", report)
+    r = cli("check", narrow_path, "--input", sample, "--baseline", report, "--format", "json",
+            "--set", "max_clipping_fraction=1", "--set", "min_output_sqnr_db=0")
+    doc = json.loads(r.out)
+    assert r.code == 1 and ("QI400", "quant") in _errors(doc)
+    assert "output SQNR dropped" in json.dumps(doc["findings"])
+
+
+def test_kernel_agreement_and_unverified_layers(narrow):
+    """A file cannot make torch's kernel disagree with verify's reference on a consistent
+    platform, so these two rules are exercised on measurements handed to the engine."""
+    from qinspect.analyse.check import Measurements, run_check
+    from qinspect.analyse.rules import LayerMetrics
+
+    clean = qinspect.load(narrow[0])
+    measured = Measurements(
+        {"fc1": LayerMetrics(output_sqnr_db=40.0, clipping_fraction=0.0,
+                             kernel_agreement=0.99, verify_input="user")},
+        not_verified={"fc2": "not covered by verify yet"})
+    result = run_check(clean, measured=measured, input="x.npy")
+    assert {(f.rule.id, f.layer, f.severity.value) for f in result.findings} == {
+        ("QI302", "fc1", "error"), ("QI303", "fc2", "warning")}
+    assert "99.00% of outputs" in result.errors[0].message
 
 
 # --- baseline ---------------------------------------------------------------------------

@@ -168,11 +168,14 @@ class MLPWithSpare(MLP):
 
 
 def mlp_ptq(backend: str = "x86", seed: int = 0, spare: bool = False,
-            float_modules: tuple[str, ...] = (), calibrate: bool = True):
+            float_modules: tuple[str, ...] = (), calibrate: bool = True,
+            calibration_std: float = 1.0):
     """(float, prepared, converted) of a post-training-quantized MLP.
 
     ``spare`` adds a module forward() never calls (torch leaves its output qparams at
-    1.0/0); ``float_modules`` get ``qconfig = None`` and stay float after convert.
+    1.0/0); ``float_modules`` get ``qconfig = None`` and stay float after convert;
+    calibration data is ``randn * calibration_std`` (small: activation ranges too narrow
+    for standard-normal inputs).
     """
     torch.manual_seed(seed)
     model = (MLPWithSpare() if spare else MLP()).eval()
@@ -183,7 +186,7 @@ def mlp_ptq(backend: str = "x86", seed: int = 0, spare: bool = False,
         prepared = tq.prepare(model)
         if calibrate:
             for _ in range(3):
-                prepared(torch.randn(8, 20))
+                prepared(torch.randn(8, 20) * calibration_std)
         converted = tq.convert(prepared)
     return model, prepared, converted
 

@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -84,12 +84,14 @@ class Measurements:
     """What ``--reference`` / ``--input`` measured, keyed by the checkpoint's layer names.
 
     ``weight_problems``: quantized weights the reference could not measure (no counterpart,
-    a shape mismatch...), with the reason; QI200 fails for them.
+    a shape mismatch...), with the reason; QI200 fails for them. ``not_verified``: layers
+    ``verify`` could not run on the input, with its reason (QI303 warns).
     """
 
     metrics: Mapping[str, LayerMetrics]
     overall_weight_sqnr_db: float | None = None
     weight_problems: Mapping[str, str] = field(default_factory=dict)
+    not_verified: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,7 +159,8 @@ def run_check(
     }
     measured = measured or Measurements({})
     ctx = Context(checkpoint, config, health, dict(measured.metrics),
-                  measured.overall_weight_sqnr_db, baseline, dict(measured.weight_problems))
+                  measured.overall_weight_sqnr_db, baseline, dict(measured.weight_problems),
+                  dict(measured.not_verified))
     active, not_run = _active_rules(reference, input, baseline)
     cases: list[Case] = []
     for rule in active:
@@ -337,11 +340,38 @@ def measure(
     overall = None
     if reference is not None:
         weight, problems, overall = _weight_sqnr(checkpoint, reference)
+    outputs: dict[str, LayerMetrics] = {}
+    not_verified: dict[str, str] = {}
     if input_path is not None:
-        raise InputError("--input is not wired into qinspect check yet (needs qinspect verify)")
-    names = set(weight)
-    metrics = {name: LayerMetrics(weight_sqnr_db=weight.get(name)) for name in names}
-    return Measurements(metrics, overall, problems)
+        outputs, not_verified = _verify(checkpoint, reference, input_path)
+    metrics = {}
+    for name in set(weight) | set(outputs):
+        base = outputs.get(name, LayerMetrics())
+        metrics[name] = replace(base, weight_sqnr_db=weight.get(name))
+    return Measurements(metrics, overall, problems, not_verified)
+
+
+def _verify(
+    checkpoint: Checkpoint,
+    reference: str | os.PathLike[str] | Checkpoint | None,
+    input_path: str | os.PathLike[str],
+) -> tuple[dict[str, LayerMetrics], dict[str, str]]:
+    """Output SQNR, clipping and kernel agreement of every quantized layer (``verify``)."""
+    from qinspect.analyse.verify import verify
+
+    ref = reference.path if isinstance(reference, Checkpoint) else reference
+    report = verify(checkpoint, input=input_path, reference=ref)
+    metrics: dict[str, LayerMetrics] = {}
+    skipped: dict[str, str] = {}
+    for row in report.layers:
+        if not row.verified:
+            skipped[row.name] = row.reason or "not verified"
+            continue
+        metrics[row.name] = LayerMetrics(
+            output_sqnr_db=row.sqnr_db, clipping_fraction=row.clipped,
+            kernel_agreement=row.kernel.agreement if row.kernel is not None else None,
+            verify_input=row.input_kind.value if row.input_kind is not None else None)
+    return metrics, skipped
 
 
 def _weight_sqnr(

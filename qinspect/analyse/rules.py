@@ -32,6 +32,16 @@ DEFAULT_MIN_WEIGHT_SQNR_DB = 20.0
 """Weight SQNR floor (per layer and overall) with --reference and no configured value.
 Well-scaled int8 weights measure 30-50 dB and 4-bit embeddings ~24 dB (the samples); a
 scale off by 10x or a NaN falls below it."""
+DEFAULT_MIN_OUTPUT_SQNR_DB = 10.0
+"""Output SQNR floor with --input: the samples measure 23-54 dB on their inputs; a layer
+whose output range is far too narrow or too wide falls below it."""
+DEFAULT_MAX_CLIPPING_FRACTION = 0.25
+"""Clipped-output ceiling with --input: the samples clip at most 15 % (fc2 of the MLPs,
+whose unfused output range must also cover the negatives ReLU drops)."""
+DEFAULT_MIN_KERNEL_AGREEMENT = 1.0
+"""verify's reference kernels are bit-exact with torch's on x86-64; any mismatch fails."""
+MEASURED_INPUTS = ("user", "chained", "model")
+"""verify inputs that come from the user's data; synthetic ones say nothing about it."""
 
 
 class Severity(str, Enum):
@@ -65,6 +75,8 @@ class LayerMetrics:
     output_sqnr_db: float | None = None
     clipping_fraction: float | None = None
     kernel_agreement: float | None = None
+    verify_input: str | None = None
+    """Where verify's input for this layer came from: user, chained, model or synthetic."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,8 @@ class Context:
     baseline: Baseline | None = None
     weight_problems: Mapping[str, str] = field(default_factory=dict)
     """Quantized weights --reference could not measure, with the reason."""
+    not_verified: Mapping[str, str] = field(default_factory=dict)
+    """Layers --input could not run (verify's reason)."""
 
 
 LayerCheck = Callable[[Layer, LayerSettings, Context], "list[Problem] | None"]
@@ -467,40 +481,63 @@ def check_overall_weight_sqnr(ctx: Context) -> list[tuple[str, list[Problem]]]:
                           limit=limit)])]
 
 
+def _on_real_input(ctx: Context, layer: Layer) -> bool:
+    m = ctx.metrics.get(layer.name)
+    return m is not None and m.verify_input in MEASURED_INPUTS
+
+
 def check_output_sqnr(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Per-layer output SQNR of the quantized layer against float (``--input``)."""
     value = _metric(ctx, layer, "output_sqnr_db")
-    if value is None or s.min_output_sqnr_db is None:
+    if value is None or not _on_real_input(ctx, layer):
         return None
-    if value >= s.min_output_sqnr_db:
+    limit = s.min_output_sqnr_db if s.min_output_sqnr_db is not None \
+        else DEFAULT_MIN_OUTPUT_SQNR_DB
+    if value >= limit:
         return []
     return [Problem(f"{display(layer.name)}: output SQNR {value:.1f} dB on the input, below "
-                    f"min_output_sqnr_db {s.min_output_sqnr_db:g} dB", value=value,
-                    limit=s.min_output_sqnr_db)]
+                    f"min_output_sqnr_db {limit:g} dB", value=value, limit=limit)]
 
 
 def check_clipping(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
-    """Share of outputs clipped at the activation's qmin/qmax (``--input``)."""
+    """Share of outputs clipped at the output range (``--input``)."""
     value = _metric(ctx, layer, "clipping_fraction")
-    if value is None or s.max_clipping_fraction is None:
+    if value is None or not _on_real_input(ctx, layer):
         return None
-    if value <= s.max_clipping_fraction:
+    limit = s.max_clipping_fraction if s.max_clipping_fraction is not None \
+        else DEFAULT_MAX_CLIPPING_FRACTION
+    if value <= limit:
         return []
-    return [Problem(f"{display(layer.name)}: {value:.2%} of outputs clip at the output range, "
-                    f"above max_clipping_fraction {s.max_clipping_fraction:.2%}", value=value,
-                    limit=s.max_clipping_fraction)]
+    act = layer.output
+    rng = ""
+    if act is not None and (info := _dtype_or_none(act.dtype)) is not None:
+        lo, hi = act.real_range(info.qmin, info.qmax)
+        rng = f" [{_fmt(lo)}, {_fmt(hi)}]"
+    return [Problem(f"{display(layer.name)}: {value:.2%} of outputs on the input fall outside "
+                    f"the output range{rng} and clip, above max_clipping_fraction {limit:.2%}",
+                    value=value, limit=limit)]
 
 
 def check_kernel_agreement(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Share of outputs where torch's kernel and qinspect's reference agree (``--input``)."""
     value = _metric(ctx, layer, "kernel_agreement")
-    if value is None or s.min_kernel_agreement is None:
+    if value is None:
         return None
-    if value >= s.min_kernel_agreement:
+    limit = s.min_kernel_agreement if s.min_kernel_agreement is not None \
+        else DEFAULT_MIN_KERNEL_AGREEMENT
+    if value >= limit:
         return []
-    return [Problem(f"{display(layer.name)}: kernel and reference agree on {value:.2%} of "
-                    f"outputs, below min_kernel_agreement {s.min_kernel_agreement:.2%}",
-                    value=value, limit=s.min_kernel_agreement)]
+    return [Problem(f"{display(layer.name)}: torch's kernel and qinspect's reference agree on "
+                    f"{value:.2%} of outputs, below min_kernel_agreement {limit:.2%}",
+                    value=value, limit=limit)]
+
+
+def check_verified(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """Every quantized layer could be run on the input (``--input``)."""
+    why = ctx.not_verified.get(layer.name)
+    if why is not None:
+        return [Problem(f"{display(layer.name)}: not verified on the input: {why}")]
+    return [] if _metric(ctx, layer, "verify_input") is not None else None
 
 
 # --- QI4xx: baseline --------------------------------------------------------------------
@@ -620,7 +657,8 @@ RULES: tuple[Rule, ...] = (
          "run `qinspect diff` to find the layers that pull it down",
          check_overall_weight_sqnr, per_layer=False),
     Rule("QI300", "output-sqnr", E, Group.INPUT,
-         "per-layer output SQNR on the input is at least min_output_sqnr_db",
+         "per-layer output SQNR on the input is at least min_output_sqnr_db (layers verify "
+         "fed synthetic inputs are not gated)",
          "run `qinspect verify` on the input to see where the error comes from",
          check_output_sqnr),
     Rule("QI301", "output-clipping", E, Group.INPUT,
@@ -632,6 +670,10 @@ RULES: tuple[Rule, ...] = (
          "min_kernel_agreement of the outputs",
          "a disagreement means the engine computes something else than the file says: "
          "report it with `qinspect verify` output", check_kernel_agreement),
+    Rule("QI303", "verified", W, Group.INPUT,
+         "every quantized layer could be run on the input",
+         "the layer's SQNR, clipping and kernel agreement are unknown; see `qinspect verify`",
+         check_verified),
     Rule("QI400", "sqnr-regression", E, Group.BASELINE,
          "no layer's SQNR dropped more than max_sqnr_drop_db since the baseline report",
          "compare the two exports with `qinspect diff`; if the drop is intended, regenerate "

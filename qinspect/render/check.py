@@ -156,6 +156,7 @@ def check_json(result: CheckResult) -> dict[str, Any]:
             "output_sqnr_db": lay.metrics.output_sqnr_db,
             "clipping_fraction": lay.metrics.clipping_fraction,
             "kernel_agreement": lay.metrics.kernel_agreement,
+            "verify_input": lay.metrics.verify_input,
         } for lay in result.layers],
     }
 
