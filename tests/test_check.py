@@ -102,7 +102,7 @@ def assert_fails_in_every_format(cli, path, rule: str, layer: str, *args: str) -
 
 
 def test_samples_pass_the_default_rules():
-    paths = sorted(SAMPLES.glob("*.pt"))
+    paths = sorted(SAMPLES.glob("*.pt*"))  # .pt, .pth, .pt2
     assert len(paths) >= 10
     for path in paths:
         result = qinspect.check(path, config=None)
@@ -615,3 +615,18 @@ def test_check_help_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "--baseline" in done.stdout
+
+
+def test_pre_commit_hooks_run_check_on_checkpoints():
+    """No YAML parser in the test environment: the fields pre-commit needs, read as text."""
+    import re
+
+    text = (SAMPLES.parent / ".pre-commit-hooks.yaml").read_text()
+    hooks = text.split("\n- id: ")[1:]
+    assert [h.splitlines()[0] for h in hooks] == ["qinspect-check", "qinspect-check-system"]
+    for hook in hooks:
+        fields = dict(re.findall(r"^  (\w+): (.*)$", hook, re.M))
+        assert fields["entry"] == "qinspect check"
+        pattern = re.compile(fields["files"])
+        assert pattern.search("models/a.pt") and pattern.search("b.pth")
+        assert pattern.search("c.pt2") and not pattern.search("train.py")

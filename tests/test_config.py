@@ -186,3 +186,19 @@ def test_load_config_reads_explicit_pyproject(tmp_path):
     p.write_text("[tool.qinspect.check]\nmin_range_used = 0.25\n")
     cfg = load_config(p, cwd=tmp_path)
     assert cfg.defaults.min_range_used == 0.25 and "[tool.qinspect.check]" in cfg.source
+
+
+def test_readme_config_example_is_valid(tmp_path):
+    """The configuration block of the README's check section loads, every key known."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("<!-- section:check -->"):
+                     readme.index("<!-- /section:check -->")]
+    (block,) = re.findall(r"```toml\n(.*?)```", section, re.S)
+    (tmp_path / "pyproject.toml").write_text(block)
+    cfg = load_config(tmp_path / "pyproject.toml")
+    assert cfg.defaults.require_per_channel is True
+    assert cfg.for_layer("deconv1").require_per_channel is False
+    assert cfg.for_layer("deconv1").ignore == ("QI105",)
