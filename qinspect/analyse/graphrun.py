@@ -67,7 +67,13 @@ def run(ckpt: Checkpoint, path: str, user: Any) -> VerifyReport:
                          f"{len(user.arrays)}")
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32) for a in user.arrays]
     interp = Interpreter(builder)
-    quant = interp.run(inputs, float_domain=False)
+    try:
+        quant = interp.run(inputs, float_domain=False)
+    except RuntimeError as exc:  # torch's shape checks: the user's input does not fit
+        shapes = ", ".join(str(list(a.shape)) for a in user.arrays)
+        raise InputError(f"the program cannot run on --input of shape {shapes} "
+                         f"({str(exc).splitlines()[0][:160]}); pass an input shaped like "
+                         "the example the program was exported with") from exc
     floats = interp.run(inputs, float_domain=True)
     rows = []
     for layer in ckpt.layers:

@@ -51,3 +51,11 @@ def test_eager_torchscript_verify_matches_running_the_models(eager_made, eager_t
 def test_graph_verify_needs_an_input(eager_ts_file, cli):
     result = cli("verify", eager_ts_file)
     assert result.code == 2 and "--input" in result.err
+
+
+def test_pt2_verify_with_a_wrongly_shaped_input_is_a_clear_input_error(cli, samples):
+    result = cli("verify", samples / "pt2e_mlp_x86.pt2", "--input", samples / "sample.npy")
+    assert result.code == 2, result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and "internal error" not in lines[0]
+    assert "cannot run on --input of shape [4, 784]" in lines[0]
