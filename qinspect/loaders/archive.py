@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import pickletools
 import stat
 import struct
@@ -67,6 +68,43 @@ class _Refused(Exception):
 # --- entry points ------------------------------------------------------------------------
 
 
+def check(path: str | os.PathLike[str]) -> None:
+    """Validate any torch.save file (zip archive or legacy stream) before ``torch.load``
+    reads it; raise :class:`LoadError` with one line if its structure does not add up.
+
+    For every reader of torch.save files (checkpoints, ``.pt`` inputs), not only
+    :func:`qinspect.loaders.reader.read_file`, which calls the two checks below itself."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise LoadError(f"{printable(p)}: cannot read ({exc.strerror})") from exc
+    if head.startswith(b"PK"):
+        check_zip(p, size)
+    else:
+        check_legacy(p, size)
+
+
+def check_zip_members(p: Path, file_size: int) -> None:
+    """The checks every torch zip (torch.save, torch.jit.save, torch.export) must pass
+    before any member is read: names inside the archive, no duplicates or links, every
+    member inside the file, compressed members expanding to at most
+    :data:`MAX_PICKLE_BYTES`. For readers other than :func:`check_zip`'s torch.save path."""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            _generic_members(zf, p, file_size)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+            NotImplementedError, RuntimeError, OSError) as exc:
+        raise LoadError(
+            f"{printable(p)}: the zip archive is truncated or corrupt "
+            f"({printable(_first_line(exc))}); re-export the file"
+        ) from exc
+    except _Refused as exc:
+        raise LoadError(f"{printable(p)}: refused: {printable(exc)}") from exc
+
+
 def check_zip(p: Path, file_size: int) -> None:
     """Validate a torch.save zip archive; raise :class:`LoadError` with one line if not."""
     try:
@@ -98,7 +136,10 @@ def check_legacy(p: Path, file_size: int) -> None:
     """Validate a legacy (pre-zip) torch.save stream: pickles, then raw storages."""
     try:
         with p.open("rb") as fh:
-            _check_legacy_stream(fh, file_size)
+            # the pickles come first and are walked from memory; storages are then only
+            # located (their size fields read), never loaded
+            head = io.BytesIO(fh.read(min(file_size, 2 * MAX_PICKLE_BYTES + 16384)))
+            _check_legacy_stream(head, fh, file_size)
     except OSError as exc:
         raise LoadError(f"{printable(p)}: cannot read ({exc.strerror})") from exc
     except _Refused as exc:
@@ -120,7 +161,8 @@ class _Members:
     records: dict[str, zipfile.ZipInfo] = field(default_factory=dict)
 
 
-def _check_members(zf: zipfile.ZipFile, p: Path, file_size: int) -> _Members:
+def _generic_members(zf: zipfile.ZipFile, p: Path, file_size: int
+                     ) -> tuple[list[zipfile.ZipInfo], str]:
     infos = zf.infolist()
     if not infos:
         raise _Refused("an empty zip archive, not a torch.save checkpoint")
@@ -136,22 +178,28 @@ def _check_members(zf: zipfile.ZipFile, p: Path, file_size: int) -> _Members:
                            "writes links")
     # torch reads every record relative to the folder of the first member
     prefix = infos[0].filename.split("/", 1)[0] + "/"
-    records: dict[str, zipfile.ZipInfo] = {}
-    data_pkl = None
     with p.open("rb") as fh:
         for info in infos:
             if not info.filename.startswith(prefix):
                 raise _Refused(f"member {info.filename!r} is outside the archive folder "
                                f"{prefix!r}")
             _check_extent(fh, info, file_size)
-            local = info.filename[len(prefix):]
-            if local == "data.pkl":
-                data_pkl = info
-            elif local.startswith("data/"):
-                if info.compress_type != zipfile.ZIP_STORED:
-                    raise _Refused(f"storage {info.filename!r} is compressed; torch.save "
-                                   "stores tensor data uncompressed")
-                records[local[len("data/"):]] = info
+    return infos, prefix
+
+
+def _check_members(zf: zipfile.ZipFile, p: Path, file_size: int) -> _Members:
+    infos, prefix = _generic_members(zf, p, file_size)
+    records: dict[str, zipfile.ZipInfo] = {}
+    data_pkl = None
+    for info in infos:
+        local = info.filename[len(prefix):]
+        if local == "data.pkl":
+            data_pkl = info
+        elif local.startswith("data/"):
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise _Refused(f"storage {info.filename!r} is compressed; torch.save "
+                               "stores tensor data uncompressed")
+            records[local[len("data/"):]] = info
     if data_pkl is None:
         raise _Refused("no data.pkl in the archive folder; not written by torch.save")
     return _Members(prefix, data_pkl, records)
@@ -211,41 +259,22 @@ def _check_storages_in_zip(walk: _Walk, members: _Members) -> None:
 # --- legacy stream -----------------------------------------------------------------------
 
 
-class _Limited:
-    """A read-only view of a file that refuses to read past ``limit`` bytes from here."""
-
-    def __init__(self, fh: BinaryIO, limit: int) -> None:
-        self.fh = fh
-        self.end = fh.tell() + limit
-
-    def read(self, n: int = -1) -> bytes:
-        left = max(self.end - self.fh.tell(), 0)
-        n = left if n is None or n < 0 else min(n, left)
-        return self.fh.read(n)
-
-    def readline(self) -> bytes:
-        return self.fh.readline(max(self.end - self.fh.tell(), 0))
-
-    def tell(self) -> int:
-        return self.fh.tell()
-
-
-def _check_legacy_stream(fh: BinaryIO, file_size: int) -> None:
+def _check_legacy_stream(head: io.BytesIO, fh: BinaryIO, file_size: int) -> None:
     first = _Walk(legacy=True, budget=0)
-    if first.run(_Limited(fh, 4096), 4096) != LEGACY_MAGIC:
+    if first.run(head, 4096) != LEGACY_MAGIC:
         if first.globals:
             return  # a plain pickle naming code: torch's weights-only check refuses it by name
         raise _Corrupt("not a torch.save stream (bad magic number)")
-    header = [_Walk(legacy=True, budget=0).run(_Limited(fh, 4096), 4096) for _ in range(2)]
+    header = [_Walk(legacy=True, budget=0).run(head, 4096) for _ in range(2)]
     if not isinstance(header[0], int):
         raise _Corrupt("not a torch.save stream (bad protocol version)")
     walk = _Walk(legacy=True, budget=view_budget(file_size))
-    walk.run(_Limited(fh, MAX_PICKLE_BYTES + 1), MAX_PICKLE_BYTES)
-    keys = _Walk(legacy=True, budget=0).run(_Limited(fh, MAX_PICKLE_BYTES),
-                                             MAX_PICKLE_BYTES)
+    walk.run(head, MAX_PICKLE_BYTES)
+    keys = _Walk(legacy=True, budget=0).run(head, MAX_PICKLE_BYTES)
     if not (isinstance(keys, list) and all(isinstance(k, (str, int)) for k in keys)):
         raise _Corrupt("the list of storage keys is malformed")
-    offset = fh.tell()
+    offset = head.tell()
+    fh.seek(offset)
     for key in keys:
         st = walk.storages.get(str(key))
         if st is None:
@@ -330,9 +359,10 @@ class _Walk:
         stack: list[Any] = []
         marks: list[int] = []
         memo: dict[int, Any] = {}
+        start = source.tell()
         try:
             for op, arg, pos in pickletools.genops(source):
-                if pos is not None and pos > limit:
+                if pos is not None and pos - start > limit:
                     raise _Refused(f"its pickle is larger than {_size(limit)}")
                 name = op.name
                 if name == "STOP":

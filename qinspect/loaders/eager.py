@@ -32,6 +32,7 @@ from qinspect.model import (
     Unrecognised,
     Weight,
 )
+from qinspect.quant.dtypes import QDTYPES
 
 MARKERS = ("_packed_params", "_all_weight_values", "weight_fake_quant", "activation_post_process")
 ACTIVATION_DTYPE = "quint8"
@@ -101,10 +102,11 @@ class Context:
 
 def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], bool]:
     """Group, classify and connect. Returns (layers, unrecognised, module_order_known)."""
-    groups = _group(raw.entries)
+    groups, malformed = _group(raw.entries)
     order_known = raw.metadata is not None
     ordered = _order(groups, raw.metadata)
     ctx = _context(groups, raw.metadata)
+    ctx.unrecognised.extend(malformed)
     layers: list[Layer] = []
     for module in ordered:
         fields = Fields(module, groups[module])
@@ -116,12 +118,64 @@ def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], b
     return layers, ctx.unrecognised + set_aside, order_known
 
 
-def _group(entries: dict[str, Any]) -> dict[str, dict[str, tuple[str, Any]]]:
+def _group(entries: dict[str, Any]
+           ) -> tuple[dict[str, dict[str, tuple[str, Any]]], list[Unrecognised]]:
+    """Modules -> their keys. A key whose value cannot be what its name says (a scale
+    that is a string or holds five numbers, a weight that is a tuple, ...) is set aside
+    here, once, as unrecognised with the reason, so classification meets only values of
+    the right kind."""
     groups: dict[str, dict[str, tuple[str, Any]]] = {}
+    malformed: list[Unrecognised] = []
     for key, value in entries.items():
         module, local = split_key(key)
+        problem = _malformed(local, value)
+        if problem is not None:
+            malformed.append(Unrecognised(key, T.describe(value), problem))
+            continue
         groups.setdefault(module, {})[local] = (key, value)
-    return groups
+    return groups, malformed
+
+
+ACT_QPARAMS = ("scale", "zero_point", "activation_post_process.scale",
+               "activation_post_process.zero_point")
+FAKE_QUANT_QPARAMS = ("weight_fake_quant.scale", "weight_fake_quant.zero_point")
+CONV_WEIGHT_DIMS = (3, 4, 5)
+
+
+def _malformed(local: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the ``local`` field of an eager module (None: it can)."""
+    leaf = local.rsplit(".", 1)[-1]
+    if local in ACT_QPARAMS or local in FAKE_QUANT_QPARAMS:
+        if not T.is_tensor(value) or value.is_quantized or value.is_complex():
+            return f"{leaf} should be a real-valued tensor"
+        if local in ACT_QPARAMS and value.numel() != 1:
+            return (f"an activation {leaf} holds one number; this one has shape "
+                    f"{list(value.shape)}")
+        if leaf == "zero_point" and value.is_floating_point():
+            values = value.detach().double().reshape(-1)
+            if local in ACT_QPARAMS and not bool((values == values.round()).all()):
+                return "an activation zero_point should be an integer"
+            if not bool(values.isfinite().all()):
+                return "a zero_point should be a finite number"
+        if local in FAKE_QUANT_QPARAMS and (value.dim() > 1 or value.numel() == 0):
+            return (f"a weight fake-quant {leaf} holds one number per output channel; this "
+                    f"one has shape {list(value.shape)}")
+    elif leaf in ("weight", "bias", "running_mean", "running_var", "min_val", "max_val"):
+        if leaf == "bias" and value is None:
+            return None
+        if not T.is_tensor(value):
+            return f"a {leaf} should be a tensor"
+        if leaf == "weight" and value.is_quantized and value.dim() not in CONV_WEIGHT_DIMS:
+            return (f"a quantized weight stored as a tensor is a conv weight (3 to 5 dims); "
+                    f"this one has {value.dim()}")
+        if leaf != "weight" and value.is_quantized:
+            return f"a {leaf} is stored in float, not quantized"
+    elif local == "_packed_params.dtype":
+        import torch
+
+        if not isinstance(value, torch.dtype):
+            return "the packed params dtype should be a torch dtype"
+    return None
 
 
 def _order(groups: dict[str, Any], metadata: dict[str, Any] | None) -> list[str]:
@@ -165,11 +219,11 @@ def classify(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
 
 def _packed_linear(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
     packed = f.value("_packed_params._packed_params")
-    if not (isinstance(packed, tuple) and len(packed) == 2 and T.is_tensor(packed[0])):
+    if not _is_packed_linear(packed):
         bad = Unrecognised(
             f.key("_packed_params._packed_params"),
             T.describe(packed),
-            "packed params should be a (weight tensor, bias) pair",
+            "packed params should be a (weight tensor, bias) pair: 2-D weight, 1-D bias or None",
         )
         f.items.pop("_packed_params._packed_params")
         return [], [bad, *f.leftovers("packed Linear")]
@@ -200,6 +254,15 @@ def _packed_linear(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogni
         notes=tuple(notes),
     )
     return [_finish(layer, f)], f.leftovers("Linear")
+
+
+def _is_packed_linear(packed: Any) -> bool:
+    if not (isinstance(packed, tuple) and len(packed) == 2 and T.is_tensor(packed[0])):
+        return False
+    weight, bias = packed
+    if weight.dim() != 2 or weight.is_complex():
+        return False
+    return bias is None or (T.is_tensor(bias) and bias.dim() == 1 and not bias.is_quantized)
 
 
 def _is_placeholder(f: Fields) -> bool:
@@ -255,9 +318,9 @@ def _fused_relu_hint(output: ActQuant | None, kind: str) -> list[Note]:
 
 def _embedding(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
     t = f.value("_packed_params._packed_weight")
-    if not T.is_quantized(t):
+    if not (T.is_quantized(t) and t.dim() == 2):
         bad = Unrecognised(f.key("_packed_params._packed_weight"), T.describe(t),
-                           "embedding packed weight should be a quantized tensor")
+                           "embedding packed weight should be a 2-D quantized tensor")
         f.items.pop("_packed_params._packed_weight")
         return [], [bad, *f.leftovers("Embedding")]
     f.take("_packed_params._packed_weight", Role.WEIGHT)
@@ -303,7 +366,7 @@ def _parse_cell(value: Any) -> list[tuple[str, Any, Any]] | None:
     out = []
     for gate, obj in zip(("ih", "hh"), packed, strict=True):
         inner = obj.payload if isinstance(obj, ScriptObjectState) else None
-        if not (isinstance(inner, tuple) and len(inner) == 2 and T.is_tensor(inner[0])):
+        if not (isinstance(inner, tuple) and _is_packed_linear(inner)):
             return None
         out.append((gate, inner[0], inner[1]))
     return out
@@ -389,6 +452,8 @@ def _observer(fields: dict[str, Any], keys: list[str]) -> ObserverStats | None:
     hi = next((v for k, v in fields.items() if k.endswith("max_val")), None)
     if lo is None or hi is None or not (T.is_tensor(lo) and T.is_tensor(hi)):
         return None
+    if lo.numel() != hi.numel() or lo.numel() == 0:
+        return None  # uncalibrated (empty) or inconsistent: the keys keep their roles
     keep = tuple(k for k in keys if k.endswith(("min_val", "max_val")))
     return ObserverStats(T.float_values(lo).reshape(-1), T.float_values(hi).reshape(-1), keep)
 
@@ -597,7 +662,35 @@ def _float_rnn_kind(f: Fields, local: str, w: Any) -> str:
 
 
 def _finish(layer: Layer, f: Fields) -> Layer:
-    return replace(layer, keys=tuple(f.refs))
+    notes = layer.notes + tuple(_impossible_values(layer))
+    return replace(layer, keys=tuple(f.refs), notes=notes)
+
+
+def _impossible_values(layer: Layer) -> list[Note]:
+    """Warnings for qparams no torch flow writes and no kernel can run: they are shown as
+    the file has them, and said to be wrong (weight scales are judged by health)."""
+    out = []
+    act = layer.output
+    if act is not None:
+        if not (np.isfinite(act.scale) and act.scale > 0):
+            out.append(Note(Level.WARNING, f"output scale {act.scale:g} is not a positive "
+                            "finite number: this layer's outputs dequantize to 0, NaN or "
+                            "infinity"))
+        limits = QDTYPES.get(act.dtype)
+        if limits is not None and not limits.qmin <= act.zero_point <= limits.qmax:
+            out.append(Note(Level.WARNING, f"output zero point {act.zero_point} is outside "
+                            f"{act.dtype}'s range [{limits.qmin}, {limits.qmax}]: torch "
+                            "cannot quantize with it, so this layer cannot run"))
+    quant = layer.weight.quant if layer.weight is not None else None
+    if quant is not None and quant.zero_point.dtype.kind in "iu" and quant.zero_point.size:
+        limits = QDTYPES.get(quant.dtype)
+        outside = quant.zero_point[(quant.zero_point < limits.qmin) | (
+            quant.zero_point > limits.qmax)] if limits is not None else ()
+        if len(outside):
+            out.append(Note(Level.WARNING, f"{len(outside)} weight zero point(s) outside "
+                            f"{quant.dtype}'s range [{limits.qmin}, {limits.qmax}] (e.g. "
+                            f"{int(outside[0])}): no torch flow writes these"))
+    return out
 
 
 def _quantized_weight(f: Fields) -> bool:

@@ -9,9 +9,12 @@ is added.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import random
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,18 +30,82 @@ import runner  # noqa: E402
 
 ROOT = HERE.parents[1]
 SAMPLES = ROOT / "sample_checkpoints"
+QREF = SAMPLES / "mlp_int8_fbgemm.pt"
 #: the fuzzers' seed: fixed by default so CI is reproducible; set it to explore
 SEED = int(os.environ.get("QINSPECT_FUZZ_SEED", "20250608"))
 runner.TALLY.seed = SEED
 
-#: how each command is run on a hostile file F (REF: a benign float checkpoint). Exit 1
-#: is a legitimate answer of ``check`` (a rule failed on the file's numbers).
+#: how each command is run on a hostile file F (REF: a benign float checkpoint, QREF: its
+#: benign quantized counterpart, for options that take F as a second input). Exit 1 is a
+#: legitimate answer of ``check`` and ``verify`` (a rule or a comparison failed).
 TEMPLATES: dict[str, tuple[tuple[Sequence[str], ...], tuple[int, ...]]] = {
     "show": ((("show", "F"), ("show", "F", "--json"), ("show", "F", "--explain")), (0, 2)),
     "diff": ((("diff", "REF", "F"), ("diff", "F", "F", "--json")), (0, 2)),
     "check": ((("check", "F"), ("check", "F", "--format", "json", "--reference", "REF")),
               (0, 1, 2)),
+    "verify": ((("verify", "F", "--quiet"),
+                ("verify", "F", "--json", "--quiet", "--reference", "REF"),
+                ("verify", "QREF", "--quiet", "--input", "F")), (0, 1, 2)),
 }
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A known way runs break the contract because of code outside the loaders, with the
+    file that has to change. A problem matching a gap does not fail the main tests; it is
+    counted, and ``test_known_gaps`` (one strict expectation per gap) fails once a gap no
+    longer shows up, so its entry must be deleted the day it is fixed."""
+
+    owner: str
+    reason: str
+    problem: str  # regex on the problem text
+    command: str | None = None
+    flags: tuple[str, ...] = ()  # all present in argv
+    cases: tuple[str, ...] = ()  # case-name substrings; () = any case
+
+    def matches(self, case: str, argv: Sequence[str], problem: str) -> bool:
+        return ((self.command is None or argv[0] == self.command)
+                and all(f in argv for f in self.flags)
+                and (not self.cases or any(c in case for c in self.cases))
+                and re.search(self.problem, problem) is not None)
+
+
+GAPS: tuple[Gap, ...] = (
+    Gap("qinspect/inputs.py", "torch.load of a .pt --input without the archive checks: "
+        "forged sizes allocate before torch notices; call qinspect.loaders.archive.check(p) "
+        "first", problem=".", command="verify", flags=("--input",)),
+    Gap("qinspect/render/jsonout.py", "--json writes C1 controls (U+0080-U+009F) and bidi "
+        "overrides from names raw (json.dumps(ensure_ascii=False)); escape them as \\uXXXX",
+        problem="^unescaped control characters", flags=("--json",)),
+    Gap("qinspect/analyse/verify.py", "NaN/Inf/negative/zero output scales and zero points "
+        "outside the dtype end in internal errors (torch.quantize_per_tensor): the loader "
+        "warns about them; verify should skip such layers with a reason",
+        problem="internal error|exit 2 without exactly one", command="verify",
+        cases=("output scale ", "output and input zero point")),
+    Gap("qinspect/quant, qinspect/analyse (numeric code)", "numpy RuntimeWarnings on "
+        "NaN/Inf/huge qparams leak to stderr as 'file.py:N: RuntimeWarning' lines: wrap the "
+        "arithmetic in np.errstate or filter RuntimeWarning in cli.main",
+        problem=r"^leaked a Python warning to stderr: \S*qinspect/(quant|analyse)/"),
+    Gap("qinspect/loaders/sniff.py + zipread.py", "sniff reads data.pkl before the archive "
+        "checks, through Archive.read (cap 16 GiB): a deflated data.pkl inflates in memory; "
+        "call qinspect.loaders.archive.check_zip_members(p, size) in Archive() or cap "
+        "pickle records at archive.MAX_PICKLE_BYTES", problem="^peak RSS grew",
+        cases=("zip bomb",)),
+)
+
+
+def excuse(case: str, argv: Sequence[str], problems: list[str], hits: dict[int, int]
+           ) -> list[str]:
+    """The problems no known gap explains (code execution is never excused); counts the
+    excused ones per gap in ``hits``."""
+    real = []
+    for problem in problems:
+        hit = next((i for i, g in enumerate(GAPS) if g.matches(case, argv, problem)), None)
+        if hit is None or problem.startswith("CODE FROM THE FILE RAN"):
+            real.append(problem)
+        else:
+            hits[hit] = hits.get(hit, 0) + 1
+    return real
 
 
 def registered_commands() -> list[str]:
@@ -53,7 +120,8 @@ def variants(path: Path | str, ref: Path | str) -> list[tuple[list[str], tuple[i
     for name in registered_commands():
         templates, codes = TEMPLATES.get(name, ((), ()))
         for template in templates:
-            argv = [str(path) if a == "F" else str(ref) if a == "REF" else a for a in template]
+            names = {"F": str(path), "REF": str(ref), "QREF": str(QREF)}
+            argv = [names.get(a, a) for a in template]
             out.append((argv, codes))
     return out
 
@@ -66,6 +134,9 @@ class Case:
     path: Path
     needles: tuple[str, ...] = ()
     markers: tuple[Path, ...] = ()
+    #: "all" command variants, one variant of each command ("per-command", rotating
+    #: through the variants from case to case), or "one" variant chosen at random
+    variants: str = "all"
 
 
 def snapshot(directory: Path) -> dict[str, str]:
@@ -77,6 +148,14 @@ def snapshot(directory: Path) -> dict[str, str]:
     return out
 
 
+@dataclass
+class Result:
+    """Runs that broke the contract, and problems excused by a known gap (by index)."""
+
+    failures: list[tuple[runner.Outcome, list[str]]]
+    gap_hits: dict[int, int]
+
+
 class Hostile:
     """Runs cases through the pool and checks every outcome and side effect."""
 
@@ -85,30 +164,42 @@ class Hostile:
         self.cwd = cwd
         self.ref = ref
 
-    def check(self, kind: str, cases: Iterable[Case], every_variant: bool = True,
-              directory: Path | None = None) -> None:
+    def run(self, kind: str, cases: Iterable[Case], directory: Path | None = None
+            ) -> Result:
+        """Run ``cases`` (each under the command variants it asks for); assert no side
+        effects and unchanged inputs; return what broke."""
         cases = list(cases)
         assert cases, "no hostile cases generated"
         before = snapshot(directory) if directory is not None else None
         jobs, codes = [], []
         rng = random.Random(f"{SEED}:{kind}")
-        for case in cases:
+        for index, case in enumerate(cases):
             options = variants(case.path, self.ref)
-            chosen = options if every_variant else [rng.choice(options)]
+            if case.variants == "one":
+                chosen = [rng.choice(options)]
+            elif case.variants == "per-command":
+                by_command: dict[str, list] = {}
+                for option in options:
+                    by_command.setdefault(option[0][0], []).append(option)
+                chosen = [group[index % len(group)] for group in by_command.values()]
+            else:
+                chosen = options
             for argv, allowed in chosen:
-                jobs.append((case.name, argv, case.needles))
+                human_show = argv[0] == "show" and "--json" not in argv
+                jobs.append((case.name, argv, case.needles if human_show else ()))
                 codes.append((case, allowed))
         outcomes = self.pool.run_many(jobs)
-        failures = []
+        result = Result([], {})
         for outcome, (case, allowed) in zip(outcomes, codes, strict=True):
             problems = runner.judge(outcome, allowed)
             ran = [m for m in case.markers if m.exists()]
             if ran:
                 problems.append(f"CODE FROM THE FILE RAN: {ran[0]} exists")
                 runner.TALLY.executed += 1
-            runner.TALLY.record(kind, outcome, problems)
-            if problems:
-                failures.append((outcome, problems))
+            real = excuse(case.name, outcome.argv, problems, result.gap_hits)
+            runner.TALLY.record(kind, outcome, real, gap=len(real) < len(problems))
+            if real:
+                result.failures.append((outcome, real))
         stray = sorted(os.listdir(self.cwd))
         assert not stray, f"qinspect wrote into its working directory: {stray[:5]}"
         if before is not None:
@@ -117,7 +208,20 @@ class Hostile:
             assert not changed and set(after) == set(before), (
                 f"files changed or appeared beside the inputs: "
                 f"{sorted(set(after) ^ set(before))[:5] or changed[:5]}")
-        assert not failures, runner.report(failures)
+        dump = os.environ.get("QINSPECT_HOSTILE_REPORT")
+        if dump and result.failures:  # every failure, one JSON line each, to investigate
+            with open(dump, "a") as fh:
+                for outcome, problems in result.failures:
+                    fh.write(json.dumps({"kind": kind, "problems": problems,
+                                         **dataclasses.asdict(outcome)}) + "\n")
+        return result
+
+    def check(self, kind: str, cases: Iterable[Case], directory: Path | None = None
+              ) -> Result:
+        """:meth:`run`, then fail on any run that broke the contract."""
+        result = self.run(kind, cases, directory)
+        assert not result.failures, runner.report(result.failures)
+        return result
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,21 @@ class ODict:
 
     items: tuple
     metadata: Any = None
+
+
+@dataclass(frozen=True)
+class Put:
+    """``value``, then remembered in memo ``slot`` (``LONG_BINPUT``)."""
+
+    slot: int
+    value: Any
+
+
+@dataclass(frozen=True)
+class Get:
+    """The value remembered in memo ``slot`` (``LONG_BINGET``): the same object again."""
+
+    slot: int
 
 
 @dataclass(frozen=True)
@@ -135,6 +151,11 @@ def _emit(obj: Any, out: io.BytesIO) -> None:
     elif isinstance(obj, Pid):
         _emit(obj.value, out)
         out.write(b"Q")
+    elif isinstance(obj, Put):
+        _emit(obj.value, out)
+        out.write(b"r" + struct.pack("<I", obj.slot))
+    elif isinstance(obj, Get):
+        out.write(b"j" + struct.pack("<I", obj.slot))
     elif isinstance(obj, Raw):
         out.write(obj.data)
     else:  # pragma: no cover - a test bug
@@ -241,7 +262,8 @@ def write_zip(path, pkl: bytes, records: dict[str, bytes], prefix: str = "archiv
                ("byteorder", b"little")]
     members += [(f"data/{k}", v) for k, v in records.items()]
     members += [("version", version)]
-    with zipfile.ZipFile(path, "w") as zf:
+    with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are the point of some cases
         for name, data in members:
             kind = zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED
             zf.writestr(zipfile.ZipInfo(f"{prefix}/{name}"), data, compress_type=kind)

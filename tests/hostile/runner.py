@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,10 +34,11 @@ ROOT = HERE.parents[1]
 TIME_BOUND_SECONDS = float(os.environ.get("QINSPECT_HOSTILE_TIME_BOUND", "10"))
 HANG_SECONDS = 60.0
 #: growth of peak RSS allowed for one job (hostile files are a few KiB to a few MiB)
-MEMORY_BOUND_KB = 512 * 1024
+MEMORY_BOUND_KB = 256 * 1024
 #: address space a worker may add after start-up before allocations fail
 AS_HEADROOM = 3 * 2**30
 WORKERS = max(1, min(2, os.cpu_count() or 1))
+PY_WARNING = re.compile(r"\.py:\d+: \w*Warning: ")
 MEMORY_WORDS = ("can't allocate memory", "MemoryError", "out of memory", "ran out of memory")
 
 
@@ -73,11 +74,13 @@ class Tally:
     hung: int = 0
     crashed: int = 0
     problems: int = 0
+    gap_runs: int = 0
     fresh: int = 0
     seed: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, kind: str, outcome: Outcome, problems: list[str]) -> None:
+    def record(self, kind: str, outcome: Outcome, problems: list[str],
+               gap: bool = False) -> None:
         path = next((a for a in outcome.argv if os.path.sep in a), outcome.name)
         with self.lock:
             self.files.add(path)
@@ -85,6 +88,7 @@ class Tally:
             self.runs += 1
             self.hung += outcome.hung
             self.crashed += bool(outcome.crashed or outcome.escaped or outcome.traceback)
+            self.gap_runs += gap
             self.problems += bool(problems)
 
     def line(self) -> str:
@@ -94,9 +98,11 @@ class Tally:
                                                                  or self.crashed)
                    else f"{self.executed} executed code, {self.hung} hung, "
                         f"{self.crashed} crashed")
+        gaps = (f" (besides {self.gap_runs} runs excused by known gaps outside the "
+                "loaders: conftest.GAPS)" if self.gap_runs else "")
         return (f"hostile files: {len(self.files)} tried ({kinds}) in {self.runs} runs "
                 f"(+{self.fresh} in fresh processes); {verdict}; {self.problems} broke the "
-                f"exit-code/one-line contract{seed}")
+                f"exit-code/one-line contract{gaps}{seed}")
 
 
 TALLY = Tally()
@@ -290,6 +296,9 @@ def judge(outcome: Outcome, codes: Sequence[int] = (0, 2), fresh: bool = False) 
                             f"{outcome.err[:600]!r}")
     if "internal error" in outcome.err:
         problems.append(f"an internal error, not a clear message: {lines[:1]}")
+    leaked = [line for line in lines if PY_WARNING.search(line)]
+    if leaked:
+        problems.append(f"leaked a Python warning to stderr: {leaked[0][:200]}")
     if any(word in outcome.err for word in MEMORY_WORDS):
         problems.append(f"tried to allocate beyond the memory bound: {lines[:1]}")
     if outcome.bad_chars:
