@@ -131,6 +131,13 @@ def _read_torch(p: Path) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
 
     import torch
 
+    from qinspect.errors import LoadError
+    from qinspect.loaders import archive
+
+    try:  # the same structure and size checks as checkpoints, before torch allocates
+        archive.check(p)
+    except LoadError as exc:
+        raise InputError(str(exc).replace("checkpoint", "input file")) from exc
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

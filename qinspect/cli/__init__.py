@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -56,6 +57,9 @@ def _debug() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr and exit 2 for user errors; traces on request."""
+    # NaN/Inf qparams in a file make numpy warn inside qinspect's arithmetic; the reports
+    # already say what is wrong, so the warnings would only add noise on stderr
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"qinspect(\.|$)")
     try:
         app(args=argv, prog_name="qinspect")
     except QInspectError as exc:

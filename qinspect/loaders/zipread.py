@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qinspect.errors import LoadError
+from qinspect.loaders.archive import MAX_PICKLE_BYTES
 
 MAX_RECORD_BYTES = 1 << 34
 
@@ -60,7 +61,9 @@ class Archive:
         if info is None:
             raise LoadError(f"{self.path}: the archive has no record {name!r}; it is "
                             "incomplete: re-export it")
-        if info.file_size > MAX_RECORD_BYTES:
+        # pickles are read whole into memory: a deflated one could be a zip bomb
+        limit = MAX_PICKLE_BYTES if name.endswith(".pkl") else MAX_RECORD_BYTES
+        if info.file_size > limit:
             raise LoadError(f"{self.path}: record {name!r} claims {info.file_size} bytes; "
                             "refusing to read it")
         try:

@@ -26,4 +26,6 @@ def clean(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(clean(value), indent=2, allow_nan=False, ensure_ascii=False)
+    # ensure_ascii: names from files may hold C1 controls or bidi overrides (U+202E);
+    # as \uXXXX escapes they stay intact for parsers and inert on a terminal
+    return json.dumps(clean(value), indent=2, allow_nan=False, ensure_ascii=True)
