@@ -152,6 +152,10 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
 
 def _one(ctx: Context, layer: Layer, how: str, flow: Flow | None
          ) -> tuple[LayerVerify, Flow | None]:
+    bad = V.unusable_qparams(layer) or _unusable_input(layer) if how in (
+        "linear", "conv", "add") else None
+    if bad is not None:
+        return V.not_verified(layer, f"{bad}: torch cannot run it"), None
     if how == "linear":
         return _linear(ctx, layer, flow)
     if how == "conv":
@@ -163,6 +167,18 @@ def _one(ctx: Context, layer: Layer, how: str, flow: Flow | None
     if how in ("gate", "lstm"):
         return _gate_isolated(ctx, layer), None
     return V.not_verified(layer, unsupported_reason(layer)), None
+
+
+def _unusable_input(layer: Layer) -> str | None:
+    """The input qparams a static layer inherits, when torch cannot quantize with them."""
+    inp = layer.input
+    if inp is None:
+        return None
+    if not (np.isfinite(inp.scale) and inp.scale > 0):
+        return f"input scale {inp.scale:g} (from its producer) is not a positive finite number"
+    if not 0 <= inp.zero_point <= 255:
+        return f"input zero point {inp.zero_point} (from its producer) is outside quint8's range"
+    return None
 
 
 def _chain_names(rows: list[LayerVerify]) -> tuple[str, ...]:
@@ -255,7 +271,8 @@ def _synthetic_call(ctx: Context, layer: Layer, shape: tuple[int, ...]) -> tuple
                                 f"[{lo:.4g}, {hi:.4g}] ({source})")
 
 
-def _linear(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify, Flow]:
+def _linear(ctx: Context, layer: Layer, flow: Flow | None
+            ) -> tuple[LayerVerify, Flow | None]:
     k = layer.weight.shape[1]
     if flow is not None and flow.quantized and flow.values.shape[-1] == k:
         call = Call(flow.values, flow.scale, flow.zero_point, flow.real)
@@ -268,6 +285,8 @@ def _linear(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify,
         call, text = _synthetic_call(ctx, layer, (_batch(ctx), k))
         kind = InputKind.SYNTHETIC
     row, outs = V.static_row(ctx, layer, [call], kind, text)
+    if not outs:  # not verified (e.g. qparams torch cannot run): the chain stops here
+        return row, None
     out = layer.output
     return row, Flow(layer.name, outs[0], True, out.scale, out.zero_point)
 

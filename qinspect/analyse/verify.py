@@ -470,6 +470,8 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     out = layer.output
     if out is None or layer.weight is None or layer.weight.quant is None:
         return not_verified(layer, "no output qparams or quantized weight to run"), []
+    if (bad := unusable_qparams(layer)) is not None:
+        return not_verified(layer, f"{bad}: torch cannot run it"), []
     if out.dtype != ACT_DTYPE:
         return not_verified(layer, f"{out.dtype} activations are not supported"), []
     relu = relu_fused(layer)
@@ -573,6 +575,8 @@ def add_row(ctx: Context, layer: Layer, calls: list[tuple[Call, Call]], relu: bo
     out = layer.output
     if out is None:
         return not_verified(layer, "no output qparams"), []
+    if (bad := unusable_qparams(layer)) is not None:
+        return not_verified(layer, f"{bad}: torch cannot run it"), []
     arith = K.linear_kernel(ctx.engine)
     floats, kqs, rqs, outs = [], [], [], []
     for a, b in calls:
@@ -651,6 +655,31 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
             "dynamic: the input is quantized per call from its own min/max (it never clips; "
             "its rounding is the error), the output is float (no output LSB)",))
     return row, kouts
+
+
+def unusable_qparams(layer: Layer) -> str | None:
+    """Why torch cannot run ``layer`` with the qparams the file holds (None: it can):
+    a scale that is not a positive finite number, or a zero point outside the dtype."""
+    from qinspect.quant.dtypes import QDTYPES
+
+    out = layer.output
+    if out is not None:
+        if not (np.isfinite(out.scale) and out.scale > 0):
+            return f"output scale {out.scale:g} is not a positive finite number"
+        info = QDTYPES.get(out.dtype)
+        if info is not None and not info.qmin <= out.zero_point <= info.qmax:
+            return f"output zero point {out.zero_point} is outside {out.dtype}'s range"
+    q = layer.weight.quant if layer.weight is not None and layer.weight.is_quantized else None
+    if q is not None:
+        s = np.asarray(q.scale, dtype=np.float64)
+        if not bool(np.all(np.isfinite(s) & (s > 0))):
+            return "some weight scales are not positive finite numbers"
+        info = QDTYPES.get(q.dtype)
+        zp = np.asarray(q.zero_point)
+        if info is not None and zp.dtype.kind in "iu" and zp.size and not bool(
+                np.all((zp >= info.qmin) & (zp <= info.qmax))):
+            return f"some weight zero points are outside {q.dtype}'s range"
+    return None
 
 
 def not_verified(layer: Layer, reason: str) -> LayerVerify:
