@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qinspect.errors import LoadError, UnsupportedFormatError
+from qinspect.loaders.archive import printable
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 GRAPH_MODULE_REDUCERS = (
@@ -73,9 +74,6 @@ def sniff(path: str | Path) -> Sniffed:
         "torch.export (.pt2) files")
 
 
-def printable(text: str) -> str:
-    """Names from a file, safe for a one-line message: control characters escaped."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _looks_like_known_text_or_safetensors(head: bytes) -> bool:
