@@ -24,6 +24,7 @@ import pickletools
 import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +48,10 @@ REBUILDERS = {
 #: values per storage element for sub-byte quantized storages
 PER_ELEMENT = {"QUInt4x2Storage": 2, "QUInt2x4Storage": 4}
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+#: what zipfile raises on a damaged archive: bad headers, names flagged UTF-8 that are
+#: not, unknown versions or methods, corrupt deflate streams, CRC mismatches
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+              NotImplementedError, RuntimeError, OSError, zlib.error)
 
 
 def view_budget(file_size: int) -> int:
@@ -95,8 +100,7 @@ def check_zip_members(p: Path, file_size: int) -> None:
     try:
         with zipfile.ZipFile(p) as zf:
             _generic_members(zf, p, file_size)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
-            NotImplementedError, RuntimeError, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise LoadError(
             f"{printable(p)}: the zip archive is truncated or corrupt "
             f"({printable(_first_line(exc))}); re-export the file"
@@ -111,8 +115,7 @@ def check_zip(p: Path, file_size: int) -> None:
         with zipfile.ZipFile(p) as zf:
             members = _check_members(zf, p, file_size)
             pickle_bytes = _read_pickle(zf, members.data_pkl)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
-            NotImplementedError, RuntimeError, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise LoadError(
             f"{printable(p)}: the zip archive is truncated or corrupt "
             f"({printable(_first_line(exc))}); re-export the checkpoint"

@@ -145,6 +145,9 @@ CONV_WEIGHT_DIMS = (3, 4, 5)
 def _malformed(local: str, value: Any) -> str | None:
     """Why ``value`` cannot be the ``local`` field of an eager module (None: it can)."""
     leaf = local.rsplit(".", 1)[-1]
+    if T.is_quantized(value) and local not in ("weight", "_packed_params._packed_weight"):
+        return ("a quantized tensor where eager modules keep float or integer values (only "
+                "conv weights and packed embedding weights are stored quantized)")
     if local in ACT_QPARAMS or local in FAKE_QUANT_QPARAMS:
         if not T.is_tensor(value) or value.is_quantized or value.is_complex():
             return f"{leaf} should be a real-valued tensor"
@@ -155,16 +158,19 @@ def _malformed(local: str, value: Any) -> str | None:
             values = value.detach().double().reshape(-1)
             if local in ACT_QPARAMS and not bool((values == values.round()).all()):
                 return "an activation zero_point should be an integer"
-            if not bool(values.isfinite().all()):
-                return "a zero_point should be a finite number"
+            if not bool(values.isfinite().all()) or bool((values.abs() > 2**62).any()):
+                return "a zero_point should be a finite integer within int64"
         if local in FAKE_QUANT_QPARAMS and (value.dim() > 1 or value.numel() == 0):
             return (f"a weight fake-quant {leaf} holds one number per output channel; this "
                     f"one has shape {list(value.shape)}")
-    elif leaf in ("weight", "bias", "running_mean", "running_var", "min_val", "max_val"):
+    elif leaf in ("weight", "bias", "running_mean", "running_var", "min_val", "max_val") or (
+            RNN_FLOAT.match(leaf)):
         if leaf == "bias" and value is None:
             return None
         if not T.is_tensor(value):
             return f"a {leaf} should be a tensor"
+        if value.dim() == 0 and leaf not in ("min_val", "max_val"):
+            return f"a {leaf} has at least one dimension; this one is a scalar"
         if leaf == "weight" and value.is_quantized and value.dim() not in CONV_WEIGHT_DIMS:
             return (f"a quantized weight stored as a tensor is a conv weight (3 to 5 dims); "
                     f"this one has {value.dim()}")
@@ -287,7 +293,7 @@ def _output_qparams(f: Fields, mode: Mode) -> ActQuant | None:
 def _act(scale: Any, zero_point: Any, keys: tuple[str, ...]) -> ActQuant:
     return ActQuant(
         scale=float(T.float_values(scale).reshape(-1)[0]),
-        zero_point=int(np.asarray(zero_point.detach().numpy()).reshape(-1)[0]),
+        zero_point=int(np.asarray(T.float_values(zero_point)).reshape(-1)[0]),
         dtype=ACTIVATION_DTYPE,
         dtype_assumed=True,
         keys=keys,
@@ -422,7 +428,7 @@ def _qat_layer(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]
 
 def _qat_flags(fq: dict[str, Any]) -> dict[str, np.ndarray]:
     """The weight fake-quant's observer/fake-quant switches, as extras."""
-    return {f"weight_fake_quant.{flag}": fq[flag].detach().numpy()
+    return {f"weight_fake_quant.{flag}": T.float_values(fq[flag])
             for flag in QAT_FLAG_EXTRAS if flag in fq and T.is_tensor(fq[flag])}
 
 
@@ -441,7 +447,7 @@ def _reassign_roles(f: Fields, prefix: str) -> None:
 
 def _fake_quant_params(fq: dict[str, Any]) -> TensorQuant:
     scale = T.float_values(fq["scale"]).astype(np.float64).reshape(-1)
-    zp = fq["zero_point"].detach().numpy().astype(np.int64).reshape(-1)
+    zp = T.float_values(fq["zero_point"]).astype(np.int64).reshape(-1)
     per_channel = scale.size > 1
     scheme = "per_channel_affine" if per_channel else "per_tensor_affine"
     return TensorQuant(ASSUMED_WEIGHT_DTYPE, scheme, scale, zp, 0 if per_channel else None)

@@ -65,12 +65,36 @@ def main() -> None:
         proto.write(json.dumps(_run(cli_main, job, capture)) + "\n")
 
 
+class _Stderr(io.StringIO):
+    """Captures stderr and, when the CLI's last line of defence reports an internal error,
+    the traceback of the exception it is handling (to name the file that raised it)."""
+
+    trace: str | None = None
+
+    def write(self, text: str) -> int:
+        if "internal error (" in text and self.trace is None:
+            self.trace = traceback.format_exc()
+        return super().write(text)
+
+
+def _origin(trace: str | None) -> str | None:
+    """``qinspect/x/y.py:N`` of the innermost qinspect frame of a traceback."""
+    if not trace:
+        return None
+    frames = [line.strip() for line in trace.splitlines()
+              if line.strip().startswith('File "') and "/qinspect/" in line]
+    if not frames:
+        return None
+    path, _, rest = frames[-1][len('File "'):].partition('", line ')
+    return f"qinspect/{path.rsplit('/qinspect/', 1)[1]}:{rest.split(',')[0]}"
+
+
 def _run(cli_main, job: dict, capture) -> dict:
     capture.seek(0)
     capture.truncate()
     _reset_peak()
     rss_before = _status("VmRSS")
-    out, err = io.StringIO(), io.StringIO()
+    out, err = io.StringIO(), _Stderr()
     old = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     escaped = None
@@ -108,6 +132,7 @@ def _run(cli_main, job: dict, capture) -> dict:
         "seconds": seconds,
         "peak_kb": max(peak, 0),
         "escaped": escaped,
+        "origin": _origin(err.trace or escaped),
     }
 
 

@@ -60,6 +60,7 @@ class Outcome:
     escaped: str | None = None
     crashed: str | None = None
     hung: bool = False
+    origin: str | None = None  # qinspect file:line that raised an internal error
 
     def describe(self) -> str:
         return f"{self.name}: qinspect {' '.join(self.argv)}"
@@ -79,9 +80,8 @@ class Tally:
     seed: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, kind: str, outcome: Outcome, problems: list[str],
+    def record(self, kind: str, path: str, outcome: Outcome, problems: list[str],
                gap: bool = False) -> None:
-        path = next((a for a in outcome.argv if os.path.sep in a), outcome.name)
         with self.lock:
             self.files.add(path)
             self.by_kind.setdefault(kind, set()).add(path)
@@ -159,7 +159,7 @@ class Worker:
             return outcome
         data = json.loads(line)
         for key in ("code", "err", "out_head", "out_len", "bad_chars", "missing",
-                    "traceback", "seconds", "peak_kb", "escaped"):
+                    "traceback", "seconds", "peak_kb", "escaped", "origin"):
             setattr(outcome, key, data[key])
         return outcome
 
@@ -295,7 +295,8 @@ def judge(outcome: Outcome, codes: Sequence[int] = (0, 2), fresh: bool = False) 
             problems.append(f"exit 2 without exactly one 'qinspect: error:' line: "
                             f"{outcome.err[:600]!r}")
     if "internal error" in outcome.err:
-        problems.append(f"an internal error, not a clear message: {lines[:1]}")
+        where = f" in {outcome.origin}" if outcome.origin else ""
+        problems.append(f"an internal error{where}, not a clear message: {lines[:1]}")
     leaked = [line for line in lines if PY_WARNING.search(line)]
     if leaked:
         problems.append(f"leaked a Python warning to stderr: {leaked[0][:200]}")
