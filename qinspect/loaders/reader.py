@@ -1,8 +1,9 @@
 """Read a checkpoint file safely into plain Python objects.
 
-Only ``torch.load(weights_only=True)`` is used (with ``mmap=True`` for zip archives),
-so no code from the file can run. The one extension: TorchScript objects inside a
-state_dict (dynamic-quantized LSTM/GRU keep their packed weights as
+Only ``torch.load(weights_only=True)`` is used (with ``mmap=True`` for zip archives of at
+least :data:`MMAP_MIN_BYTES`), so no code from the file can run. The one extension:
+TorchScript objects inside a state_dict (dynamic-quantized LSTM/GRU keep their packed
+weights as
 ``torch.ScriptObject``) are not instantiated; their pickled state is captured as
 plain data by :class:`ScriptObjectState`, so no C++ custom class sees the file's bytes.
 
@@ -30,6 +31,12 @@ from qinspect.loaders import archive
 from qinspect.loaders.archive import printable
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+#: zip archives this large are memory-mapped (copy-on-write, read-only file); smaller
+#: ones are read into memory. qinspect touches every byte either way, so the peak RSS is
+#: the same; a mapping lets the kernel drop clean pages of huge files, but if another
+#: process truncates the file while it is mapped, the next read of a lost page kills the
+#: process with SIGBUS. Read into memory, a truncation is at worst a clean read error.
+MMAP_MIN_BYTES = 1 << 30
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 
@@ -90,7 +97,7 @@ def read_file(path: str | os.PathLike[str]) -> RawCheckpoint:
         archive.check_zip(p, file_size)
     else:
         archive.check_legacy(p, file_size)
-    obj = _torch_load(p, mmap=container == "zip")
+    obj = _torch_load(p, mmap=container == "zip" and file_size >= MMAP_MIN_BYTES)
     return _screen(_unwrap(str(p), file_size, container, obj))
 
 

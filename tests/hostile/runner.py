@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -117,6 +118,7 @@ class Worker:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
+        self._mmap = itertools.cycle((True, False))  # both read paths, in turn
         self._start()
 
     def _start(self) -> None:
@@ -141,7 +143,8 @@ class Worker:
     def run(self, name: str, argv: Sequence[str], needles: Sequence[str] = ()) -> Outcome:
         outcome = Outcome(name, list(argv))
         assert self.proc is not None and self.proc.stdin is not None
-        job = {"id": name, "argv": list(argv), "needles": list(needles)}
+        job = {"id": name, "argv": list(argv), "needles": list(needles),
+               "mmap": next(self._mmap)}
         try:
             self.proc.stdin.write(json.dumps(job) + "\n")
             self.proc.stdin.flush()
