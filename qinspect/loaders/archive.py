@@ -196,6 +196,9 @@ def _check_members(zf: zipfile.ZipFile, p: Path, file_size: int) -> _Members:
     data_pkl = None
     for info in infos:
         local = info.filename[len(prefix):]
+        if local == "constants.pkl" or local.startswith("code/"):
+            raise _Refused("a TorchScript archive (torch.jit.save), not a torch.save file; "
+                           "torch.load would hand it to torch.jit.load")
         if local == "data.pkl":
             data_pkl = info
         elif local.startswith("data/"):

@@ -77,6 +77,7 @@ class Tally:
     crashed: int = 0
     problems: int = 0
     gap_runs: int = 0
+    gap_hits: dict[int, int] = field(default_factory=dict)  # conftest.GAPS index -> runs
     fresh: int = 0
     seed: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -113,6 +113,7 @@ OUTPUT_GAPS = {
 
 def _commands_with_output() -> list[str]:
     import typer.main
+
     from qinspect.cli import app
 
     group = typer.main.get_command(app)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import runner
-from conftest import GAPS, Case, excuse
+from conftest import Case, excuse
 from craft import (
     ORDERED_DICT,
     Builder,
@@ -749,20 +749,6 @@ def test_every_command_has_a_template():
 
 def test_hostile_structures_under_every_command(structure_run):
     assert not structure_run.failures, runner.report(structure_run.failures)
-
-
-def _gap_id(gap) -> str:
-    return gap.owner.split(",")[0].split(" ")[0].removeprefix("qinspect/")
-
-
-@pytest.mark.parametrize("index", range(len(GAPS)), ids=[_gap_id(g) for g in GAPS])
-def test_known_gaps(structure_run, index):
-    """Each known gap still shows up (else its entry in conftest.GAPS must go)."""
-    gap = GAPS[index]
-    hits = structure_run.gap_hits.get(index, 0)
-    if hits:
-        pytest.xfail(f"{hits} run(s): {gap.owner}: {gap.reason}")
-    pytest.fail(f"known gap closed, delete it from conftest.GAPS: {gap.owner}: {gap.reason}")
 
 
 FRESH_SAMPLE = ("shape 2^20 x 2^20 on 4 bytes (zip)", "zero strides: 2^32 values from 4 bytes "
