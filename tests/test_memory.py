@@ -1,8 +1,10 @@
 """`show` on a multi-hundred-MB checkpoint stays within a peak-RSS bound (not a time bound).
 
-The checkpoint is read through mmap and int values are storage views, so peak RSS is
-about the file's pages plus the interpreter and torch; copies of the weights (int_repr,
-int64 widening) would add hundreds of MB and fail this test.
+Int values are storage views, so peak RSS is the file's bytes plus what `import torch`
+costs plus a little; copies of the weights (int_repr, int64 widening) would add hundreds
+of MB and fail this test. The torch baseline is measured in the same run, because what
+importing torch costs in RSS varies between machines and file systems (218 MB in the dev
+venv, 273 MB in a fresh clone under /tmp, same packages).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.ao.nn.quantized as nnq
 
 LAYERS, OUT, IN = 10, 4096, 8192  # about 335 MB of int8 weights
-HEADROOM_MB = 300
+HEADROOM_MB = 100  # beyond the file and `import torch`; measured ~55 MB
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +58,14 @@ def _peak_rss_mb(argv: list[str]) -> tuple[float, int, str]:
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"]])
-def test_show_peak_rss_is_file_size_plus_headroom(big_checkpoint, extra):
+def test_show_peak_rss_is_file_plus_torch_plus_headroom(big_checkpoint, extra):
     file_mb = big_checkpoint.stat().st_size / 2**20
     assert file_mb > 300
+    torch_mb, code, err = _peak_rss_mb([sys.executable, "-c", "import torch"])
+    assert code == 0, err
     rss, code, err = _peak_rss_mb([sys.executable, "-m", "qinspect", "show",
                                    str(big_checkpoint), *extra])
     assert code == 0, err
-    assert rss <= file_mb + HEADROOM_MB, f"peak RSS {rss:.0f} MB for a {file_mb:.0f} MB file"
+    bound = file_mb + torch_mb + HEADROOM_MB
+    assert rss <= bound, (f"peak RSS {rss:.0f} MB for a {file_mb:.0f} MB file "
+                          f"(import torch alone: {torch_mb:.0f} MB)")
