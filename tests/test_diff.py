@@ -473,7 +473,8 @@ def test_qat_fused_convbn_folds_the_child_batchnorm_and_is_bit_exact(cli, tmp_pa
 
 def test_bad_scales_and_hostile_names_are_reported_safely(cli, tmp_path):
     name = "fc\x1b[31m[bold]x[/bold]"
-    w = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    # a quantized weight stored as a plain tensor is a conv's (a Linear's is packed)
+    w = torch.randn(4, 5, 1, 1, generator=torch.Generator().manual_seed(0))
     ints = torch.quantize_per_channel(w, torch.full((4,), 0.02, dtype=torch.double),
                                       torch.zeros(4, dtype=torch.long), 0, torch.qint8)
     scales = torch.tensor([0.02, 0.0, 0.02, 0.02], dtype=torch.double)
