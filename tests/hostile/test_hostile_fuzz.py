@@ -22,6 +22,7 @@ set ``QINSPECT_FUZZ_EXAMPLES`` (a multiplier) and ``QINSPECT_FUZZ_COLLECT=failur
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -51,7 +52,9 @@ def _run(hostile, path: Path, name: str, variants) -> None:
 
     options = all_variants(path, hostile.ref)
     chosen = [options[i % len(options)] for i in variants]
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
     outcomes = hostile.pool.run_many([(name, argv, ()) for argv, _ in chosen])
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before, "the input changed"
     failures = []
     for outcome, (_, codes) in zip(outcomes, chosen, strict=True):
         real = excuse(name, outcome.argv, runner.judge(outcome, codes), {})
