@@ -11,6 +11,7 @@ line that says what to do.
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +99,12 @@ def _read_npy(p: Path) -> np.ndarray:
 
 
 def _read_zip(p: Path) -> tuple[tuple[str, ...], tuple[np.ndarray, ...], str]:
+    from qinspect.loaders.archive import ZIP_ERRORS
+
     try:
         with zipfile.ZipFile(p) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise InputError(f"{p}: truncated or corrupt archive ({_line(exc)}); re-save it")\
             from exc
     if any(n.endswith("data.pkl") for n in names):
@@ -119,7 +122,7 @@ def _read_zip(p: Path) -> tuple[tuple[str, ...], tuple[np.ndarray, ...], str]:
             raise InputError(f"{p}: an array in the .npz holds Python objects (needs pickle,"
                              " which qinspect never loads); save numeric arrays") from exc
         raise InputError(f"{p}: not a readable .npz ({_line(exc)}); re-save it") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except ZIP_ERRORS as exc:
         raise InputError(f"{p}: truncated or corrupt .npz ({_line(exc)}); re-save it") from exc
     if not keys:
         raise InputError(f"{p}: the .npz holds no arrays; save one array per model input")
@@ -138,8 +141,12 @@ def _read_torch(p: Path) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
         archive.check(p)
     except LoadError as exc:
         raise InputError(str(exc).replace("checkpoint", "input file")) from exc
+    from qinspect.loaders._quiet import quiet_torch_warnings
+
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with quiet_torch_warnings(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.load's own chatter on a refused file
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(f"{p}: refused: the file asks to run code or build objects "
                          "(weights-only loading allows tensors only); save a tensor with "

@@ -99,6 +99,12 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
             flow = None
             continue
         how = kind_of(layer)
+        if how == "stub" and (bad := V.unusable_qparams(layer)) is not None:
+            rows.append(V.not_verified(layer, f"{bad}: torch cannot run it"))
+            if arrays and (flow is None or flow.from_user):
+                arrays.pop(0)  # the input this stub would have quantized
+            flow = None
+            continue
         if how == "stub":
             if arrays and (flow is None or flow.from_user):
                 x = arrays.pop(0)

@@ -406,6 +406,8 @@ def _model_rows(ctx: Context, ckpt: Checkpoint, layer: Layer, name: str, f_calls
                 ) -> list[LayerVerify]:
     rows: list[LayerVerify] = []
     how = kind_of(layer)
+    if (bad := V.unusable_qparams(layer)) is not None:
+        return [V.not_verified(layer, f"{bad}: torch cannot run it")]
     if how == "stub":
         x = np.asarray(f_calls[0][1][0], np.float32)
         xs = [np.asarray(c[1][0], np.float32) for c in f_calls]

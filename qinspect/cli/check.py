@@ -47,7 +47,8 @@ def check(
     """Gate a quantized checkpoint on its calibrated values (exit 0 pass, 1 fail, 2 error)."""
     from qinspect.analyse.check import check as run
     from qinspect.errors import InputError
-    from qinspect.render.check import render_check, render_text, write_report
+    from qinspect.render.atomic import write_atomic
+    from qinspect.render.check import render_check, render_text
 
     multi_ok = (reference, input, baseline, output) == (None,) * 4 and fmt.value in (
         "human", "github")
@@ -60,7 +61,8 @@ def check(
                    for p in paths]
     for result in results:
         if output is not None:
-            write_report(output, render_text(result, fmt.value))
+            inputs = [p for p in (*paths, reference, input) if p is not None]
+            write_atomic(output, render_text(result, fmt.value), inputs=inputs)
         if output is not None or fmt is Format.human:
             stdout_console().print(render_check(result))
         else:

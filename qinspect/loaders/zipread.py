@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qinspect.errors import LoadError
-from qinspect.loaders.archive import MAX_PICKLE_BYTES
+from qinspect.loaders.archive import MAX_PICKLE_BYTES, ZIP_ERRORS
 
 MAX_RECORD_BYTES = 1 << 34
 
@@ -25,11 +25,9 @@ class Archive:
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
-        except zipfile.BadZipFile as exc:
+        except ZIP_ERRORS as exc:
             raise LoadError(f"{path}: the zip archive is truncated or corrupt ({exc}); "
                             "re-export the file") from exc
-        except OSError as exc:
-            raise LoadError(f"{path}: cannot read the archive ({exc})") from exc
         self._full: dict[str, zipfile.ZipInfo] = {}
         prefixes = {info.filename.split("/", 1)[0] for info in infos if "/" in info.filename}
         self.prefix = prefixes.pop() if len(prefixes) == 1 else ""
@@ -68,7 +66,7 @@ class Archive:
                             "refusing to read it")
         try:
             return self._zip.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except ZIP_ERRORS as exc:
             raise LoadError(f"{self.path}: record {name!r} is corrupt ({exc}); "
                             "re-export the file") from exc
 

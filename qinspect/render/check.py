@@ -10,9 +10,7 @@ workflow-command escaping (``%``, ``\\r``, ``\\n``; plus ``:`` and ``,`` in prop
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -267,28 +265,3 @@ def render_text(result: CheckResult, fmt: str) -> str:
     console.print(render_check(result))
     console.file.close()
     return console.export_text()
-
-
-def write_report(path: str | os.PathLike[str], content: str) -> None:
-    """Write ``content`` to ``path`` atomically (temp file in the same folder + rename)."""
-    from qinspect.errors import InputError
-
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InputError(f"{target}: cannot write the report ({exc.strerror}); check the "
-                         "--output folder") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fh.fileno(), 0o666 & ~umask)
-            fh.write(content if content.endswith("\n") else content + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"{target}: cannot write the report ({exc.strerror})") from exc
