@@ -71,27 +71,7 @@ class Gap:
                 and re.search(self.problem, problem) is not None)
 
 
-GAPS: tuple[Gap, ...] = (
-    Gap("qinspect/analyse/chain.py, analyse/kernels.py", "verify still ends in an internal "
-        "error on NaN/Inf/negative/zero output scales and zero points outside the dtype "
-        "(quantize_per_tensor in kernels.py, the float range in chain.py, error_in_lsb in "
-        "quant/metrics.py); layers/chains with such qparams should be skipped with the "
-        "reason the loader already gives",
-        problem=r"internal error in qinspect/(analyse|quant)/", suite="crafted",
-        command="verify"),
-    Gap("qinspect/loaders/zipread.py", "Archive() and Archive.read catch only BadZipFile and "
-        "OSError; zipfile also raises UnicodeDecodeError (names flagged UTF-8 that are "
-        "not), NotImplementedError (zip version), RuntimeError (encrypted member) and "
-        "zlib.error (corrupt deflate): catch qinspect.loaders.archive.ZIP_ERRORS",
-        problem=r"internal error in qinspect/loaders/zipread\.py", suite="mutations"),
-    Gap("qinspect/inputs.py", "a broken .pt --input: torch.load's own warnings (pickle "
-        "protocol, TorchScript archive) leak to stderr before the error line (load it under "
-        "warnings.catch_warnings()), and zipfile's UnicodeDecodeError on a damaged archive "
-        "escapes _read_zip (catch qinspect.loaders.archive.ZIP_ERRORS)",
-        problem=r"internal error in qinspect/inputs\.py|leaked a Python warning to stderr: "
-        r"\S*torch/|^exit 2 without exactly one", suite="code-execution", command="verify",
-        flags=("--input",)),
-)
+GAPS: tuple[Gap, ...] = ()  # all gaps found so far are closed; add new ones here
 
 
 def excuse(case: str, argv: Sequence[str], problems: list[str], hits: dict[int, int]
