@@ -200,6 +200,10 @@ def test_qat_prepared(tmp_path):
         Role.OBSERVER_STATS
     assert roles["fc1.weight_fake_quant.scale"] is Role.WEIGHT_QPARAMS
     assert ckpt.layer("fc1").input_source.layer == "quant"
+    # the output observer's keys are its own, not the weight fake-quant's observer's
+    assert fc1.output_observer.keys == ("fc1.activation_post_process.activation_post_process"
+                                        ".min_val", "fc1.activation_post_process."
+                                        "activation_post_process.max_val")
 
 
 def test_ptq_prepared(tmp_path):
@@ -250,6 +254,6 @@ def test_unknown_keys_are_listed_not_dropped(tmp_path):
     sd["fc1._packed_params._packed_params"] = (sd["fc1._packed_params._packed_params"][0],)
     ckpt = _load(sd, tmp_path)
     listed = {u.key: u.reason for u in ckpt.unrecognised}
-    assert "fc1.mystery" in listed
+    assert listed["fc1.mystery"] == "not expected in a Linear module"
     assert "weight tensor, bias" in listed["fc1._packed_params._packed_params"]
     _assert_all_keys_attributed(ckpt, sd)

@@ -85,9 +85,14 @@ class Fields:
 
     def leftovers(self, kind: str) -> list[Unrecognised]:
         return [
-            Unrecognised(key, T.describe(value), f"not expected in a {kind} module")
+            Unrecognised(key, T.describe(value), f"not expected in {_a_module(kind)}")
             for key, value in self.items.values()
         ]
+
+
+def _a_module(kind: str) -> str:
+    """``Linear`` -> ``a Linear module``; ``module`` -> ``a module``."""
+    return "a module" if kind == "module" else f"a {kind} module"
 
 
 @dataclass
@@ -492,7 +497,8 @@ def _prepared_output(
 ) -> tuple[ActQuant | None, ObserverStats | None, Mode]:
     app = f.take_prefixed("activation_post_process.", Role.OUTPUT_QPARAMS)
     _reassign_roles(f, "activation_post_process.")
-    obs = _observer(app, [r.key for r in f.refs if ".activation_post_process." in r.key])
+    own = f"{f.module}.activation_post_process." if f.module else "activation_post_process."
+    obs = _observer(app, [r.key for r in f.refs if r.key.startswith(own)])
     if "scale" in app and "zero_point" in app:
         keys = (f"{f.module}.activation_post_process.scale",
                 f"{f.module}.activation_post_process.zero_point")
