@@ -254,6 +254,6 @@ def test_unknown_keys_are_listed_not_dropped(tmp_path):
     sd["fc1._packed_params._packed_params"] = (sd["fc1._packed_params._packed_params"][0],)
     ckpt = _load(sd, tmp_path)
     listed = {u.key: u.reason for u in ckpt.unrecognised}
-    assert listed["fc1.mystery"] == "not expected in a Linear module"
+    assert listed["fc1.mystery"] == "not expected in a packed Linear module"
     assert "weight tensor, bias" in listed["fc1._packed_params._packed_params"]
     _assert_all_keys_attributed(ckpt, sd)
