@@ -630,3 +630,13 @@ def test_pre_commit_hooks_run_check_on_checkpoints():
         pattern = re.compile(fields["files"])
         assert pattern.search("models/a.pt") and pattern.search("b.pth")
         assert pattern.search("c.pt2") and not pattern.search("train.py")
+
+
+def test_json_flag_is_format_json_like_every_command(cli, samples):
+    flag = cli("check", samples / "mlp_int8_fbgemm.pt", "--json")
+    fmt = cli("check", samples / "mlp_int8_fbgemm.pt", "--format", "json")
+    assert flag.code == fmt.code == 0
+    assert json.loads(flag.out)["schema"] == "qinspect.check/1"
+    assert json.loads(flag.out)["counts"] == json.loads(fmt.out)["counts"]
+    both = cli("check", samples / "mlp_int8_fbgemm.pt", "--json", "--format", "junit")
+    assert both.code == 2 and "two formats" in both.err

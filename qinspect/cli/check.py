@@ -37,6 +37,9 @@ def check(
         "--set", metavar="KEY=VALUE", help="Override one config key, e.g. --set "
         "min_range_used=0.5 (repeatable).")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Report format.")] = Format.human,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Same as --format json (schema qinspect.check/1), like every command.")
+    ] = False,
     output: Annotated[OptPath, typer.Option(
         help="Write the report here (atomically); the human summary still goes to stdout.")
     ] = None,
@@ -50,6 +53,11 @@ def check(
     from qinspect.render.atomic import write_atomic
     from qinspect.render.check import render_check, render_text
 
+    if as_json:
+        if fmt not in (Format.human, Format.json):
+            raise InputError(f"--json and --format {fmt.value} ask for two formats; "
+                             "pass one of them")
+        fmt = Format.json
     multi_ok = (reference, input, baseline, output) == (None,) * 4 and fmt.value in (
         "human", "github")
     if len(paths) > 1 and not multi_ok:
