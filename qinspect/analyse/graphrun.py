@@ -28,6 +28,7 @@ from qinspect.analyse.verify import (
     InputKind,
     LayerVerify,
     VerifyReport,
+    keep_layers,
     not_verified,
 )
 from qinspect.errors import InputError, VerifyError
@@ -332,7 +333,6 @@ def _end_to_end(quant: list[Any], floats: list[Any]) -> EndToEnd | None:
 def verify_graph(ckpt: Checkpoint, input: Any, layer_glob: str | None,  # noqa: A002
                  batch: int | None) -> VerifyReport:
     """``verify`` entry for .pt2 files: read the input, run, filter by ``layer_glob``."""
-    import fnmatch
     from dataclasses import replace
 
     from qinspect.inputs import read_input
@@ -340,11 +340,4 @@ def verify_graph(ckpt: Checkpoint, input: Any, layer_glob: str | None,  # noqa: 
     user = read_input(input).limited(batch) if input is not None else None
     report = run(ckpt, ckpt.path, user)
     report = replace(report, batch=batch)
-    if layer_glob is not None:
-        kept = tuple(r for r in report.layers if fnmatch.fnmatchcase(r.name, layer_glob))
-        if not kept:
-            names = ", ".join(r.name for r in report.layers[:8])
-            raise InputError(f"--layer {layer_glob!r} matches no quantized layer; layers: "
-                             f"{names}")
-        report = replace(report, layers=kept)
-    return report
+    return keep_layers(report, layer_glob)

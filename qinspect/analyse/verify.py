@@ -239,14 +239,19 @@ def verify(
         report = chain.run(ckpt, ctx, user)
     report = replace(report, engine=chosen, engine_reason=reason, reference=_str(reference),
                      model=model, seed=seed, batch=batch, float_domain=weights.summary)
-    if layer_glob is not None:
-        kept = tuple(r for r in report.layers if fnmatch.fnmatchcase(r.name, layer_glob))
-        if not kept:
-            names = ", ".join(r.name for r in report.layers[:8])
-            raise InputError(f"--layer {layer_glob!r} matches no quantized layer; layers: "
-                             f"{names}")
-        report = replace(report, layers=kept)
-    return report
+    return keep_layers(report, layer_glob)
+
+
+def keep_layers(report: VerifyReport, layer_glob: str | None) -> VerifyReport:
+    """The report's rows whose name matches ``--layer``; an InputError if none does."""
+    if layer_glob is None:
+        return report
+    kept = tuple(r for r in report.layers if fnmatch.fnmatchcase(r.name, layer_glob))
+    if not kept:
+        names = ", ".join(r.name for r in report.layers[:8])
+        raise InputError(f"--layer {layer_glob!r} matches no quantized layer; layers: "
+                         f"{names}")
+    return replace(report, layers=kept)
 
 
 def _str(value: object) -> str | None:
