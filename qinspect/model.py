@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
@@ -150,6 +151,16 @@ class Weight:
         return self.quant is not None and self.stored_dtype == self.quant.dtype
 
 
+class ScaleOp(str, Enum):
+    """How a stored scale is applied when dequantizing."""
+
+    MULTIPLY = "multiply"
+    """``x = code * scale`` (every per-group / per-channel scale of every format)."""
+    DIVIDE = "divide"
+    """``x = code * (scale / global_scale)``: compressed-tensors stores NVFP4 global scales
+    as divisors (``weight_global_scale``, ``input_global_scale``)."""
+
+
 @dataclass(frozen=True)
 class ActQuant:
     """Per-tensor activation quantization: an activation byte ``q`` means
@@ -160,6 +171,8 @@ class ActQuant:
     dtype: str
     dtype_assumed: bool
     keys: tuple[str, ...]
+    op: ScaleOp = ScaleOp.MULTIPLY
+    """DIVIDE: the stored value is a divisor (compressed-tensors NVFP4 ``input_global_scale``)."""
 
     def real_range(self, qmin: int, qmax: int) -> tuple[float, float]:
         return ((qmin - self.zero_point) * self.scale, (qmax - self.zero_point) * self.scale)
@@ -205,6 +218,9 @@ class Layer:
     ``running_mean`` / ``running_var`` of a BatchNorm (role NORM_STATS), and
     ``weight_fake_quant.observer_enabled`` / ``weight_fake_quant.fake_quant_enabled``
     of a QAT layer (role FAKE_QUANT_FLAGS)."""
+
+    packed: PackedWeight | None = None
+    """A packed / float-coded weight (Hugging Face formats); ``weight`` is None then."""
 
     @property
     def quantized(self) -> bool:
@@ -261,3 +277,160 @@ class Checkpoint:
     def all_keys(self) -> list[str]:
         keys = [ref.key for layer in self.layers for ref in layer.keys]
         return keys + [u.key for u in self.unrecognised]
+
+
+# --- Quantization vocabulary for packed / float-coded weights (Hugging Face formats) ----
+#
+# A weight is stored as *codes* of an :class:`ElementType` (int4, float8_e4m3fn, nf4...),
+# grouped by a :class:`Granularity`, each group with a scale applied by a :class:`ScaleOp`.
+# Following torchao (``torchao/quantization/granularity.py``), granularity is data: the
+# scale's shape follows from it.
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One scale for the whole tensor: scale shape ``[1]`` or ``[]``."""
+
+    def describe(self) -> str:
+        return "per-tensor"
+
+
+@dataclass(frozen=True)
+class PerAxis:
+    """One scale per slice along ``axis`` (per output channel for ``axis=0``): scale shape
+    ``[O, 1]`` for a ``[O, I]`` weight."""
+
+    axis: int
+
+    def describe(self) -> str:
+        return "per-channel" if self.axis == 0 else f"per-axis {self.axis}"
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """One scale per group of ``size`` consecutive values along ``axis`` (``[O, I/size]``
+    scales for a ``[O, I]`` weight and ``axis=1``). ``axis=None``: groups of ``size``
+    consecutive values of the row-major flattened tensor, which may span rows
+    (bitsandbytes blocks)."""
+
+    size: int
+    axis: int | None = 1
+
+    def describe(self) -> str:
+        where = "flattened" if self.axis is None else "along the input"
+        return f"per-group of {self.size} ({where})"
+
+
+@dataclass(frozen=True)
+class PerBlock:
+    """One scale per tile of ``shape`` (``[ceil(O/128), ceil(I/128)]`` scales for 128x128
+    FP8 blocks; edge tiles are partial)."""
+
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return "per-block " + "x".join(map(str, self.shape))
+
+
+Granularity = PerTensor | PerAxis | PerGroup | PerBlock
+
+
+class ElementKind(str, Enum):
+    INT = "int"
+    """Integer codes ``q`` in ``[qmin, qmax]``, real value ``(q - zero_point) * scale``."""
+    FLOAT = "float"
+    """Small floats (float8 e4m3, float4 e2m1): real value ``code * scale``."""
+    CODEBOOK = "codebook"
+    """Indices into a table of 2^bits values (NF4, bitsandbytes FP4): ``table[i] * scale``."""
+
+
+@dataclass(frozen=True)
+class ElementType:
+    """What one stored code is: its kind, width and the range of its values."""
+
+    name: str
+    kind: ElementKind
+    bits: int
+    qmin: float
+    qmax: float
+    """Smallest and largest code value (ints) or representable value (floats, codebooks)."""
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.bits
+
+
+@dataclass(frozen=True)
+class QTensorRef:
+    """One stored tensor of a quantized weight, with the role it plays in plain words."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    meaning: str
+    op: ScaleOp | None = None
+
+
+@dataclass(frozen=True)
+class PackedQuant:
+    """How a packed or float-coded weight (Hugging Face formats) decodes to real values.
+
+    ``tensors`` lists every stored tensor of the weight (codes, scales, zero points,
+    global scale, group index, shape, quant state) with its meaning; ``formula`` is the
+    producing library's dequantization, with its rounding order.
+    """
+
+    format: str
+    element: ElementType
+    granularity: Granularity
+    symmetric: bool
+    scale_dtype: str
+    tensors: tuple[QTensorRef, ...]
+    formula: str
+    packing: str
+    compute_dtype: str
+    act_order: bool = False
+    zero_point_offset: int = 0
+    """Added to every stored zero point when decoding (GPTQ v1 stores ``zero - 1``)."""
+
+
+class WeightSource(Protocol):
+    """Reads a packed weight's values on demand (nothing is unpacked at load time)."""
+
+    def codes(self) -> np.ndarray:
+        """The stored codes, unpacked, in the weight's logical shape: signed or unsigned
+        integers (INT), code values as float32 (FLOAT), or table indices (CODEBOOK)."""
+        ...
+
+    def scales(self) -> np.ndarray:
+        """The effective scale of every group as float32, in its stored layout."""
+        ...
+
+    def zero_points(self) -> np.ndarray | None:
+        """The effective zero point of every group (after any stored offset), or None."""
+        ...
+
+    def dequantize(self) -> np.ndarray:
+        """Real values as float32, computed as the producing library computes them."""
+        ...
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A weight stored as packed or float codes plus scales (Hugging Face formats)."""
+
+    key: str
+    shape: tuple[int, ...]
+    """Logical shape: ``[O, I]`` for a Linear, ``[E, O, I]`` for a group of experts."""
+    stored_dtype: str
+    nbytes: int
+    """Bytes on disk of every tensor of the weight (codes, scales, zero points...)."""
+    quant: PackedQuant
+    source: WeightSource = field(compare=False, repr=False)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
