@@ -50,6 +50,11 @@ class Role(str, Enum):
     """Another float parameter (normalisation affine weights, float layers)."""
     UNUSED = "unused"
     """Stored by torch but not used at run time (e.g. scale/zero_point of dynamic layers)."""
+    WEIGHT_SCALE = "weight_scale"
+    """A tensor that decodes a packed weight: scale, zero point, global scale, group index,
+    shape or quant state (Hugging Face formats; its plain meaning is in ``PackedQuant``)."""
+    KV_CACHE_QPARAMS = "kv_cache_qparams"
+    """Scale of the attention key or value cache (``k_scale`` / ``v_scale``)."""
 
 
 class Mode(str, Enum):
@@ -79,6 +84,9 @@ class SourceKind(str, Enum):
     DYNAMIC = "dynamic"
     NOT_QUANTIZED = "not_quantized"
     UNKNOWN = "unknown"
+    OWN_SCALE = "own_scale"
+    """The layer quantizes its float input itself with a stored static scale
+    (``input_scale`` of Hugging Face W8A8 / FP8 checkpoints)."""
 
 
 class Level(str, Enum):
@@ -248,6 +256,23 @@ class DeadWeight:
 
 
 @dataclass(frozen=True)
+class HFInfo:
+    """What a Hugging Face checkpoint's config says about its quantization."""
+
+    method: str | None
+    """``quant_method`` (None: no config; the format was inferred from tensor names)."""
+    producer: str | None
+    config_source: str
+    model_dtype: str
+    shards: tuple[str, ...]
+    index: str | None
+    quantization_config: Mapping[str, object] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()
+    """Patterns of modules the config leaves unquantized (``ignore``,
+    ``modules_to_not_convert``, ``llm_int8_skip_modules``...)."""
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A normalised checkpoint: what a loader hands to the analyses."""
 
@@ -266,6 +291,9 @@ class Checkpoint:
     (e.g. "graph order (forward in the archive's code)"); None: see module_order_known."""
     """Tensors stored in the file that the graph never reads (PT2E keeps the float weights
     beside the int8 ones it uses); their keys are also attributed with role UNUSED."""
+
+    hf: HFInfo | None = None
+    """Hugging Face checkpoints: producer, config and shards."""
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
