@@ -442,6 +442,14 @@ class WeightSource(Protocol):
         """Real values as float32, computed as the producing library computes them."""
         ...
 
+    def element_scales(self) -> np.ndarray:
+        """The effective scale of every value, in the weight's logical shape."""
+        ...
+
+    def element_zero_points(self) -> np.ndarray | None:
+        """The effective zero point of every value (int formats with zero points)."""
+        ...
+
 
 @dataclass(frozen=True)
 class PackedWeight:

@@ -41,7 +41,15 @@ class Decoder:
     def zero_points(self) -> np.ndarray | None:
         return None
 
-    # subclasses: codes(), scales(), dequantize()
+    def element_scales(self) -> np.ndarray:
+        """The effective scale of every element, in the weight's logical shape."""
+        raise NotImplementedError
+
+    def element_zero_points(self) -> np.ndarray | None:
+        """The effective zero point of every element (int formats with zero points)."""
+        return None
+
+    # subclasses: codes(), scales(), dequantize(), element_scales()
 
 
 # --- compressed-tensors --------------------------------------------------------------------
@@ -98,6 +106,13 @@ class CTInt(Decoder):
             return np.broadcast_to(per_group, (rows, cols))
         return H.expand_groups(per_group, self.column_groups())
 
+    def element_scales(self) -> np.ndarray:
+        return self.expand(self.scales())
+
+    def element_zero_points(self) -> np.ndarray | None:
+        zp = self.zero_points()
+        return None if zp is None else self.expand(zp.astype(np.float32))
+
     def dequantize(self) -> np.ndarray:
         q = self.codes().astype(np.float32)
         zp = self.zero_points()
@@ -128,6 +143,9 @@ class CTFloat(Decoder):
             return np.broadcast_to(s.reshape(1, 1), (rows, cols))
         return np.broadcast_to(s.reshape(rows, 1), (rows, cols))
 
+    def element_scales(self) -> np.ndarray:
+        return self.expand(self.scales())
+
     def dequantize(self) -> np.ndarray:
         out = self.codes() * self.expand(self.scales())
         return H.round_to(H.round_to(out, self.dtype_of("scale")), self.params["out_dtype"])
@@ -156,8 +174,11 @@ class NVFP4(Decoder):
             return (s / g).astype(np.float32)
         return (s * g).astype(np.float32)
 
+    def element_scales(self) -> np.ndarray:
+        return np.repeat(self.scales(), 16, axis=-1)[..., :self.shape[-1]]
+
     def dequantize(self) -> np.ndarray:
-        s = np.repeat(self.scales(), 16, axis=-1)[..., :self.shape[-1]]
+        s = self.element_scales()
         return H.round_to(self.codes() * s, self.params["out_dtype"])
 
 
@@ -177,8 +198,11 @@ class MXFP4(Decoder):
         e = self.raw("scale").astype(np.int32)
         return np.ldexp(np.float32(1), e - 127).astype(np.float32)
 
+    def element_scales(self) -> np.ndarray:
+        return np.repeat(self.scales(), 32, axis=-1)[..., :self.shape[-1]]
+
     def dequantize(self) -> np.ndarray:
-        s = np.repeat(self.scales(), 32, axis=-1)[..., :self.shape[-1]]
+        s = self.element_scales()
         return H.round_to(self.codes() * s, self.params["out_dtype"])
 
 
@@ -210,10 +234,15 @@ class GPTQ(Decoder):
             return self.raw("g_idx").astype(np.int64)
         return np.arange(self.shape[1]) // self.params["group_size"]
 
+    def element_scales(self) -> np.ndarray:
+        return self.scales()[self.column_groups()].T
+
+    def element_zero_points(self) -> np.ndarray:
+        return self.zero_points()[self.column_groups()].T.astype(np.float32)
+
     def dequantize(self) -> np.ndarray:
-        g = self.column_groups()
-        z = self.zero_points()[g].T.astype(np.float32)  # [O, I]
-        s = self.scales()[g].T
+        z = self.element_zero_points()  # [O, I]
+        s = self.element_scales()
         return H.round_to((self.codes().astype(np.float32) - z) * s, self.dtype_of("scales"))
 
 
@@ -232,10 +261,16 @@ class AWQ(Decoder):
     def zero_points(self) -> np.ndarray:
         return H.unpack_awq(self.raw("qzeros"), self.shape[0]).astype(np.int16)
 
-    def dequantize(self) -> np.ndarray:
+    def element_scales(self) -> np.ndarray:
+        return self.scales()[np.arange(self.shape[1]) // self.params["group_size"]].T
+
+    def element_zero_points(self) -> np.ndarray:
         g = np.arange(self.shape[1]) // self.params["group_size"]
-        z = self.zero_points()[g].T.astype(np.float32)
-        s = self.scales()[g].T
+        return self.zero_points()[g].T.astype(np.float32)
+
+    def dequantize(self) -> np.ndarray:
+        z = self.element_zero_points()
+        s = self.element_scales()
         return H.round_to((self.codes().astype(np.float32) - z) * s, self.dtype_of("scales"))
 
 
@@ -267,6 +302,10 @@ class BnB4(Decoder):
         restored = code2[absmax.astype(np.int64)] * nested[j]
         return (restored + np.float32(self.params["nested_offset"])).astype(np.float32)
 
+    def element_scales(self) -> np.ndarray:
+        n = int(np.prod(self.shape))
+        return self.scales()[np.arange(n) // self.params["blocksize"]].reshape(self.shape)
+
     def dequantize(self) -> np.ndarray:
         table = self.floats("quant_map")
         flat = self.codes().reshape(-1)
@@ -286,6 +325,9 @@ class BnB8(Decoder):
 
     def scales(self) -> np.ndarray:
         return self.floats("SCB")
+
+    def element_scales(self) -> np.ndarray:
+        return np.broadcast_to((self.scales() * BNB_INV_127)[:, None], self.shape)
 
     def dequantize(self) -> np.ndarray:
         cb = self.raw("weight").astype(np.float32)
@@ -308,13 +350,17 @@ class FP8(Decoder):
     def scales(self) -> np.ndarray:
         return self.floats("scale")
 
-    def dequantize(self) -> np.ndarray:
+    def element_scales(self) -> np.ndarray:
         s = self.scales()
         block = self.params.get("block")
+        rows, cols = self.shape
         if block:
-            rows, cols = self.shape
-            s = H.expand_blocks(s.reshape(-(-rows // block[0]), -(-cols // block[1])),
-                                (rows, cols), block)
-        else:
-            s = s.reshape(())
+            return H.expand_blocks(s.reshape(-(-rows // block[0]), -(-cols // block[1])),
+                                   (rows, cols), block)
+        if s.size == rows and s.size > 1:
+            return np.broadcast_to(s.reshape(rows, 1), self.shape)
+        return np.broadcast_to(s.reshape(()), self.shape)
+
+    def dequantize(self) -> np.ndarray:
+        s = self.element_scales()
         return H.round_to((self.codes() * s).astype(np.float32), self.params["out_dtype"])
