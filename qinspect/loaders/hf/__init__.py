@@ -18,10 +18,10 @@ def is_hf_input(path: str | os.PathLike[str]) -> bool:
         return (p / "config.json").is_file() or any(p.glob("*.safetensors")) or any(
             p.glob("*.safetensors.index.json"))
     name = p.name
-    if name.endswith(".safetensors.index.json"):
+    if name.endswith((".safetensors.index.json", ".safetensors")):
         return True
     if not p.is_file():
-        return name.endswith(".safetensors")
+        return False
     try:
         with p.open("rb") as fh:
             head = fh.read(9)

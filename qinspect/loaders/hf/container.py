@@ -137,7 +137,9 @@ def _tensor_info(path: Path, name: str, entry: Any, data_start: int) -> TensorIn
     if not isinstance(entry, dict):
         raise _refuse(path, f"{where} is not described by an object")
     dtype = entry.get("dtype")
-    dtype = ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(dtype, str):
+        raise _refuse(path, f"{where} has a dtype that is not a string")
+    dtype = ALIASES.get(dtype, dtype)
     if dtype not in DTYPES:
         shown = safe(str(dtype)[:40])
         raise _refuse(path, f"{where} has unknown dtype '{shown}'")
