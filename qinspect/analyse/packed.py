@@ -35,8 +35,8 @@ class ScaleStats:
 class PackedHealth:
     """How a packed weight uses its codes.
 
-    ``range_used``: largest |code - zero point| over the largest the element type allows
-    (1.0 = the grid's edge is reached). ``at_extremes``: share of codes on the grid's
+    ``range_used``: the share of the code grid the stored codes span: ``(max - min) /
+    (qmax - qmin)`` for ints and table indices, ``max |code| / max`` for floats. ``at_extremes``: share of codes on the grid's
     edges (qmin/qmax for ints, +-max for floats, the table's ends for NF4/FP4). A
     round-to-nearest quantizer puts each group's largest value on an edge, so about one
     value per group there is expected (``expected_at_extremes``).
@@ -121,7 +121,9 @@ def packed_health(layer: Layer) -> PackedHealth | None:
                             ScaleStats(0, math.nan, math.nan, 0, 0, 0, 0), None, None,
                             tuple(problems), ("cannot decode: " + problems[0],))
     try:
-        codes = pw.source.codes()
+        hist = pw.source.code_histogram()  # type: ignore[attr-defined]
+        if hist is None:
+            hist = np.unique(pw.source.codes(), return_counts=True)
         scales = pw.source.scales()
         zps = pw.source.zero_points()
     except (ValueError, IndexError, TypeError) as exc:
@@ -129,41 +131,44 @@ def packed_health(layer: Layer) -> PackedHealth | None:
         return PackedHealth(math.nan, math.nan, math.nan, math.nan, math.nan,
                             ScaleStats(0, math.nan, math.nan, 0, 0, 0, 0), None, None,
                             (msg,), (msg,))
-    return _health(pw, codes, scales, zps)
+    return _health(pw, hist[0], hist[1], scales, zps)
 
 
-def _health(pw: PackedWeight, codes: np.ndarray, scales: np.ndarray,
+def _health(pw: PackedWeight, values: np.ndarray, counts: np.ndarray, scales: np.ndarray,
             zps: np.ndarray | None) -> PackedHealth:
+    """Code statistics from a histogram: ``counts[i]`` codes have value ``values[i]``."""
     el = pw.quant.element
+    values = np.asarray(values, np.float64)
+    counts = np.asarray(counts, np.int64)
+    total = int(counts.sum())
     stats = scale_stats(scales)
-    groups = max(stats.count, 1)
-    expected = min(1.0, groups / max(codes.size, 1))
-    if el.kind is ElementKind.INT:
-        lo, hi = float(codes.min()), float(codes.max())
-        at = float(np.mean((codes == el.qmin) | (codes == el.qmax)))
-        if zps is not None and zps.size:
-            mid = float(np.median(zps))
-        else:
-            mid = 0.0 if el.qmin < 0 else (el.qmax + 1) / 2
-        reach = max(mid - el.qmin, el.qmax - mid) or 1.0
-        used = max(abs(lo - mid), abs(hi - mid)) / reach
-    elif el.kind is ElementKind.FLOAT:
-        lo, hi = float(np.min(codes)), float(np.max(codes))
-        at = float(np.mean(np.abs(codes) == el.qmax))
-        used = max(abs(lo), abs(hi)) / el.qmax
-    else:
-        lo, hi = float(codes.min()), float(codes.max())
-        at = float(np.mean((codes == 0) | (codes == el.levels - 1)))
-        used = 1.0 if (lo == 0 or hi == el.levels - 1) else max(
-            (el.levels - 1 - lo), hi) / (el.levels - 1)
+    expected = min(1.0, max(stats.count, 1) / max(total, 1))
     flags = []
+    bad_codes = int(counts[~np.isfinite(values)].sum())
+    present = (counts > 0) & np.isfinite(values)
+    if not present.any():
+        lo = hi = used = at = math.nan
+    else:
+        lo, hi = float(values[present].min()), float(values[present].max())
+        if el.kind is ElementKind.FLOAT:
+            edge = np.abs(values) == el.qmax
+            used = max(abs(lo), abs(hi)) / el.qmax
+        elif el.kind is ElementKind.INT:
+            edge = (values == el.qmin) | (values == el.qmax)
+            used = (hi - lo) / (el.qmax - el.qmin)
+        else:
+            edge = (values == 0) | (values == el.levels - 1)
+            used = (hi - lo) / (el.levels - 1)
+        at = float(counts[edge & present].sum()) / total
+    if bad_codes:
+        flags.append(f"{bad_codes} codes are NaN")
     if stats.problems:
         parts = [f"{n} {w}" for n, w in ((stats.nan, "NaN"), (stats.inf, "inf"),
                                          (stats.zero, "zero"), (stats.negative, "negative"))
                  if n]
         flags.append("scales: " + ", ".join(parts))
-    if used < FEW_LEVELS:
-        flags.append(f"uses {100 * used:.0f} % of the code range")
+    if not math.isnan(used) and used < FEW_LEVELS:
+        flags.append(f"codes span {100 * used:.0f} % of the grid")
     zmin = float(zps.min()) if zps is not None and zps.size else None
     zmax = float(zps.max()) if zps is not None and zps.size else None
     return PackedHealth(code_min=lo, code_max=hi, range_used=used, at_extremes=at,

@@ -212,6 +212,29 @@ class TensorSet:
         arr = buf.view(np.dtype(storage))
         return arr.reshape(info.shape)
 
+    def byte_histogram(self, name: str, chunk: int = 16 * 2**20) -> np.ndarray:
+        """Counts of each byte value (256 bins) over a tensor's bytes, in one streamed pass.
+
+        Reads with ``pread`` into a reused buffer rather than through the mapping, so the
+        pages do not stay resident: peak memory is one chunk, whatever the tensor's size."""
+        info = self.tensors[name]
+        counts = np.zeros(256, np.int64)
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        fd = os.open(info.shard, os.O_RDONLY)
+        try:
+            done = 0
+            while done < info.nbytes:
+                n = os.preadv(fd, [view[:min(chunk, info.nbytes - done)]], info.start + done)
+                if n <= 0:
+                    raise LoadError(f"{safe(info.shard)}: the file ended inside tensor "
+                                    f"'{safe(name)}' (truncated while reading?)")
+                counts += np.bincount(np.frombuffer(buf, np.uint8, n), minlength=256)
+                done += n
+        finally:
+            os.close(fd)
+        return counts
+
     def floats(self, name: str) -> np.ndarray:
         """The values as float32 (exact for every float dtype up to 32 bits)."""
         from qinspect.quant.hfcodes import decode_float

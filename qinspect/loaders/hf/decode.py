@@ -49,6 +49,24 @@ class Decoder:
         """The effective zero point of every element (int formats with zero points)."""
         return None
 
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(code values, counts)`` over the whole weight from one streamed pass over its
+        bytes, or None where codes do not sit in whole bytes or nibbles (then the caller
+        unpacks). Code values are what ``codes()`` returns."""
+        return None
+
+    def _nibble_or_byte_counts(self, role: str, bits: int, fields: int) -> np.ndarray | None:
+        """Counts of each unsigned field value when fields tile bytes exactly: 8-bit fields
+        are bytes, 4-bit fields nibbles (their order inside a byte does not matter for a
+        histogram). None when padding fields would be counted."""
+        info = self.ts.tensors[self.keys[role]]
+        if bits == 8 and info.nbytes == fields:
+            return self.ts.byte_histogram(self.keys[role])
+        if bits == 4 and info.nbytes * 2 == fields:
+            b = self.ts.byte_histogram(self.keys[role]).reshape(16, 16)  # [high, low]
+            return b.sum(axis=0) + b.sum(axis=1)
+        return None
+
     # subclasses: codes(), scales(), dequantize(), element_scales()
 
 
@@ -76,6 +94,19 @@ class CTInt(Decoder):
 
     def scales(self) -> np.ndarray:
         return self.floats("scale")
+
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        bits = self.params["bits"]
+        n = int(np.prod(self.shape))
+        if "packed" not in self.keys:
+            counts = self._nibble_or_byte_counts("weight", 8, n)
+            if counts is None:
+                return None
+            return np.arange(256).astype(np.int8).astype(np.int16), counts
+        counts = self._nibble_or_byte_counts("packed", bits, n)
+        if counts is None:
+            return None
+        return np.arange(counts.size, dtype=np.int16) - (1 << (bits - 1)), counts
 
     def zero_points(self) -> np.ndarray | None:
         if "zero_point" not in self.keys:
@@ -133,6 +164,10 @@ class CTFloat(Decoder):
     def scales(self) -> np.ndarray:
         return self.floats("scale")
 
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return H.decode_float(np.arange(256, dtype=np.uint8), "F8_E4M3"), \
+            self.ts.byte_histogram(self.keys["weight"])
+
     def expand(self, s: np.ndarray) -> np.ndarray:
         rows, cols = self.shape
         block = self.params.get("block")
@@ -164,6 +199,10 @@ class NVFP4(Decoder):
     def codes(self) -> np.ndarray:
         return H.E2M1[H.unpack_nibbles(self.raw("packed"), low_first=True)]
 
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        counts = self._nibble_or_byte_counts("packed", 4, int(np.prod(self.shape)))
+        return None if counts is None else (H.E2M1, counts)
+
     def group_scales(self) -> np.ndarray:
         return self.floats("scale")
 
@@ -194,6 +233,10 @@ class MXFP4(Decoder):
             packed = packed.reshape(*packed.shape[:2], -1)
         return H.E2M1[H.unpack_nibbles(packed, low_first=True)]
 
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        counts = self._nibble_or_byte_counts("packed", 4, int(np.prod(self.shape)))
+        return None if counts is None else (H.E2M1, counts)
+
     def scales(self) -> np.ndarray:
         e = self.raw("scale").astype(np.int32)
         return np.ldexp(np.float32(1), e - 127).astype(np.float32)
@@ -222,6 +265,11 @@ class GPTQ(Decoder):
 
     def scales(self) -> np.ndarray:
         return self.floats("scales")
+
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        counts = self._nibble_or_byte_counts("qweight", self.params["bits"],
+                                             int(np.prod(self.shape)))
+        return None if counts is None else (np.arange(counts.size, dtype=np.int16), counts)
 
     def stored_zeros(self) -> np.ndarray:
         return H.unpack_stream(self.raw("qzeros"), self.params["bits"], self.shape[0])
@@ -254,6 +302,10 @@ class AWQ(Decoder):
 
     def codes(self) -> np.ndarray:
         return H.unpack_awq(self.raw("qweight"), self.shape[0]).T.astype(np.int16)
+
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        counts = self._nibble_or_byte_counts("qweight", 4, int(np.prod(self.shape)))
+        return None if counts is None else (np.arange(16, dtype=np.int16), counts)
 
     def scales(self) -> np.ndarray:
         return self.floats("scales")
@@ -291,6 +343,10 @@ class BnB4(Decoder):
         n = int(np.prod(self.shape))
         return H.unpack_nibbles(raw, low_first=False)[:n].reshape(self.shape)
 
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        counts = self._nibble_or_byte_counts("weight", 4, int(np.prod(self.shape)))
+        return None if counts is None else (np.arange(16, dtype=np.int16), counts)
+
     def scales(self) -> np.ndarray:
         absmax = self.raw("absmax")
         if "nested_absmax" not in self.keys:
@@ -323,6 +379,10 @@ class BnB8(Decoder):
     def codes(self) -> np.ndarray:
         return self.raw("weight").astype(np.int16)
 
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return (np.arange(256).astype(np.int8).astype(np.int16),
+                self.ts.byte_histogram(self.keys["weight"]))
+
     def scales(self) -> np.ndarray:
         return self.floats("SCB")
 
@@ -349,6 +409,10 @@ class FP8(Decoder):
 
     def scales(self) -> np.ndarray:
         return self.floats("scale")
+
+    def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return H.decode_float(np.arange(256, dtype=np.uint8), "F8_E4M3"), \
+            self.ts.byte_histogram(self.keys["weight"])
 
     def element_scales(self) -> np.ndarray:
         s = self.scales()
