@@ -14,6 +14,8 @@ import numpy as np
 #: compressed-tensors ``kE2M1ToFloat``, ModelOpt ``e2m1_values``)
 E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
                  -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+#: ModelOpt's ``e2m1_values`` (``qtensor/nvfp4_tensor.py``) decode code 8 as +0, not -0
+E2M1_MODELOPT = np.where(E2M1 == 0, np.float32(0), E2M1).astype(np.float32)
 #: AWQ GEMM: column ``8w + c`` of a packed word sits in nibble ``AWQ_REVERSE[c]``
 #: (AutoAWQ ``awq/utils/packing_utils.py`` ``AWQ_REVERSE_ORDER``)
 AWQ_REVERSE = np.array([0, 4, 1, 5, 2, 6, 3, 7])

@@ -77,9 +77,10 @@ def _header(s: Summary) -> Table:
 
 def _table(rows: list[LayerSummary]) -> RenderableType:
     prefix = common_prefix([r.layer.name for r in rows])
-    t = Table(header_style="bold", expand=False, pad_edge=False)
-    t.add_column("layer" + (f" ({safe(prefix)}...)" if prefix else ""), overflow="fold",
-                 max_width=28)
+    t = Table(header_style="bold", expand=False, pad_edge=False,
+              caption=f"layer names start with {safe(prefix)}" if prefix else None,
+              caption_justify="left")
+    t.add_column("layer", overflow="fold", max_width=28)
     for col in ("weight", "scale", "input", "codes"):
         t.add_column(col, no_wrap=True)
     for r in rows:

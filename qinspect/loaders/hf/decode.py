@@ -196,12 +196,15 @@ class NVFP4(Decoder):
     (``NVFP4QTensor.dequantize``: ``fp4 * (weight_scale.float() * weight_scale_2)``).
     """
 
+    def table(self) -> np.ndarray:
+        return H.E2M1_MODELOPT if self.params["global_op"] == "multiply" else H.E2M1
+
     def codes(self) -> np.ndarray:
-        return H.E2M1[H.unpack_nibbles(self.raw("packed"), low_first=True)]
+        return self.table()[H.unpack_nibbles(self.raw("packed"), low_first=True)]
 
     def code_histogram(self) -> tuple[np.ndarray, np.ndarray] | None:
         counts = self._nibble_or_byte_counts("packed", 4, int(np.prod(self.shape)))
-        return None if counts is None else (H.E2M1, counts)
+        return None if counts is None else (self.table(), counts)
 
     def group_scales(self) -> np.ndarray:
         return self.floats("scale")
@@ -401,8 +404,10 @@ class BnB8(Decoder):
 @dataclass
 class FP8(Decoder):
     """FP8 E4M3 ``weight`` times a float32 scale: per tensor (``weight_scale``) or per
-    128x128 block (``weight_scale_inv``, multiplied despite its name: transformers
-    ``Fp8Dequantize``), then cast to the model dtype."""
+    128x128 block (``weight_scale_inv``, multiplied despite its name): transformers
+    ``Fp8Dequantize`` computes ``fp8.float() * scale`` in float32. ModelOpt's
+    ``FP8QTensor.dequantize`` computes ``fp8.to(dtype) * scale.to(dtype)`` in the model
+    dtype, so its scale is rounded to that dtype first (``params["scale_in_dtype"]``)."""
 
     def codes(self) -> np.ndarray:
         return self.floats("weight")
@@ -427,4 +432,6 @@ class FP8(Decoder):
 
     def dequantize(self) -> np.ndarray:
         s = self.element_scales()
+        if self.params.get("scale_in_dtype"):
+            s = H.round_to(np.asarray(s, np.float32), self.params["out_dtype"])
         return H.round_to((self.codes() * s).astype(np.float32), self.params["out_dtype"])

@@ -45,7 +45,7 @@ from qinspect.render.text import safe
 
 BNB_LEAVES = ("absmax", "quant_map", "nested_absmax", "nested_quant_map",
               "quant_state.bitsandbytes__nf4", "quant_state.bitsandbytes__fp4")
-GPTOSS = re.compile(r"^(?P<proj>[A-Za-z0-9]+_proj)_(?P<leaf>blocks|scales|bias)$")
+GPTOSS = re.compile(r"^(?P<proj>\w+?_proj)(?:_(?P<leaf>blocks|scales|bias))?$")
 MAX_BNB_STATE = 64 * 1024
 DTYPE_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F8_E4M3":
                "float8_e4m3fn", "U8": "uint8", "I8": "int8", "I32": "int32", "F64": "float64"}
@@ -86,8 +86,9 @@ def _split(name: str, method: str | None) -> tuple[str, str]:
             return name[:-len(tail)], "weight." + leaf
     module, _, leaf = name.rpartition(".")
     m = GPTOSS.match(leaf)
-    if m and module.endswith("experts") and (method in (None, "mxfp4")):
-        return f"{module}.{m['proj']}", m["leaf"]
+    if m and module.endswith("experts"):
+        # fused MoE experts store tensors, not modules: experts.gate_up_proj_blocks ...
+        return f"{module}.{m['proj']}", m["leaf"] or "weight"
     return module, leaf
 
 
@@ -699,8 +700,10 @@ def _build_fp8(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, s
     if not blk and int(np.prod(ts.tensors[scale_key].shape or (1,))) > 1:
         gran = PerAxis(0)
     modelopt = cfg.method == "modelopt"
+    # transformers dequantizes in float32; ModelOpt in the model dtype (see decode.FP8)
     dec = D.FP8(ts, {"weight": keys["weight"], "scale": scale_key}, tuple(shape),
-                {"block": blk, "out_dtype": OUT.get(cfg.model_dtype, "BF16")})
+                {"block": blk, "scale_in_dtype": modelopt,
+                 "out_dtype": OUT.get(cfg.model_dtype, "BF16") if modelopt else "F32"})
     meaning = ("per-128x128-block scale, MULTIPLIED despite its name (amax / 448)" if blk
                else f"{gran.describe()} weight scale (multiplies; amax / 448)")
     fmt = ("ModelOpt FP8" if modelopt else
@@ -710,8 +713,10 @@ def _build_fp8(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, s
         scale_dtype=ts.tensors[scale_key].dtype,
         tensors=(_ref(ts, keys["weight"], "the weight's FP8 E4M3 codes, one per byte"),
                  _ref(ts, scale_key, meaning, ScaleOp.MULTIPLY)),
-        formula="w = cast(float32(fp8) x scale)", packing="one FP8 per byte",
-        compute_dtype="float32")
+        formula=(f"w = {cfg.model_dtype}(fp8 x {cfg.model_dtype}(scale)) (ModelOpt "
+                 "FP8QTensor.dequantize)" if modelopt else
+                 "w = float32(fp8) x scale (transformers Fp8Dequantize)"),
+        packing="one FP8 per byte", compute_dtype=cfg.model_dtype if modelopt else "float32")
     pw = PackedWeight(key=keys["weight"], shape=tuple(shape), stored_dtype="F8_E4M3",
                       nbytes=_nbytes(ts, list(keys.values())), quant=quant, source=dec)
     dynamic = cfg.get("activation_scheme", "dynamic") == "dynamic" or bool(blk)
@@ -805,6 +810,12 @@ def _plain(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
     if refs:
         return Layer(name=module, kind="attention (KV cache)", mode=Mode.STATIC,
                      keys=tuple(refs)), leaves
+    params = [leaf for leaf, key in leaves.items() if ts.tensors[key].dtype in FLOAT_DTYPES]
+    if params:
+        refs = [KeyRef(leaves.pop(leaf), Role.PARAM) for leaf in params]
+        return Layer(name=module, kind="parameters", mode=Mode.FLOAT, keys=tuple(refs),
+                     notes=(Note(Level.INFO, "float parameters (" + ", ".join(params)
+                                 + ") that are not quantized"),)), leaves
     return None, leaves
 
 
@@ -827,6 +838,8 @@ def _float_kind(module: str, shape: tuple[int, ...]) -> str:
     leaf = module.rsplit(".", 1)[-1].lower()
     if len(shape) == 1:
         return "norm" if "norm" in leaf or "ln" in leaf else "vector"
+    if len(shape) == 3 and module.rsplit(".", 2)[-2:-1] == ["experts"]:
+        return "experts"
     if "embed" in leaf or "wte" in leaf or "wpe" in leaf:
         return "embedding"
     return "linear" if len(shape) == 2 else "tensor"

@@ -179,6 +179,6 @@ def matches(name: str, pattern: str) -> bool:
         except re.error:
             return False
     if "*" in pattern or "?" in pattern:
-        return fnmatch.fnmatchcase(name, pattern)
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
     return (name == pattern or name.endswith("." + pattern) or name.startswith(pattern + ".")
             or f".{pattern}." in name)
