@@ -60,16 +60,31 @@ def _shape(layer: Layer) -> tuple[int, ...] | None:
     return layer.weight.shape if layer.weight is not None else None
 
 
-def values(layer: Layer) -> np.ndarray:
+def values(layer: Layer, transpose: bool = False) -> np.ndarray:
     """Real values of a layer's weight: dequantized as the producer does, or the floats."""
     if layer.packed is not None:
         return layer.packed.source.dequantize()
     assert layer.weight is not None
-    return np.asarray(layer.weight.values, dtype=np.float32)
+    out = np.asarray(layer.weight.values, dtype=np.float32)
+    return np.swapaxes(out, -1, -2) if transpose else out
+
+
+def _in_out_layout(packed: Layer, other: Layer) -> bool:
+    """gpt-oss's bf16 experts are stored ``[E, in, out]`` (used as ``x @ W``) while its
+    MXFP4 blocks are ``[E, out, in/32, 16]`` (transformers ``convert_moe_packed_tensors``
+    transposes after decoding): the float side must be transposed to pair them."""
+    return (packed.packed is not None and packed.packed.quant.format.startswith("MXFP4 (gpt-oss")
+            and other.packed is None and other.weight is not None
+            and len(other.weight.shape) == 3)
 
 
 def compare_layers(a: Layer, b: Layer) -> D.LayerDiff:
     sa, sb = _shape(a), _shape(b)
+    swap_a, swap_b = _in_out_layout(b, a), _in_out_layout(a, b)
+    if swap_a and sa is not None:
+        sa = (*sa[:-2], sa[-1], sa[-2])
+    if swap_b and sb is not None:
+        sb = (*sb[:-2], sb[-1], sb[-2])
     base = dict(name=a.name, name_b=b.name, how="same module name", kind_a=a.kind,
                 kind_b=b.kind, mode_a=a.mode.value, mode_b=b.mode.value, shape_a=sa,
                 shape_b=sb)
@@ -91,8 +106,9 @@ def compare_layers(a: Layer, b: Layer) -> D.LayerDiff:
     else:
         comparison, ref, cand = D.Comparison.FLOAT_VS_FLOAT, a, b
     try:
-        error = weight_error(values(ref), values(cand), cand.packed,
-                             "a" if ref is a else "b")
+        swap = {id(a): swap_a, id(b): swap_b}
+        error = weight_error(values(ref, swap[id(ref)]), values(cand, swap[id(cand)]),
+                             cand.packed, "a" if ref is a else "b")
     except (ValueError, IndexError, TypeError) as exc:
         problem = f"cannot dequantize ({type(exc).__name__}: {str(exc)[:100]})"
         return D.LayerDiff(comparison=D.Comparison.UNSUPPORTED, problem=problem,

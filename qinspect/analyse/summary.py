@@ -32,7 +32,8 @@ class Summary:
 
     @property
     def parameters(self) -> int:
-        """Logical parameter count: packed elements x values per element, plus floats."""
+        """Logical parameter count: weights, biases and loose float parameters, packed
+        elements counted as the values they hold."""
         return self.fp32_equivalent_bytes // FLOAT32_BYTES
 
     @property
@@ -74,6 +75,8 @@ def _fp32_bytes(layers: tuple[Layer, ...]) -> int:
             total += int(np.prod(layer.weight.shape, dtype=np.int64)) * FLOAT32_BYTES
         if layer.packed is not None:
             total += layer.packed.numel * FLOAT32_BYTES
+        if layer.kind == "parameters":  # loose float parameters (attention sinks...)
+            total += sum(int(v.size) for v in layer.extras.values()) * FLOAT32_BYTES
         if layer.bias is not None:
             total += int(layer.bias.size) * FLOAT32_BYTES
     return total

@@ -812,8 +812,10 @@ def _plain(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
                      keys=tuple(refs)), leaves
     params = [leaf for leaf, key in leaves.items() if ts.tensors[key].dtype in FLOAT_DTYPES]
     if params:
+        extras = {leaf: _LazyFloat(ts, leaves[leaf]) for leaf in params}
         refs = [KeyRef(leaves.pop(leaf), Role.PARAM) for leaf in params]
         return Layer(name=module, kind="parameters", mode=Mode.FLOAT, keys=tuple(refs),
+                     extras=extras,  # type: ignore[arg-type]
                      notes=(Note(Level.INFO, "float parameters (" + ", ".join(params)
                                  + ") that are not quantized"),)), leaves
     return None, leaves
