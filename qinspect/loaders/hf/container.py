@@ -27,6 +27,7 @@ MAX_HEADER_BYTES = 100_000_000  # the Rust reader's MAX_HEADER_SIZE
 MAX_JSON_FILE_BYTES = 64 * 2**20  # config.json / index files
 MAX_DIMS = 16
 MAX_TENSORS = 1_000_000
+BINCOUNT_BLOCK = 256 * 1024
 
 #: safetensors dtype -> (numpy storage dtype, bits per element)
 DTYPES: dict[str, tuple[str, int]] = {
@@ -229,7 +230,9 @@ class TensorSet:
                 if n <= 0:
                     raise LoadError(f"{safe(info.shard)}: the file ended inside tensor "
                                     f"'{safe(name)}' (truncated while reading?)")
-                counts += np.bincount(np.frombuffer(buf, np.uint8, n), minlength=256)
+                data = np.frombuffer(buf, np.uint8, n)
+                for i in range(0, n, BINCOUNT_BLOCK):  # bincount widens to intp: stay in cache
+                    counts += np.bincount(data[i:i + BINCOUNT_BLOCK], minlength=256)
                 done += n
         finally:
             os.close(fd)
