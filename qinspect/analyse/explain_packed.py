@@ -22,15 +22,18 @@ def explain_packed(layer: Layer, health: PackedHealth | None) -> list[str]:
            + (", act-order (g_idx)" if q.act_order else "")]
     for t in q.tensors:
         direction = ""
-        if t.op is ScaleOp.DIVIDE:
-            direction = " [divide by it]"
-        elif t.op is ScaleOp.MULTIPLY:
-            direction = " [multiply by it]"
+        said = any(w in t.meaning.lower() for w in ("multipl", "divis", "divide"))
+        if t.op is ScaleOp.DIVIDE and not said:
+            direction = " (divide by it)"
+        elif t.op is ScaleOp.MULTIPLY and not said:
+            direction = " (multiply by it)"
         out.append(f"{t.key} ({DTYPE.get(t.dtype, t.dtype)} {list(t.shape)}): {t.meaning}"
                    f"{direction}")
     if health is not None and not health.problems:
         s = health.scales
-        out.append(f"the scales range {fmt(s.min)} .. {fmt(s.max)} over {s.count} groups"
+        spread = (f"the scale is {fmt(s.min)}" if s.count == 1 else
+                  f"the scales range {fmt(s.min)} .. {fmt(s.max)} over {s.count} groups")
+        out.append(spread
                    + (f"; {s.problems} are NaN, infinite, zero or negative" if s.problems
                       else ""))
         if el.kind is ElementKind.INT:
@@ -38,8 +41,8 @@ def explain_packed(layer: Layer, health: PackedHealth | None) -> list[str]:
             if health.zero_point_min is not None:
                 zp = (f"; zero points {fmt(health.zero_point_min)} .. "
                       f"{fmt(health.zero_point_max or 0)}"
-                      + (f" (stored minus {q.zero_point_offset}: the file holds zero - "
-                         f"{q.zero_point_offset})" if q.zero_point_offset else ""))
+                      + (f" (the file stores zero - {q.zero_point_offset})"
+                         if q.zero_point_offset else ""))
             out.append(f"the codes span {fmt(health.code_min)} .. {fmt(health.code_max)} of "
                        f"{fmt(el.qmin)} .. {fmt(el.qmax)}{zp}")
     out.append(f"dequantized as: {q.formula}")

@@ -114,7 +114,9 @@ def _scale(pw: PackedWeight, h: PackedHealth | None) -> Text:
     if h is None or h.problems:
         return Text(f"{dtype}{level}\n?", style="yellow")
     bad = h.scales.problems
-    body = f"{dtype} x{level}\n{num(h.scales.min, 2)}..{num(h.scales.max, 2)}"
+    rng = (num(h.scales.min, 3) if h.scales.min == h.scales.max
+           else f"{num(h.scales.min, 2)}..{num(h.scales.max, 2)}")
+    body = f"{dtype} x{level}\n{rng}"
     if bad:
         body += f"\n{bad} bad"
     return Text(body, style="yellow" if bad else "")
