@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q "$(TORCH_PIN)" -e ".[test,hf-test]"
 	$(PY) -m pip install -q --no-deps "$(TORCHAO_PIN)"
 	touch $(STAMP)
 
@@ -37,3 +37,4 @@ lint: $(STAMP)
 samples: $(STAMP)
 	$(PY) sample_checkpoints/make_samples.py
 	$(PY) sample_checkpoints/make_format_samples.py
+	$(PY) sample_checkpoints/make_hf_samples.py

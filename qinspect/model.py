@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +50,11 @@ class Role(str, Enum):
     """Another float parameter (normalisation affine weights, float layers)."""
     UNUSED = "unused"
     """Stored by torch but not used at run time (e.g. scale/zero_point of dynamic layers)."""
+    WEIGHT_SCALE = "weight_scale"
+    """A tensor that decodes a packed weight: scale, zero point, global scale, group index,
+    shape or quant state (Hugging Face formats; its plain meaning is in ``PackedQuant``)."""
+    KV_CACHE_QPARAMS = "kv_cache_qparams"
+    """Scale of the attention key or value cache (``k_scale`` / ``v_scale``)."""
 
 
 class Mode(str, Enum):
@@ -78,6 +84,9 @@ class SourceKind(str, Enum):
     DYNAMIC = "dynamic"
     NOT_QUANTIZED = "not_quantized"
     UNKNOWN = "unknown"
+    OWN_SCALE = "own_scale"
+    """The layer quantizes its float input itself with a stored static scale
+    (``input_scale`` of Hugging Face W8A8 / FP8 checkpoints)."""
 
 
 class Level(str, Enum):
@@ -150,6 +159,16 @@ class Weight:
         return self.quant is not None and self.stored_dtype == self.quant.dtype
 
 
+class ScaleOp(str, Enum):
+    """How a stored scale is applied when dequantizing."""
+
+    MULTIPLY = "multiply"
+    """``x = code * scale`` (every per-group / per-channel scale of every format)."""
+    DIVIDE = "divide"
+    """``x = code * (scale / global_scale)``: compressed-tensors stores NVFP4 global scales
+    as divisors (``weight_global_scale``, ``input_global_scale``)."""
+
+
 @dataclass(frozen=True)
 class ActQuant:
     """Per-tensor activation quantization: an activation byte ``q`` means
@@ -160,6 +179,8 @@ class ActQuant:
     dtype: str
     dtype_assumed: bool
     keys: tuple[str, ...]
+    op: ScaleOp = ScaleOp.MULTIPLY
+    """DIVIDE: the stored value is a divisor (compressed-tensors NVFP4 ``input_global_scale``)."""
 
     def real_range(self, qmin: int, qmax: int) -> tuple[float, float]:
         return ((qmin - self.zero_point) * self.scale, (qmax - self.zero_point) * self.scale)
@@ -206,6 +227,9 @@ class Layer:
     ``weight_fake_quant.observer_enabled`` / ``weight_fake_quant.fake_quant_enabled``
     of a QAT layer (role FAKE_QUANT_FLAGS)."""
 
+    packed: PackedWeight | None = None
+    """A packed / float-coded weight (Hugging Face formats); ``weight`` is None then."""
+
     @property
     def quantized(self) -> bool:
         return self.mode not in (Mode.FLOAT,)
@@ -232,6 +256,23 @@ class DeadWeight:
 
 
 @dataclass(frozen=True)
+class HFInfo:
+    """What a Hugging Face checkpoint's config says about its quantization."""
+
+    method: str | None
+    """``quant_method`` (None: no config; the format was inferred from tensor names)."""
+    producer: str | None
+    config_source: str
+    model_dtype: str
+    shards: tuple[str, ...]
+    index: str | None
+    quantization_config: Mapping[str, object] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()
+    """Patterns of modules the config leaves unquantized (``ignore``,
+    ``modules_to_not_convert``, ``llm_int8_skip_modules``...)."""
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A normalised checkpoint: what a loader hands to the analyses."""
 
@@ -251,6 +292,9 @@ class Checkpoint:
     """Tensors stored in the file that the graph never reads (PT2E keeps the float weights
     beside the int8 ones it uses); their keys are also attributed with role UNUSED."""
 
+    hf: HFInfo | None = None
+    """Hugging Face checkpoints: producer, config and shards."""
+
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:
@@ -261,3 +305,168 @@ class Checkpoint:
     def all_keys(self) -> list[str]:
         keys = [ref.key for layer in self.layers for ref in layer.keys]
         return keys + [u.key for u in self.unrecognised]
+
+
+# --- Quantization vocabulary for packed / float-coded weights (Hugging Face formats) ----
+#
+# A weight is stored as *codes* of an :class:`ElementType` (int4, float8_e4m3fn, nf4...),
+# grouped by a :class:`Granularity`, each group with a scale applied by a :class:`ScaleOp`.
+# Following torchao (``torchao/quantization/granularity.py``), granularity is data: the
+# scale's shape follows from it.
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One scale for the whole tensor: scale shape ``[1]`` or ``[]``."""
+
+    def describe(self) -> str:
+        return "per-tensor"
+
+
+@dataclass(frozen=True)
+class PerAxis:
+    """One scale per slice along ``axis`` (per output channel for ``axis=0``): scale shape
+    ``[O, 1]`` for a ``[O, I]`` weight."""
+
+    axis: int
+
+    def describe(self) -> str:
+        return "per-channel" if self.axis == 0 else f"per-axis {self.axis}"
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """One scale per group of ``size`` consecutive values along ``axis`` (``[O, I/size]``
+    scales for a ``[O, I]`` weight and ``axis=1``). ``axis=None``: groups of ``size``
+    consecutive values of the row-major flattened tensor, which may span rows
+    (bitsandbytes blocks)."""
+
+    size: int
+    axis: int | None = 1
+
+    def describe(self) -> str:
+        where = "flattened" if self.axis is None else "along the input"
+        return f"per-group of {self.size} ({where})"
+
+
+@dataclass(frozen=True)
+class PerBlock:
+    """One scale per tile of ``shape`` (``[ceil(O/128), ceil(I/128)]`` scales for 128x128
+    FP8 blocks; edge tiles are partial)."""
+
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return "per-block " + "x".join(map(str, self.shape))
+
+
+Granularity = PerTensor | PerAxis | PerGroup | PerBlock
+
+
+class ElementKind(str, Enum):
+    INT = "int"
+    """Integer codes ``q`` in ``[qmin, qmax]``, real value ``(q - zero_point) * scale``."""
+    FLOAT = "float"
+    """Small floats (float8 e4m3, float4 e2m1): real value ``code * scale``."""
+    CODEBOOK = "codebook"
+    """Indices into a table of 2^bits values (NF4, bitsandbytes FP4): ``table[i] * scale``."""
+
+
+@dataclass(frozen=True)
+class ElementType:
+    """What one stored code is: its kind, width and the range of its values."""
+
+    name: str
+    kind: ElementKind
+    bits: int
+    qmin: float
+    qmax: float
+    """Smallest and largest code value (ints) or representable value (floats, codebooks)."""
+
+    @property
+    def levels(self) -> int:
+        return 2 ** self.bits
+
+
+@dataclass(frozen=True)
+class QTensorRef:
+    """One stored tensor of a quantized weight, with the role it plays in plain words."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    meaning: str
+    op: ScaleOp | None = None
+
+
+@dataclass(frozen=True)
+class PackedQuant:
+    """How a packed or float-coded weight (Hugging Face formats) decodes to real values.
+
+    ``tensors`` lists every stored tensor of the weight (codes, scales, zero points,
+    global scale, group index, shape, quant state) with its meaning; ``formula`` is the
+    producing library's dequantization, with its rounding order.
+    """
+
+    format: str
+    element: ElementType
+    granularity: Granularity
+    symmetric: bool
+    scale_dtype: str
+    tensors: tuple[QTensorRef, ...]
+    formula: str
+    packing: str
+    compute_dtype: str
+    act_order: bool = False
+    zero_point_offset: int = 0
+    """Added to every stored zero point when decoding (GPTQ v1 stores ``zero - 1``)."""
+
+
+class WeightSource(Protocol):
+    """Reads a packed weight's values on demand (nothing is unpacked at load time)."""
+
+    def codes(self) -> np.ndarray:
+        """The stored codes, unpacked, in the weight's logical shape: signed or unsigned
+        integers (INT), code values as float32 (FLOAT), or table indices (CODEBOOK)."""
+        ...
+
+    def scales(self) -> np.ndarray:
+        """The effective scale of every group as float32, in its stored layout."""
+        ...
+
+    def zero_points(self) -> np.ndarray | None:
+        """The effective zero point of every group (after any stored offset), or None."""
+        ...
+
+    def dequantize(self) -> np.ndarray:
+        """Real values as float32, computed as the producing library computes them."""
+        ...
+
+    def element_scales(self) -> np.ndarray:
+        """The effective scale of every value, in the weight's logical shape."""
+        ...
+
+    def element_zero_points(self) -> np.ndarray | None:
+        """The effective zero point of every value (int formats with zero points)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A weight stored as packed or float codes plus scales (Hugging Face formats)."""
+
+    key: str
+    shape: tuple[int, ...]
+    """Logical shape: ``[O, I]`` for a Linear, ``[E, O, I]`` for a group of experts."""
+    stored_dtype: str
+    nbytes: int
+    """Bytes on disk of every tensor of the weight (codes, scales, zero points...)."""
+    quant: PackedQuant
+    source: WeightSource = field(compare=False, repr=False)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n

@@ -104,8 +104,13 @@ class WeightError:
     ``per group of 32 (blocks 1x32)``; LSB and clipping then use each
     element's block scale. None for per-tensor/per-channel torch schemes."""
 
+    element_bits: int | None = None
+    """Bits of a packed weight's element type (Hugging Face formats: int4, fp8, nf4...)."""
+
     @property
     def bits(self) -> int | None:
+        if self.element_bits is not None:
+            return self.element_bits
         return qdtype(self.dtype).bits if self.dtype else None
 
 
@@ -271,6 +276,10 @@ def diff(a: Checkpoint, b: Checkpoint, layer_glob: str | None = None, sort: str 
     ``progress(what, done, total)`` is called before each pair (the CLI draws a bar)."""
     if sort not in SORTS:
         raise InputError(f"unknown sort {sort!r}; use one of: {', '.join(SORTS)}")
+    if a.hf is not None or b.hf is not None:
+        from qinspect.analyse.diff_packed import diff_packed
+
+        return diff_packed(a, b, layer_glob, sort, progress)
     pairing = pair_layers(a, b, fold_bn)
     listed = [p for p in pairing.pairs if _listed(p, layer_glob)]
     compared = []

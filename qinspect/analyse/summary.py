@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qinspect.analyse.health import WeightHealth, weight_health
+from qinspect.analyse.packed import PackedHealth, packed_health
 from qinspect.model import Checkpoint, Layer, Mode
 
 FLOAT32_BYTES = 4
@@ -17,6 +18,7 @@ FLOAT32_BYTES = 4
 class LayerSummary:
     layer: Layer
     health: WeightHealth | None
+    packed: PackedHealth | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,12 @@ class Summary:
     hints: tuple[str, ...]
 
     @property
+    def parameters(self) -> int:
+        """Logical parameter count: weights, biases and loose float parameters, packed
+        elements counted as the values they hold."""
+        return self.fp32_equivalent_bytes // FLOAT32_BYTES
+
+    @property
     def compression_ratio(self) -> float:
         size = self.checkpoint.file_size
         return self.fp32_equivalent_bytes / size if size else float("nan")
@@ -38,8 +46,8 @@ def summarise(checkpoint: Checkpoint, layer_glob: str | None = None) -> Summary:
     """Health, counts, sizes and engine hints; ``layer_glob`` filters the listed layers."""
     all_layers = checkpoint.layers
     listed = [lay for lay in all_layers if _matches(lay.name, layer_glob)]
-    rows = tuple(LayerSummary(lay, _health(lay)) for lay in listed)
-    weighted = [lay for lay in all_layers if lay.weight is not None]
+    rows = tuple(LayerSummary(lay, _health(lay), packed_health(lay)) for lay in listed)
+    weighted = [lay for lay in all_layers if lay.weight is not None or lay.packed is not None]
     quantized = sum(1 for lay in weighted if lay.mode is not Mode.FLOAT)
     return Summary(
         checkpoint=checkpoint,
@@ -65,6 +73,10 @@ def _fp32_bytes(layers: tuple[Layer, ...]) -> int:
     for layer in layers:
         if layer.weight is not None:
             total += int(np.prod(layer.weight.shape, dtype=np.int64)) * FLOAT32_BYTES
+        if layer.packed is not None:
+            total += layer.packed.numel * FLOAT32_BYTES
+        if layer.kind == "parameters":  # loose float parameters (attention sinks...)
+            total += sum(int(v.size) for v in layer.extras.values()) * FLOAT32_BYTES
         if layer.bias is not None:
             total += int(layer.bias.size) * FLOAT32_BYTES
     return total

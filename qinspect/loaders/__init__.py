@@ -15,8 +15,11 @@ from qinspect.model import Checkpoint, Mode, Unrecognised
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:
     """Read ``path`` safely (no code from the file runs) and normalise it."""
+    from qinspect.loaders import hf
     from qinspect.loaders import sniff as S
 
+    if hf.is_hf_input(path):
+        return hf.load(path)
     found = S.sniff(path)
     if found.kind == S.TORCH_SAVE:
         return _load_state_dict(path)

@@ -24,6 +24,10 @@ INPUT_LABELS = {
 
 
 def render_show(summary: Summary, explain: bool = False) -> RenderableType:
+    if summary.checkpoint.hf is not None:
+        from qinspect.render.hfshow import render_hf_show
+
+        return render_hf_show(summary, explain)
     parts: list[RenderableType] = [_header(summary), _table(summary)]
     if explain:
         parts.append(_explanations(summary))
@@ -180,6 +184,15 @@ def _unrecognised(s: Summary) -> RenderableType:
 
 
 def show_json(summary: Summary, explain: bool = False) -> dict[str, Any]:
+    doc = _show_json_1(summary, explain)
+    if summary.checkpoint.hf is not None:
+        from qinspect.render.hfshow import hf_show_json
+
+        return hf_show_json(summary, explain, doc)
+    return doc
+
+
+def _show_json_1(summary: Summary, explain: bool) -> dict[str, Any]:
     c = summary.checkpoint
     return {
         "schema": SHOW_SCHEMA,
