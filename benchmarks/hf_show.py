@@ -62,7 +62,7 @@ def _write_shard(path: Path, tensors: list[tuple[str, str, list[int], int]], rng
     raw += b" " * (-len(raw) % 8)
     with path.open("wb") as fh:
         fh.write(struct.pack("<Q", len(raw)) + raw)
-        for name, dtype, shape, nbytes in tensors:
+        for name, dtype, _shape, nbytes in tensors:
             if dtype == "I32":
                 fh.write(rng.integers(0, 2**32, nbytes // 4, dtype=np.uint32).tobytes())
             elif dtype == "BF16":  # scales 1e-3..1e-2 as bf16 bit patterns

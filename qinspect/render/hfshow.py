@@ -13,7 +13,7 @@ from rich.text import Text
 from qinspect.analyse.explain_packed import explain_packed
 from qinspect.analyse.packed import PackedHealth
 from qinspect.analyse.summary import LayerSummary, Summary
-from qinspect.model import ElementKind, Layer, Level, Mode, PackedWeight, ScaleOp, SourceKind
+from qinspect.model import Layer, Level, Mode, PackedWeight, ScaleOp, SourceKind
 from qinspect.render.text import num, percent, safe, size, text
 
 SHOW_SCHEMA_2 = "qinspect.show/2"

@@ -187,7 +187,20 @@ class CTFloat(Decoder):
 
 
 @dataclass
-class NVFP4(Decoder):
+class _FP4Groups(Decoder):
+    """E2M1 codes with one effective scale per ``GROUP`` values along the last axis."""
+
+    GROUP = 0
+
+    def element_scales(self) -> np.ndarray:
+        return np.repeat(self.scales(), self.GROUP, axis=-1)[..., :self.shape[-1]]
+
+    def dequantize(self) -> np.ndarray:
+        return H.round_to(self.codes() * self.element_scales(), self.params["out_dtype"])
+
+
+@dataclass
+class NVFP4(_FP4Groups):
     """NVFP4: two E2M1 codes per byte (low nibble = even column), an FP8 E4M3 scale per 16
     values and a float32 global scale.
 
@@ -195,6 +208,8 @@ class NVFP4(Decoder):
     ``fp4 * scale``, cast to the model dtype); ModelOpt multiplies
     (``NVFP4QTensor.dequantize``: ``fp4 * (weight_scale.float() * weight_scale_2)``).
     """
+
+    GROUP = 16
 
     def table(self) -> np.ndarray:
         return H.E2M1_MODELOPT if self.params["global_op"] == "multiply" else H.E2M1
@@ -216,19 +231,14 @@ class NVFP4(Decoder):
             return (s / g).astype(np.float32)
         return (s * g).astype(np.float32)
 
-    def element_scales(self) -> np.ndarray:
-        return np.repeat(self.scales(), 16, axis=-1)[..., :self.shape[-1]]
-
-    def dequantize(self) -> np.ndarray:
-        s = self.element_scales()
-        return H.round_to(self.codes() * s, self.params["out_dtype"])
-
 
 @dataclass
-class MXFP4(Decoder):
+class MXFP4(_FP4Groups):
     """MX formats: E2M1 codes (low nibble first) with an E8M0 scale ``2^(e-127)`` per 32
     values (compressed-tensors ``mxfp4-pack-quantized``; gpt-oss ``*_blocks``/``*_scales``
     as transformers ``convert_moe_packed_tensors``), computed in bf16."""
+
+    GROUP = 32
 
     def codes(self) -> np.ndarray:
         packed = self.raw("packed")
@@ -243,13 +253,6 @@ class MXFP4(Decoder):
     def scales(self) -> np.ndarray:
         e = self.raw("scale").astype(np.int32)
         return np.ldexp(np.float32(1), e - 127).astype(np.float32)
-
-    def element_scales(self) -> np.ndarray:
-        return np.repeat(self.scales(), 32, axis=-1)[..., :self.shape[-1]]
-
-    def dequantize(self) -> np.ndarray:
-        s = self.element_scales()
-        return H.round_to(self.codes() * s, self.params["out_dtype"])
 
 
 # --- GPTQ / AWQ ----------------------------------------------------------------------------

@@ -388,25 +388,30 @@ def _build_ct_float(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[s
     return _finish(ts, cfg, module, leaves, pw, keys, aargs, fp8=True)
 
 
+#: compressed-tensors (True) and ModelOpt (False) NVFP4: same codes and block scales, a
+#: global scale applied in opposite directions (``modelopt_nvfp4.py`` converter)
+NVFP4_VARIANTS: dict[bool, dict[str, Any]] = {
+    True: {"tensors": ("weight_packed", "weight_scale", "weight_global_scale"),
+           "op": "divide", "format": "compressed-tensors nvfp4-pack-quantized",
+           "global": "float32 global weight scale, a DIVISOR: each block scale is divided "
+                     "by it (448 x 6 / amax)",
+           "formula": "w = fp4 x float32(float32(block_scale) / weight_global_scale)"},
+    False: {"tensors": ("weight", "weight_scale", "weight_scale_2"),
+            "op": "multiply", "format": "ModelOpt NVFP4",
+            "global": "float32 second-level weight scale, MULTIPLIED into each block scale "
+                      "(amax / (6 x 448))",
+            "formula": "w = fp4 x float32(float32(block_scale) x weight_scale_2)"},
+}
+
+
 def _build_nvfp4(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
                  ) -> tuple[Layer | None, dict[str, str]]:
-    ct = "weight_packed" in leaves
-    if ct:
-        keys = _take(leaves, "weight_packed", "weight_scale", "weight_global_scale")
-        roles = {"packed": keys["weight_packed"], "scale": keys["weight_scale"],
-                 "global_scale": keys["weight_global_scale"]}
-        op, fmt = "divide", "compressed-tensors nvfp4-pack-quantized"
-        gmeaning = ("float32 global weight scale, a DIVISOR: each block scale is divided by it "
-                    "(448 x 6 / amax)")
-        formula = "w = fp4 x float32(float32(block_scale) / weight_global_scale)"
-    else:
-        keys = _take(leaves, "weight", "weight_scale", "weight_scale_2")
-        roles = {"packed": keys["weight"], "scale": keys["weight_scale"],
-                 "global_scale": keys["weight_scale_2"]}
-        op, fmt = "multiply", "ModelOpt NVFP4"
-        gmeaning = ("float32 second-level weight scale, MULTIPLIED into each block scale "
-                    "(amax / (6 x 448))")
-        formula = "w = fp4 x float32(float32(block_scale) x weight_scale_2)"
+    variant = NVFP4_VARIANTS["weight_packed" in leaves]
+    names = variant["tensors"]
+    keys = _take(leaves, *names)
+    roles = dict(zip(("packed", "scale", "global_scale"), (keys[n] for n in names),
+                     strict=True))
+    op, fmt, gmeaning, formula = (variant[k] for k in ("op", "format", "global", "formula"))
     packed_shape = ts.tensors[roles["packed"]].shape
     shape = (*packed_shape[:-1], packed_shape[-1] * 2)
     dec = D.NVFP4(ts, roles, tuple(shape), {"global_op": op,
@@ -512,7 +517,7 @@ def _build_gptq(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, 
     gran = PerAxis(0) if gs >= shape[1] else PerGroup(gs, 1)
     tensors = [_ref(ts, keys["qweight"], f"the weight's {bits}-bit unsigned codes, "
                     f"packed along the INPUT (rows of qweight), stored transposed [I, O]"),
-               _ref(ts, keys["qzeros"], f"per-group zero points packed along the output; "
+               _ref(ts, keys["qzeros"], "per-group zero points packed along the output; "
                     + ("stored as is (gptq_v2)" if v2 else "stored as zero - 1 (GPTQ v1: "
                        "add 1 when decoding)")),
                _ref(ts, keys["scales"], f"{gran.describe()} scale, [G, O] (multiplies)",
