@@ -38,8 +38,9 @@ class PackedHealth:
     ``range_used``: the share of the code grid the stored codes span: ``(max - min) /
     (qmax - qmin)`` for ints and table indices, ``max |code| / max`` for floats.
     ``at_extremes``: share of codes on the grid's edges (qmin/qmax for ints, +-max for
-    floats, the table's ends for NF4/FP4). A round-to-nearest quantizer puts each group's largest value on an edge, so about one
-    value per group there is expected (``expected_at_extremes``).
+    floats, the table's ends for NF4/FP4). A round-to-nearest quantizer puts each
+    group's largest value on an edge, so about one value per group there is expected
+    (``expected_at_extremes``).
     """
 
     code_min: float
