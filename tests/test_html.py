@@ -190,7 +190,9 @@ def test_diff_page(cli, files, chromium, tmp_path):
     assert r.code == 0, r.err
     _, names = _names(cli, "diff", files["float"], files["int8"])
     dom, markup = render(chromium, tmp_path, page)
-    assert_page_ok(dom, markup, names, min_charts=3)
+    # SQNR, LSB error and clipping across layers, and the worst layer's SQNR per channel
+    assert_page_ok(dom, markup, names, min_charts=4)
+    assert any((a.get("id") or "").startswith("chart-channels-") for _, a in dom.tags)
 
 
 def test_verify_page_marks_synthetic_rows(cli, files, chromium, tmp_path):

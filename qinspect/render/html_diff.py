@@ -15,6 +15,7 @@ from qinspect.render.html import (
     bullets,
     chart,
     db,
+    esc,
     facts,
     lsb,
     number,
@@ -31,7 +32,7 @@ from qinspect.render.text import num, size
 
 def diff_html(doc: dict[str, Any]) -> str:
     """The page for one ``qinspect.diff`` document."""
-    body = [_overview(doc), _charts(doc), _layer_table(doc), _unpaired(doc)]
+    body = [_overview(doc), _charts(doc), _details(doc), _layer_table(doc), _unpaired(doc)]
     title = f"qinspect diff: {doc['a']['file']} vs {doc['b']['file']}"
     return page(title, "diff", body, doc)
 
@@ -69,7 +70,7 @@ def _charts(doc: dict[str, Any]) -> str:
         "Weight error per layer",
         chart("chart-sqnr", "Weight SQNR per layer, worst first (dB; green: bit-exact)", h,
               note="About 6 dB per bit: int8 weights with a well-used range reach 35-50 dB. "
-                   "Click a bar to jump to the layer's row."),
+                   "Click a bar to open the layer's per-channel SQNR below."),
         '<div class="grid2">',
         chart("chart-lsb", "Error in LSB (steps of the layer's own scale), same order", h,
               note="Round-to-nearest keeps every error within 0.5 LSB; more means the value "
@@ -77,6 +78,35 @@ def _charts(doc: dict[str, Any]) -> str:
         chart("chart-clip", "Weights clipped at the integer range's edges (%), same order",
               h, note="Clipped weights lost their tail: the scale is too small for them."),
         "</div>\n", id="charts")
+
+
+def _details(doc: dict[str, Any]) -> str:
+    """Per layer: its numbers, and the SQNR of each output channel (drawn when opened)."""
+    options = "".join(f'<option value="{i}">{esc(lay["name"])}</option>'
+                      for i, lay in enumerate(doc["layers"]))
+    parts = [f'<label class="pick">layer <select id="layer-pick">{options}</select></label>\n']
+    for i, lay in enumerate(doc["layers"]):
+        w = lay["weight"] or {}
+        inner = [f'<h3>{esc(lay["name"])} <span class="dim">({esc(lay["kind_b"])}, '
+                 f'{esc(lay["comparison"])})</span></h3>\n']
+        rows = [("weight SQNR", db(w.get("sqnr_db"))),
+                ("error", f"max {lsb(w.get('max_error_lsb'))}, "
+                          f"mean {lsb(w.get('mean_error_lsb'))}"),
+                ("clipped", pct(w.get("clipped_fraction")))]
+        if w.get("granularity"):
+            rows.append(("scales", w["granularity"]))
+        inner.append(facts(rows) if w else para("No weight pair was compared.", "dim"))
+        channels = w.get("channel_sqnr_db") or []
+        if len(channels) > 1:
+            inner.append(chart(f"chart-channels-{i}", f"SQNR per output channel "
+                               f"({len(channels)} channels, dB)", 240,
+                               note="One low channel among good ones points at its scale "
+                                    "(an outlier weight stretched it) or a clipped value."))
+        notes = [*lay["flags"], *([lay["problem"]] if lay["problem"] else [])]
+        inner.append(bullets(notes, "notes"))
+        parts.append(f'<article class="layer" id="{anchor(i)}" data-layer="{i}">'
+                     + "".join(inner) + "</article>\n")
+    return section("Per layer: numbers and SQNR per output channel", *parts, id="details")
 
 
 def _layer_table(doc: dict[str, Any]) -> str:
@@ -98,7 +128,7 @@ def _layer_table(doc: dict[str, Any]) -> str:
             Cell("; ".join([*lay["flags"], *([lay["problem"]] if lay["problem"] else [])]),
                  cls="warn" if lay["flags"] or lay["problem"] else ""),
         ])
-        attrs.append(f' id="{anchor(i)}"')
+        attrs.append(f' data-layer="{i}"')
     headers = ["layer", "kind", "compared", "weight SQNR", "max error", "mean error",
                "clipped", "cosine", "flags"]
     return section("Layers", table("layers", headers, rows, row_attrs=attrs), id="layers")

@@ -109,7 +109,7 @@ def _layer_table(doc: dict[str, Any]) -> str:
             Cell("; ".join(lay["notes"])),
         ])
         cls = ' class="synthetic"' if synthetic(lay) else ""
-        attrs.append(f' id="{anchor(i)}"{cls}')
+        attrs.append(f' id="{anchor(i)}" data-layer="{i}"{cls}')
     headers = ["layer", "kind / mode", "input", "output SQNR", "max error", "mean error",
                "clipped", "kernel agreement", "notes"]
     return section("Layers", table("layers", headers, rows, row_attrs=attrs), id="layers")

@@ -263,8 +263,8 @@
     Array.prototype.forEach.call(document.querySelectorAll('tr.selected'), function (r) {
       r.classList.remove('selected');
     });
-    var row = m && document.getElementById('L-' + m[1]);
-    if (row && row.tagName === 'TR') row.classList.add('selected');
+    if (m) Array.prototype.forEach.call(document.querySelectorAll('tr[data-layer="' + m[1] + '"]'),
+      function (r) { r.classList.add('selected'); });
     outlined.forEach(function (o) {
       o.chart.data.datasets.forEach(function (d) {
         d.borderColor = C.sel;
@@ -280,6 +280,7 @@
     var w = function (l) { return l.weight ? l.weight.sqnr_db : null; };
     var idx = having(w).filter(function (i) { return !isNaN(num(w(data.layers[i]))); });
     idx.sort(function (a, b) { return num(w(data.layers[a])) - num(w(data.layers[b])); });
+    wireLayers(drawChannels, idx.length ? idx[0] : 0);
     if (!idx.length) return;
     var names = pick(idx, function (l) { return l.name; });
     var flagged = pick(idx, function (l) { return l.flags.length || l.problem ? C.bad : C.blue; });
@@ -295,6 +296,27 @@
         backgroundColor: C.bad }
     ], '%', { onClick: jump(idx), min: 0, xtitle: '% of the weights' }), idx);
     highlight();
+  }
+
+  function drawChannels(i) {
+    var w = data.layers[i].weight;
+    var ch = w && w.channel_sqnr_db;
+    if (!ch || ch.length < 2) return;
+    var top = 0;
+    ch.forEach(function (v) { if (finite(v)) top = Math.max(top, num(v)); });
+    make('chart-channels-' + i, {
+      type: 'bar',
+      data: { labels: ch.map(function (_, k) { return k; }), datasets: [{ label: 'SQNR',
+        data: ch.map(function (v) { v = num(v); return v === null || isNaN(v) ? null :
+          isFinite(v) ? v : (v > 0 ? top + 10 : 0); }),
+        backgroundColor: ch.map(function (v) { return num(v) === Infinity ? C.ok : C.blue; }),
+        barPercentage: 1, categoryPercentage: 0.9 }] },
+      options: { plugins: { legend: { display: false }, tooltip: { callbacks: { label:
+        function (ctx) { var v = num(ch[ctx.dataIndex]);
+          return 'SQNR ' + (v === Infinity ? 'inf dB (bit-exact)' : fixed(v, 1, 'dB')); } } } },
+        scales: { x: { title: { display: true, text: 'output channel' } },
+                  y: { title: { display: true, text: 'SQNR (dB)' } } } }
+    });
   }
 
   /* --- verify ------------------------------------------------------------------------ */
