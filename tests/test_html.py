@@ -57,11 +57,12 @@ def _flags(profile: Path) -> list[str]:
             "--hide-scrollbars", "--virtual-time-budget=10000"]
 
 
-def _chromium(binary: str, tmp: Path, page: Path, *mode: str) -> str:
+def _chromium(binary: str, tmp: Path, page: Path, *mode: str, fragment: str = "") -> str:
     profile = tmp / f"chromium-profile-{uuid.uuid4().hex}"
     profile.mkdir()
     try:
-        done = subprocess.run([binary, *_flags(profile), *mode, page.resolve().as_uri()],
+        url = page.resolve().as_uri() + fragment
+        done = subprocess.run([binary, *_flags(profile), *mode, url],
                               capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -231,6 +232,11 @@ def test_check_page_lists_failures_first_with_links(cli, files, chromium, tmp_pa
     assert {f"#L-{index[n]}" for n in failing} <= set(links)
     for target in set(links):
         assert dom.by_id(target[1:])
+    # following a finding's link opens that layer's section (and only that one)
+    target = f"L-{index[IMG]}"
+    opened = Dom(_chromium(chromium, tmp_path, page, "--dump-dom", fragment="#" + target))
+    shown = [a["id"] for t, a in opened.tags if t == "article" and "hidden" not in a]
+    assert shown == [target]
 
 
 # --- no network, no injected script: the guard would see it -----------------------------

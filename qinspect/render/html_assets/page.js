@@ -220,14 +220,16 @@
   function rangeMarks(h) {
     return { id: 'rangeMarks', afterDraw: function (chart) {
       var x = chart.scales.x, area = chart.chartArea, ctx = chart.ctx;
-      var marks = [[h.lo, 'min ' + h.lo, C.bad], [h.hi, 'max ' + h.hi, C.bad]];
-      if (h.range[0] !== h.lo) marks.push([h.range[0], 'quant_min ' + h.range[0], C.warn]);
-      if (h.range[1] !== h.hi) marks.push([h.range[1], 'quant_max ' + h.range[1], C.warn]);
+      /* lines on the outer edge of the first / last allowed bin */
+      var half = h.counts.length > 1 ? (x.getPixelForValue(1) - x.getPixelForValue(0)) / 2 : 0;
+      var marks = [[h.lo, 'min ' + h.lo, C.bad, -1], [h.hi, 'max ' + h.hi, C.bad, 1]];
+      if (h.range[0] !== h.lo) marks.push([h.range[0], 'quant_min ' + h.range[0], C.warn, -1]);
+      if (h.range[1] !== h.hi) marks.push([h.range[1], 'quant_max ' + h.range[1], C.warn, 1]);
       ctx.save();
       ctx.setLineDash([5, 4]); ctx.lineWidth = 1.5; ctx.font = '11px sans-serif';
       marks.forEach(function (m) {
         var k = Math.floor((m[0] - h.lo) / h.width);
-        var px = x.getPixelForValue(k);
+        var px = x.getPixelForValue(k) + m[3] * half;
         ctx.strokeStyle = m[2]; ctx.fillStyle = m[2];
         ctx.beginPath(); ctx.moveTo(px, area.top); ctx.lineTo(px, area.bottom); ctx.stroke();
         ctx.textAlign = k > h.counts.length / 2 ? 'right' : 'left';
