@@ -235,6 +235,18 @@ def lsb(value: Any) -> str:
     return "-" if x is None else ("NaN" if x != x else f"{x:.2f} LSB")
 
 
+def layer_picker(names: Sequence[str]) -> str:
+    """The drop-down that opens one layer's section (the page script wires it)."""
+    options = "".join(f'<option value="{i}">{esc(n)}</option>' for i, n in enumerate(names))
+    return f'<label class="pick">layer <select id="layer-pick">{options}</select></label>\n'
+
+
+def layer_section(index: int, *parts: str) -> str:
+    """One layer's section; ``#L-<index>`` links open it (one is shown at a time)."""
+    return (f'<article class="layer" id="{anchor(index)}" data-layer="{int(index)}">'
+            + "".join(parts) + "</article>\n")
+
+
 def anchor(index: int) -> str:
     """The id of a layer's section (``#L-3``); indices, never names, so ids are safe."""
     return f"L-{int(index)}"

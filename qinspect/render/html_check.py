@@ -19,6 +19,8 @@ from qinspect.render.html import (
     db,
     esc,
     facts,
+    layer_picker,
+    layer_section,
     number,
     page,
     para,
@@ -117,9 +119,7 @@ def _layers(doc: dict[str, Any]) -> str:
     by_layer: dict[str, list[dict[str, Any]]] = {}
     for f in doc["findings"]:
         by_layer.setdefault(f["layer"], []).append(f)
-    options = "".join(f'<option value="{i}">{esc(lay["name"])}</option>'
-                      for i, lay in enumerate(doc["layers"]))
-    parts = [f'<label class="pick">layer <select id="layer-pick">{options}</select></label>\n']
+    parts = [layer_picker([lay["name"] for lay in doc["layers"]])]
     for i, lay in enumerate(doc["layers"]):
         rows = [("kind / mode", f"{lay['kind']} / {lay['mode']}"),
                 ("quantized", "yes" if lay["quantized"] else "no"),
@@ -131,10 +131,9 @@ def _layers(doc: dict[str, Any]) -> str:
             rows.append(("verify input", str(lay["verify_input"])))
         found = [f"{f['severity']} {f['rule']} {f['name']}: {f['message']} ({f['hint']})"
                  for f in by_layer.get(lay["name"], [])]
-        parts.append(f'<article class="layer" id="{anchor(i)}" data-layer="{i}">'
-                     f'<h3>{esc(lay["name"])}</h3>\n' + facts(rows)
-                     + (bullets(found, "notes") or para("No finding for this layer.", "dim"))
-                     + "</article>\n")
+        parts.append(layer_section(i, f'<h3>{esc(lay["name"])}</h3>\n', facts(rows),
+                                   bullets(found, "notes")
+                                   or para("No finding for this layer.", "dim")))
     summary = table("layers", ["layer", "kind", "weight SQNR", "output SQNR", "clipped"], [[
         Cell(lay["name"], cls="name", href=f"#{anchor(i)}"), Cell(lay["kind"]),
         Cell(db(lay["weight_sqnr_db"]), sort_key(lay["weight_sqnr_db"])),

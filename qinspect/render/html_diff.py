@@ -10,13 +10,14 @@ from typing import Any
 
 from qinspect.render.html import (
     Cell,
-    anchor,
     bar_height,
     bullets,
     chart,
     db,
     esc,
     facts,
+    layer_picker,
+    layer_section,
     lsb,
     number,
     page,
@@ -82,9 +83,7 @@ def _charts(doc: dict[str, Any]) -> str:
 
 def _details(doc: dict[str, Any]) -> str:
     """Per layer: its numbers, and the SQNR of each output channel (drawn when opened)."""
-    options = "".join(f'<option value="{i}">{esc(lay["name"])}</option>'
-                      for i, lay in enumerate(doc["layers"]))
-    parts = [f'<label class="pick">layer <select id="layer-pick">{options}</select></label>\n']
+    parts = [layer_picker([lay["name"] for lay in doc["layers"]])]
     for i, lay in enumerate(doc["layers"]):
         w = lay["weight"] or {}
         inner = [f'<h3>{esc(lay["name"])} <span class="dim">({esc(lay["kind_b"])}, '
@@ -104,8 +103,7 @@ def _details(doc: dict[str, Any]) -> str:
                                     "(an outlier weight stretched it) or a clipped value."))
         notes = [*lay["flags"], *([lay["problem"]] if lay["problem"] else [])]
         inner.append(bullets(notes, "notes"))
-        parts.append(f'<article class="layer" id="{anchor(i)}" data-layer="{i}">'
-                     + "".join(inner) + "</article>\n")
+        parts.append(layer_section(i, *inner))
     return section("Per layer: numbers and SQNR per output channel", *parts, id="details")
 
 

@@ -21,6 +21,8 @@ from qinspect.render.html import (
     chart,
     esc,
     facts,
+    layer_picker,
+    layer_section,
     page,
     para,
     pct,
@@ -107,9 +109,7 @@ def _weight_text(w: dict[str, Any]) -> str:
 
 
 def _details(doc: dict[str, Any]) -> str:
-    options = "".join(f'<option value="{i}">{esc(lay["name"])}</option>'
-                      for i, lay in enumerate(doc["layers"]))
-    parts = [f'<label class="pick">layer <select id="layer-pick">{options}</select></label>\n']
+    parts = [layer_picker([lay["name"] for lay in doc["layers"]])]
     for i, lay in enumerate(doc["layers"]):
         charts = lay["charts"]
         inner = [f'<h3>{esc(lay["name"])} <span class="dim">({esc(lay["kind"])})</span></h3>\n']
@@ -124,8 +124,7 @@ def _details(doc: dict[str, Any]) -> str:
             inner.append(para("No quantized weight: nothing to chart for this layer.", "dim"))
         inner.append(bullets(lay.get("explanation") or [], "explain"))
         inner.append(bullets([f"{n['level']}: {n['message']}" for n in lay["notes"]], "notes"))
-        parts.append(f'<article class="layer" id="{anchor(i)}" data-layer="{i}">'
-                     + "".join(inner) + "</article>\n")
+        parts.append(layer_section(i, *inner))
     return section("Per layer: scales, stored integers and what they mean", *parts,
                    id="details")
 
