@@ -54,10 +54,13 @@ def _flags(profile: Path) -> list[str]:
     return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
-            "--hide-scrollbars", "--virtual-time-budget=10000"]
+            "--hide-scrollbars", "--virtual-time-budget=10000",
+            "--enable-logging=stderr", "--v=0"]  # the page's console messages on stderr
 
 
-def _chromium(binary: str, tmp: Path, page: Path, *mode: str, fragment: str = "") -> str:
+def _chromium(binary: str, tmp: Path, page: Path, *mode: str,
+              fragment: str = "") -> tuple[str, list[str]]:
+    """Chromium's stdout, and the page's console messages (errors, warnings, logs)."""
     profile = tmp / f"chromium-profile-{uuid.uuid4().hex}"
     profile.mkdir()
     try:
@@ -67,7 +70,7 @@ def _chromium(binary: str, tmp: Path, page: Path, *mode: str, fragment: str = ""
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return done.stdout, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
 
 
 class Dom(HTMLParser):
@@ -104,16 +107,20 @@ class Dom(HTMLParser):
         return markup[markup.index(">", start) + 1: markup.index("</pre>", start)]
 
 
-def render(binary: str, tmp: Path, page: Path) -> tuple[Dom, str]:
-    """Open the page: return its DOM after the scripts ran; write ``<page>.png`` beside."""
-    markup = _chromium(binary, tmp, page, "--dump-dom")
+def render(binary: str, tmp: Path, page: Path) -> tuple[Dom, str, list[str]]:
+    """Open the page: its DOM after the scripts ran, and its console messages; write
+    ``<page>.png`` beside it."""
+    markup, console = _chromium(binary, tmp, page, "--dump-dom")
     shot = page.with_suffix(".png")
     _chromium(binary, tmp, page, "--window-size=1280,1600", f"--screenshot={shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-    return Dom(markup), markup
+    return Dom(markup), markup, console
 
 
-def assert_page_ok(dom: Dom, markup: str, names: list[str], min_charts: int) -> None:
+def assert_page_ok(page: tuple[Dom, str, list[str]], names: list[str],
+                   min_charts: int) -> None:
+    dom, markup, console = page
+    assert console == [], console
     assert dom.errors(markup) == "", dom.errors(markup)
     status = dom.by_id("qi-status")
     assert status["data-done"] == "1"
@@ -177,9 +184,10 @@ def test_show_page(cli, files, chromium, tmp_path):
     assert r.code == 0 and r.out == plain.out  # the terminal output is unchanged
     doc, names = _names(cli, "show", files["int8"])
     assert set(HOSTILE) <= set(names)
-    dom, markup = render(chromium, tmp_path, page)
+    shown = render(chromium, tmp_path, page)
     # the model-wide range chart plus the first layer's scale plot and int histogram
-    assert_page_ok(dom, markup, names, min_charts=3)
+    assert_page_ok(shown, names, min_charts=3)
+    dom = shown[0]
     ids = {attrs.get("id") for _, attrs in dom.tags}
     assert {"chart-range", "chart-scales-1", "chart-hist-1"} <= ids
     assert "Content-Security-Policy" in page.read_text()
@@ -190,9 +198,10 @@ def test_diff_page(cli, files, chromium, tmp_path):
     r = cli("diff", files["float"], files["int8"], "--html", page)
     assert r.code == 0, r.err
     _, names = _names(cli, "diff", files["float"], files["int8"])
-    dom, markup = render(chromium, tmp_path, page)
+    shown = render(chromium, tmp_path, page)
     # SQNR, LSB error and clipping across layers, and the worst layer's SQNR per channel
-    assert_page_ok(dom, markup, names, min_charts=4)
+    assert_page_ok(shown, names, min_charts=4)
+    dom = shown[0]
     assert any((a.get("id") or "").startswith("chart-channels-") for _, a in dom.tags)
 
 
@@ -203,8 +212,9 @@ def test_verify_page_marks_synthetic_rows(cli, files, chromium, tmp_path):
     doc, names = _names(cli, "verify", files["int8"])
     synthetic = [lay for lay in doc["layers"] if (lay["input"] or {}).get("source") == "synthetic"]
     assert synthetic
-    dom, markup = render(chromium, tmp_path, page)
-    assert_page_ok(dom, markup, names, min_charts=2)
+    shown = render(chromium, tmp_path, page)
+    assert_page_ok(shown, names, min_charts=2)
+    dom = shown[0]
     marked = [attrs for tag, attrs in dom.tags if tag == "tr"
               and "synthetic" in (attrs.get("class") or "")]
     assert len(marked) == len(synthetic)
@@ -219,8 +229,9 @@ def test_check_page_lists_failures_first_with_links(cli, files, chromium, tmp_pa
     doc, names = _names(cli, *args)
     failing = {f["layer"] for f in doc["findings"] if f["severity"] == "error"}
     assert set(HOSTILE) <= failing
-    dom, markup = render(chromium, tmp_path, page)
-    assert_page_ok(dom, markup, names, min_charts=3)
+    shown = render(chromium, tmp_path, page)
+    assert_page_ok(shown, names, min_charts=3)
+    dom, markup, _ = shown
     # every finding links to its layer's section, errors before warnings
     rows = markup[markup.index('id="findings"'):markup.index('id="charts"')]
     severities = re.findall(r'class="(?:bad|warn)">(error|warning)<', rows)
@@ -234,7 +245,7 @@ def test_check_page_lists_failures_first_with_links(cli, files, chromium, tmp_pa
         assert dom.by_id(target[1:])
     # following a finding's link opens that layer's section (and only that one)
     target = f"L-{index[IMG]}"
-    opened = Dom(_chromium(chromium, tmp_path, page, "--dump-dom", fragment="#" + target))
+    opened = Dom(_chromium(chromium, tmp_path, page, "--dump-dom", fragment="#" + target)[0])
     shown = [a["id"] for t, a in opened.tags if t == "article" and "hidden" not in a]
     assert shown == [target]
 
@@ -252,9 +263,10 @@ def test_the_guard_reports_a_load_and_an_injected_script(cli, files, chromium, t
     tampered.write_text(text.replace(
         "<main>", '<main><img src="http://192.0.2.1/x.png">'
                   "<script>document.title='ran';</script>", 1))
-    dom, markup = render(chromium, tmp_path, tampered)
+    dom, markup, console = render(chromium, tmp_path, tampered)
     errors = dom.errors(markup)
     assert "blocked: img-src" in errors and "blocked: script-src" in errors
+    assert any("Content Security Policy" in line for line in console), console
     assert "<title>ran</title>" not in markup
 
 
