@@ -438,8 +438,10 @@ def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
     Block-wise (torchao) weights are cut into their blocks first, one row per block, so
     each element's LSB and clipping range come from its own block's scale."""
     channels = None
-    if np.ndim(ref) > 0:
+    if np.ndim(ref) > 0 and np.shape(ref) == np.shape(cand):
         axis = quant.axis if quant is not None and quant.axis is not None else 0
+        if not -np.ndim(ref) <= axis < np.ndim(ref):  # a file's axis is untrusted
+            axis = 0
         channels = tuple(metrics.channel_sqnr_db(ref, cand, axis).tolist())
     granularity = None
     if quant is not None and quant.block_size is not None:
