@@ -85,7 +85,7 @@ def _layer_table(doc: dict[str, Any]) -> str:
         rows.append([
             Cell(lay["name"], href=f"#{anchor(i)}", cls="name"),
             Cell(f"{lay['kind']} / {lay['mode'].replace('_', ' ')}"),
-            Cell(_weight_text(w)),
+            Cell(_weight_text(w) if w or not lay.get("packed") else _packed_text(lay["packed"])),
             Cell(f"{num(w['scale_min'], 3)} .. {num(w['scale_max'], 3)}"
                  if w.get("scale_min") is not None else "-", sort_key(w.get("scale_max"))),
             Cell(pct(h.get("range_used")), sort_key(h.get("range_used"))),
@@ -106,6 +106,14 @@ def _weight_text(w: dict[str, Any]) -> str:
     if w.get("axis") is not None:
         scheme += f" (axis {w['axis']})"
     return f"{w['dtype']} [{shape}] {scheme}"
+
+
+def _packed_text(p: dict[str, Any]) -> str:
+    """A packed (Hugging Face) weight, from show/2's ``packed``: element, grouping, format."""
+    element = (p.get("element") or {}).get("name", "?")
+    grouping = (p.get("granularity") or {}).get("type", "")
+    shape = "x".join(map(str, p.get("shape") or []))
+    return f"{element} {grouping} [{shape}] {p.get('format', '')}"
 
 
 def _details(doc: dict[str, Any]) -> str:
