@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 TORCHAO_PIN ?= torchao==0.18.0
 STAMP := $(VENV)/.qinspect-installed
 
-.PHONY: demo test env samples lint bench
+.PHONY: demo test env samples lint bench browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,20 @@ samples: $(STAMP)
 	$(PY) sample_checkpoints/make_samples.py
 	$(PY) sample_checkpoints/make_format_samples.py
 	$(PY) sample_checkpoints/make_hf_samples.py
+
+# tests/test_html.py renders the --html pages in headless Chromium (Debian's package).
+# Installed when missing and possible (root with apt-get, as in CI); otherwise this says
+# why and those tests skip with the same reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then \
+	  echo "browser: $$(command -v chromium) is installed"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: chromium is missing and cannot be installed here (needs root and" \
+	       "apt-get); the HTML page tests will skip"; \
+	else \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	    </dev/null >/tmp/qinspect-chromium-install.log 2>&1) \
+	  && echo "browser: installed $$(command -v chromium)" \
+	  || { tail -n 5 /tmp/qinspect-chromium-install.log; echo "browser: apt-get install" \
+	       "chromium failed (log above); the HTML page tests will skip"; }; \
+	fi

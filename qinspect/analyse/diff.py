@@ -103,6 +103,9 @@ class WeightError:
     """Block-wise (torchao) weights: the scale's granularity and block shape, e.g.
     ``per group of 32 (blocks 1x32)``; LSB and clipping then use each
     element's block scale. None for per-tensor/per-channel torch schemes."""
+    channel_sqnr_db: tuple[float, ...] | None = None
+    """SQNR of each output channel (slices along the scale's axis, else axis 0), in dB;
+    None for a scalar weight."""
 
     element_bits: int | None = None
     """Bits of a packed weight's element type (Hugging Face formats: int4, fp8, nf4...)."""
@@ -434,6 +437,12 @@ def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
 
     Block-wise (torchao) weights are cut into their blocks first, one row per block, so
     each element's LSB and clipping range come from its own block's scale."""
+    channels = None
+    if np.ndim(ref) > 0 and np.shape(ref) == np.shape(cand):
+        axis = quant.axis if quant is not None and quant.axis is not None else 0
+        if not -np.ndim(ref) <= axis < np.ndim(ref):  # a file's axis is untrusted
+            axis = 0
+        channels = tuple(metrics.channel_sqnr_db(ref, cand, axis).tolist())
     granularity = None
     if quant is not None and quant.block_size is not None:
         ref, cand = _blocks(ref, quant.block_size), _blocks(cand, quant.block_size)
@@ -459,7 +468,7 @@ def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
         clipped_fraction=stats.clipped_fraction,
         dtype=quant.dtype if quant is not None else None,
         reference_energy=stats.reference_energy, error_energy=stats.error_energy,
-        granularity=granularity,
+        granularity=granularity, channel_sqnr_db=channels,
     )
 
 

@@ -43,6 +43,9 @@ def check(
     output: Annotated[OptPath, typer.Option(
         help="Write the report here (atomically); the human summary still goes to stdout.")
     ] = None,
+    html: Annotated[OptPath, typer.Option(
+        "--html", metavar="FILE", help="Also write a self-contained HTML page with charts "
+        "(atomically; it opens offline, loads nothing).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="No progress bar (there is none when stderr is not a terminal).")
     ] = False,
@@ -67,6 +70,9 @@ def check(
         results = [run(p, reference=reference, input=input, baseline=baseline,
                        config=config if config is not None else "auto", settings=settings)
                    for p in paths]
+    if html is not None:
+        from qinspect.render.html_check import write_check_html
+        write_check_html(html, results, inputs=[*paths, reference, input, baseline])
     for result in results:
         if output is not None:
             inputs = [p for p in (*paths, reference, input) if p is not None]

@@ -32,6 +32,9 @@ def diff(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON document (schema qinspect.diff/1) instead of tables.")
     ] = False,
+    html: Annotated[Optional[Path], typer.Option(  # noqa: UP045 - typer needs Optional
+        "--html", metavar="FILE", help="Also write a self-contained HTML page with charts "
+        "(atomically; it opens offline, loads nothing).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="No progress bar (there is none when stderr is not a terminal).")
     ] = False,
@@ -44,6 +47,9 @@ def diff(
     with progress_bar("diff", quiet) as progress:
         report = run(a, b, layer_glob=layer, sort=sort.value, fold_bn=not no_fold,
                      progress=progress)
+    if html is not None:
+        from qinspect.render.html_diff import write_diff_html
+        write_diff_html(html, diff_json(report), inputs=[a, b])
     if as_json:
         print_json(dumps(diff_json(report)))
         return

@@ -19,6 +19,9 @@ def show(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON document (schema qinspect.show/1) instead of tables.")
     ] = False,
+    html: Annotated[Optional[Path], typer.Option(  # noqa: UP045 - typer needs Optional
+        "--html", metavar="FILE", help="Also write a self-contained HTML page with charts "
+        "(atomically; it opens offline, loads nothing).")] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="No progress bar (there is none when stderr is not a terminal).")
     ] = False,
@@ -30,6 +33,9 @@ def show(
 
     with progress_bar("show", quiet):
         summary = summarise(load(path), layer)
+    if html is not None:
+        from qinspect.render.html_show import write_show_html
+        write_show_html(html, summary, inputs=[path])
     if as_json:
         print_json(dumps(show_json(summary, explain)))
         return

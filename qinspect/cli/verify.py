@@ -41,6 +41,9 @@ def verify(
         help="Use at most N samples (first axis of the input; synthetic batch size).")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print a JSON document (schema qinspect.verify/1).")] = False,
+    html: Annotated[OptPath, typer.Option(
+        "--html", metavar="FILE", help="Also write a self-contained HTML page with charts "
+        "(atomically; it opens offline, loads nothing).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Run every quantized layer three ways (float, torch's kernel, qinspect's integer
@@ -53,6 +56,9 @@ def verify(
         report = run(path, input=input, reference=reference, model=model,
                      engine=engine.value if engine else None, layer_glob=layer, seed=seed,
                      batch=batch, progress=progress)
+    if html is not None:
+        from qinspect.render.html_verify import write_verify_html
+        write_verify_html(html, verify_json(report), inputs=[path, input, reference])
     if as_json:
         print_json(dumps(verify_json(report)))
         return

@@ -20,8 +20,9 @@ from qinspect.errors import InputError
 
 
 def write_atomic(path: str | os.PathLike[str], text: str,
-                 inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+                 inputs: Iterable[str | os.PathLike[str]] = (), option: str = "--output") -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; return the path written.
+    ``option`` names the command-line option in the error messages (``--html``...).
 
     Raises :class:`InputError` (one line, with what to do) if ``path`` is one of
     ``inputs``, is a directory, or its folder cannot be written."""
@@ -32,9 +33,9 @@ def write_atomic(path: str | os.PathLike[str], text: str,
     for source in inputs:
         if _same_file(target, Path(source)):
             raise InputError(f"{shown}: refusing to write the report over an input file; "
-                             "pass another --output path")
+                             f"pass another {option} path")
     if target.is_dir():
-        raise InputError(f"{shown}: is a directory; pass a file path to --output")
+        raise InputError(f"{shown}: is a directory; pass a file path to {option}")
     folder = target.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)

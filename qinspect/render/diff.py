@@ -351,7 +351,7 @@ def _weight_json(w: WeightError | None) -> dict[str, Any] | None:
         "max_abs_error": w.max_abs_error, "mean_abs_error": w.mean_abs_error,
         "max_error_lsb": w.max_error_lsb, "mean_error_lsb": w.mean_error_lsb,
         "clipped_fraction": w.clipped_fraction, "cosine_similarity": w.cosine_similarity,
-        "granularity": w.granularity,
+        "granularity": w.granularity, "channel_sqnr_db": w.channel_sqnr_db,
     }
 
 
