@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qinspect.analyse import kernels as K
+from qinspect.analyse.verify import kernels as K
 from qinspect.quant import reference as R
 
 warnings.filterwarnings("ignore")

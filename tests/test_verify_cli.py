@@ -22,7 +22,7 @@ class Evil:
 
 
 def _schema() -> dict:
-    return json.loads(resources.files("qinspect").joinpath("schemas/verify-1.json").read_text())
+    return json.loads(resources.files("qinspect").joinpath("schemas/verify-2.json").read_text())
 
 
 def _one_line_error(r, *needles: str) -> str:
@@ -51,7 +51,7 @@ def test_json_validates_against_the_schema(cli, samples, args):
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     jsonschema.validate(doc, _schema())
-    assert doc["schema"] == "qinspect.verify/1"
+    assert doc["schema"] == "qinspect.verify/2"
     assert doc["kernel_mismatches"] == 0
     if "--model" in args:
         assert doc["mode"] == "model" and doc["end_to_end"]["sqnr_db"] > 20

@@ -5,7 +5,7 @@ and qparams a checkpoint stores, so that ``qinspect verify`` can show the checkp
 means what ``qinspect show`` says it means. Three arithmetic recipes exist, named after
 the library that runs them (the *kernel*, not the engine: torch's ``x86`` engine runs
 linear layers with fbgemm and convolutions with oneDNN when the CPU has AVX512-VNNI and
-the weights are symmetric, see :mod:`qinspect.analyse.kernels`):
+the weights are symmetric, see :mod:`qinspect.analyse.verify.kernels`):
 
 Notation as in :mod:`qinspect.quant.affine`: ``f32(.)`` rounds to float32, ``rint``
 rounds half to even, ``acc = sum_k (x_q - zx)(w_q - zw)`` is the exact integer
@@ -199,7 +199,7 @@ def accumulate_conv(
     *centred* input with 0, i.e. the quantized input with its zero point, as torch does.
 
     ``int16_pairs``: fbgemm's depthwise kernel (``groups == C``, see
-    :func:`qinspect.analyse.kernels.fbgemm_depthwise`) multiplies the *raw* bytes
+    :func:`qinspect.analyse.verify.kernels.fbgemm_depthwise`) multiplies the *raw* bytes
     ``x_q * w_q`` and adds the products of kernel taps (0, 1), (2, 3), ... in int16
     with saturation (``vpmaddubsw``) before widening to int32; the zero points are
     subtracted afterwards through row/column sums. With activations in the full 0..255

@@ -22,14 +22,15 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qinspect.analyse import verify as V
-from qinspect.errors import InputError, VerifyError
+from qinspect.analyse.verify import rows as V
+from qinspect.analyse.verify import types as T
+from qinspect.errors import VerifyError
 from qinspect.model import Checkpoint, Layer, Mode
 
 MAX_DEPTH = 64
@@ -80,50 +81,80 @@ class _Return(Exception):
         self.value = value
 
 
-def verify_script(ckpt: Checkpoint, kind: str, input: Any,  # noqa: A002
-                  reference: Any, layer_glob: str | None, batch: int | None,
-                  engine: str | None) -> V.VerifyReport:
+def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
+                  progress: T.Progress | None) -> T.VerifyReport:
     """``verify`` for TorchScript archives and pickled GraphModules (see the docstring)."""
-    import fnmatch
-
     import torch
 
-    from qinspect.analyse import kernels
+    from qinspect.analyse.verify import kernels
     from qinspect.inputs import read_input
-    from qinspect.loaders import fx_pickle, load, torchscript
+    from qinspect.loaders import fx_pickle, torchscript
 
-    if input is None:
-        raise InputError("verify runs this file's graph whole: pass --input with a sample "
-                         "for each model input (.npy, or .npz with one array per input)")
-    user = read_input(input).limited(batch)
+    assert options.input is not None
+    user = read_input(options.input).limited(options.batch)
     reader = torchscript if kind == "torchscript" else fx_pickle
     root, classes, root_qualname = reader.read_script(Path(ckpt.path))
-    ref = load(reference) if reference is not None else None
-    chosen, why = V.choose_engine(ckpt, engine)
-    weights = V.FloatWeights(ckpt, ref)
-    interp = Interpreter(ckpt, root, classes, weights, chosen)
+    ctx = V.Context.make(ckpt, options, progress)
+    interp = Interpreter(ckpt, root, classes, ctx.weights, ctx.engine)
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
               for a in user.arrays]
-    with kernels.engine_context(chosen), torch.no_grad():
+    ctx.tick("running the quantized graph", 0, 3)
+    with kernels.engine_context(ctx.engine), torch.no_grad():
         q_out = interp.run(root_qualname, inputs, quantized=True)
         captures = dict(interp.captures)
+        ctx.tick("running the float graph", 1, 3)
         f_out = interp.run(root_qualname, inputs, quantized=False)
+    ctx.tick("comparing every layer", 2, 3)
     rows = [interp.row(layer, captures.get(layer.name)) for layer in ckpt.layers
             if layer.mode is not Mode.FLOAT]
-    report = V.VerifyReport(
-        path=ckpt.path, mode="graph", engine=chosen, engine_reason=why,
+    ctx.tick("done", 3, 3)
+    return T.VerifyReport(
+        path=ckpt.path, mode="graph", engine=ctx.engine, engine_reason=ctx.engine_reason,
         input_text=f"{user.describe()} -> every layer's real input, captured in one run of "
                    "the whole graph stored in the file",
-        layers=tuple(rows), reference=None if reference is None else str(reference),
-        batch=batch, float_domain=weights.summary, end_to_end=_end_to_end(q_out, f_out),
+        layers=tuple(rows), float_domain=ctx.weights.summary,
+        end_to_end=_end_to_end(q_out, f_out), scope=GRAPH_SCOPE,
         notes=("end-to-end: the quantized graph against the same graph in the float domain "
                "(quantize/dequantize removed, float-domain weights)",))
-    if layer_glob is not None:
-        kept = tuple(r for r in report.layers if fnmatch.fnmatchcase(r.name, layer_glob))
-        if not kept:
-            raise InputError(f"--layer {layer_glob!r} matches no quantized layer")
-        report = replace(report, layers=kept)
-    return report
+
+
+GRAPH_SCOPE = ("the file stores its graph: it ran whole on the input, every quantized layer "
+               "on its real input, and the quantized output against the float domain's")
+NEEDS_INPUT = ("verify runs this file's graph whole: pass --input with a sample for each "
+               "model input (.npy, or .npz with one array per input)")
+NO_SEED = "the graph runs on the --input only, so there is no synthetic input to seed"
+NO_MODEL = ("the file stores its graph and verify runs it; --model is for state_dicts, "
+            "which have none")
+
+
+class TorchScriptRunner:
+    """A TorchScript archive: its stored code interpreted, never ``torch.jit.load``."""
+
+    name = "torchscript"
+    needs = {"input": NEEDS_INPUT}
+    refuses = {"seed": NO_SEED, "model": NO_MODEL}
+
+    def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
+        return ckpt.format.startswith("TorchScript archive")
+
+    def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
+            ) -> T.VerifyReport:
+        V.check_stage(ckpt)
+        return verify_script(ckpt, "torchscript", options, progress)
+
+
+class FxPickleRunner(TorchScriptRunner):
+    """A pickled FX GraphModule: its stored code interpreted, nothing unpickled."""
+
+    name = "fx-pickle"
+
+    def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
+        return ckpt.format.startswith("FX GraphModule")
+
+    def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
+            ) -> T.VerifyReport:
+        V.check_stage(ckpt)
+        return verify_script(ckpt, "fx-pickle", options, progress)
 
 
 class Interpreter:
@@ -446,7 +477,7 @@ class Interpreter:
         raise VerifyError(f"{layer.name}: verify cannot run {kind} from a graph yet")
 
     def _geometry(self, layer: Layer) -> Any:
-        from qinspect.analyse.kernels import ConvGeometry
+        from qinspect.analyse.verify.kernels import ConvGeometry
 
         g = self.geometry.get(layer.name)
         dims = len(layer.weight.shape) - 2
@@ -458,7 +489,7 @@ class Interpreter:
     def _prepack(self, layer: Layer) -> Any:
         import torch
 
-        from qinspect.analyse import kernels
+        from qinspect.analyse.verify import kernels
 
         if layer.name in self._packed:
             return self._packed[layer.name]
@@ -477,7 +508,7 @@ class Interpreter:
         return packed
 
     # --- report rows ------------------------------------------------------------------
-    def row(self, layer: Layer, cap: Capture | None) -> V.LayerVerify:
+    def row(self, layer: Layer, cap: Capture | None) -> T.LayerVerify:
         import torch
 
         if cap is None:
@@ -491,7 +522,7 @@ class Interpreter:
         ref_np = ref.detach().numpy()
         y = cap.y
         common = dict(name=layer.name, kind=layer.kind, mode=layer.mode.value, verified=True,
-                      input_kind=V.InputKind.MODEL,
+                      input_kind=T.InputKind.MODEL,
                       input_text="its real input in a run of the whole graph",
                       input_shape=tuple(int(d) for d in x.shape),
                       input_scale=layer.input.scale if layer.input else None,
@@ -499,14 +530,14 @@ class Interpreter:
                       relu="ReLU" in layer.kind, elements=int(ref_np.size),
                       float_domain="float64 on the dequantized real input")
         if getattr(y, "is_quantized", False) and out is not None:
-            m = V._metrics_static(ref_np, y.int_repr().numpy(), out.scale, out.zero_point)
-            return V.LayerVerify(output_scale=out.scale, output_zero_point=out.zero_point,
+            m = V.metrics_static(ref_np, y.int_repr().numpy(), out.scale, out.zero_point)
+            return T.LayerVerify(output_scale=out.scale, output_zero_point=out.zero_point,
                                  **common, **m)
         from qinspect.quant.metrics import sqnr_db
 
         got = y.detach().to(torch.float64).numpy()
         err = np.abs(ref_np - got)
-        return V.LayerVerify(sqnr_db=sqnr_db(ref_np, got), max_abs_error=float(err.max()),
+        return T.LayerVerify(sqnr_db=sqnr_db(ref_np, got), max_abs_error=float(err.max()),
                              mean_abs_error=float(err.mean()), **common)
 
 
@@ -559,7 +590,7 @@ def _flatten(values: list[Any]) -> list[Any]:
     return out
 
 
-def _end_to_end(quant: list[Any], floats: list[Any]) -> V.EndToEnd | None:
+def _end_to_end(quant: list[Any], floats: list[Any]) -> T.EndToEnd | None:
     import torch
 
     from qinspect.quant.metrics import sqnr_db
@@ -572,6 +603,6 @@ def _end_to_end(quant: list[Any], floats: list[Any]) -> V.EndToEnd | None:
     q, f = flat(quant), flat(floats)
     err = np.abs(q - f)
     value = sqnr_db(f, q)
-    return V.EndToEnd(sqnr_db=value if not math.isnan(value) else float("nan"),
+    return T.EndToEnd(sqnr_db=value if not math.isnan(value) else float("nan"),
                       max_abs_error=float(err.max()) if err.size else 0.0,
                       elements=int(q.size), outputs=len(quant))
