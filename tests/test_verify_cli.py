@@ -135,7 +135,7 @@ def test_missing_input_and_bad_batch(cli, samples, tmp_path):
     (["--model", "models.py:MnistMLP"], "--model needs --reference"),
     (["--reference", "mlp_fp32.pt", "--model", "models.py:Nope"], "no attribute 'Nope'"),
     (["--reference", "mlp_fp32.pt", "--model", "nope.py:MnistMLP"], "no such Python file"),
-    (["--reference", "mlp_fp32.pt", "--model", "models.py"], "FILE.py:Class"),
+    (["--reference", "mlp_fp32.pt", "--model", "models.py"], "FILE.py:NAME"),
     (["--reference", "convnet_fp32.pt", "--model", "models.py:MnistMLP"], "right model class"),
 ])
 def test_model_option_errors_exit_2(cli, samples, extra, needle):

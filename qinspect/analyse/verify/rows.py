@@ -291,6 +291,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         op = "quantized::linear" + ("_relu" if relu else "")
     floats, kernels_q, refs, outs = [], [], [], []
     depthwise = False
+    pairs = arith == "fbgemm" and K.fbgemm_int16_gemm()
     for call in calls:
         kq = runner(call.q, call.scale, call.zero_point, out.scale, out.zero_point, relu)
         x = dequant(call.q, call.scale, call.zero_point)
@@ -301,13 +302,13 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
                                   kernel=arith, relu=relu, stride=geo.stride,
                                   padding=geo.padding, dilation=geo.dilation,
                                   groups=geo.groups, int16_pairs=depthwise,
-                                  conv_sum=K.conv_sum)
+                                  conv_sum=K.conv_sum, int16_gemm=pairs and not depthwise)
             fo = R.conv_float64(x, w_f, b_f, stride=geo.stride, padding=geo.padding,
                                 dilation=geo.dilation, groups=geo.groups, conv_sum=K.conv_sum)
         else:
             rq = R.quantized_linear(call.q, call.scale, call.zero_point, wq.values, q.scale,
                                     q.zero_point, layer.bias, out.scale, out.zero_point,
-                                    kernel=arith, relu=relu)
+                                    kernel=arith, relu=relu, int16_gemm=pairs)
             fo = x @ w_f.T + (0.0 if b_f is None else b_f)
         if relu:
             fo = np.maximum(fo, 0.0)
@@ -318,7 +319,8 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     float_out, kq_all, rq_all = _cat(floats), _cat(kernels_q), _cat(refs)
     m = metrics_static(float_out, kq_all, out.scale, out.zero_point)
     in_clip, in_sqnr = _input_stats(calls)
-    arith_text = arith + (" depthwise (int16 pairs)" if depthwise else "")
+    arith_text = arith + (" depthwise (int16 pairs)" if depthwise else
+                          " (int16 pairs: no VNNI)" if pairs else "")
     extra = list(notes) + list(wnotes)
     if relu:
         extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "
@@ -426,7 +428,8 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
         x32 = np.asarray(x, np.float32)
         ko = runner(x32)
         ro, xq, sx, zx = R.dynamic_linear(x32, wq.values, wq.quant.scale, wq.quant.zero_point,
-                                          layer.bias, kernel=arith, reduce_range=True)
+                                          layer.bias, kernel=arith, reduce_range=True,
+                                          int16_gemm=arith == "fbgemm" and K.fbgemm_int16_gemm())
         floats.append(x32.astype(np.float64) @ w_f.T + (0.0 if b_f is None else b_f))
         kouts.append(ko)
         routs.append(ro)
