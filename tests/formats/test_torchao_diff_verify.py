@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import qinspect
-from qinspect.analyse.verify import InputKind
 from qinspect.analyse.diff import Comparison, diff
+from qinspect.analyse.verify import InputKind
 
 pytest.importorskip("torchao")
 
@@ -170,7 +170,10 @@ def test_dynamic_reference_is_bit_exact_with_torchao():
     from torchao.quantization import Int8Tensor
     from torchao.quantization.granularity import PerRow
 
-    from qinspect.analyse.verify.torchao import dynamic_linear_reference, quantize_per_token_symmetric
+    from qinspect.analyse.verify.torchao import (
+        dynamic_linear_reference,
+        quantize_per_token_symmetric,
+    )
 
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((64, 48)) * np.exp(rng.uniform(-8, 8, (64, 1)))).astype(np.float32)

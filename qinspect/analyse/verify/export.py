@@ -18,15 +18,16 @@ end-to-end SQNR compares the two runs' outputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from qinspect.analyse.verify.rows import FloatWeights, check_stage, not_verified
+from qinspect.analyse.verify.rows import FloatWeights, agreement, check_stage, not_verified
 from qinspect.analyse.verify.types import (
     EndToEnd,
     InputKind,
+    KernelAgreement,
     LayerVerify,
     Options,
     Progress,
@@ -257,7 +258,29 @@ class Interpreter:
             return not_verified(layer, "its output dequantize is not in the graph")
         got = got_t.to(torch.float64).numpy()
         x = quant.env[node.tensor_args()[0]]
-        return self._metrics(layer, float_out, got, tuple(int(d) for d in x.shape), q_node)
+        row = self._metrics(layer, float_out, got, tuple(int(d) for d in x.shape), q_node)
+        return replace(row, kernel=self._agreement(q_node, quant)) if q_node is not None \
+            else row
+
+    def _agreement(self, q_node: Any, quant: Run) -> KernelAgreement | None:
+        """torch's ``quantized_decomposed.quantize_per_tensor`` of the op's float32 output
+        in the graph run against qinspect's (:func:`quantize_per_tensor_decomposed`)."""
+        import torch
+
+        from qinspect.quant.affine import quantize_per_tensor_decomposed
+
+        src = quant.env.get(q_node.tensor_args()[0]) if q_node.tensor_args() else None
+        got = quant.env.get(q_node.outputs[0]) if q_node.outputs else None
+        scale, zp, qmin, qmax = (q_node.literal(i) for i in (1, 2, 3, 4))
+        if not (isinstance(src, torch.Tensor) and isinstance(got, torch.Tensor)
+                and isinstance(scale, (int, float)) and isinstance(zp, int)
+                and isinstance(qmin, int) and isinstance(qmax, int)):
+            return None
+        kq = got.numpy()
+        ref = quantize_per_tensor_decomposed(src.to(torch.float32).numpy(), float(scale), zp,
+                                             str(got.dtype).removeprefix("torch."), qmin, qmax)
+        return agreement(ENGINE, "float op, decomposed quantize", "quantized_decomposed.quantize_per_tensor", kq,
+                         ref, "LSB")
 
     def _float_arg(self, value: Any, node: Any, index: int) -> Any:
         import torch
@@ -360,8 +383,6 @@ class Pt2Runner:
 
     def run(self, ckpt: Checkpoint, options: Options, progress: Progress | None
             ) -> VerifyReport:
-        from dataclasses import replace
-
         from qinspect.inputs import read_input
         from qinspect.loaders import load
 

@@ -254,11 +254,13 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, text: str,
-               geo: object | None = None, notes: tuple[str, ...] = (), packed: Any = None
-               ) -> tuple[LayerVerify, list[np.ndarray]]:
+               geo: object | None = None, notes: tuple[str, ...] = (), packed: Any = None,
+               relu: bool | None = None) -> tuple[LayerVerify, list[np.ndarray]]:
     """Verify a static Linear or Conv on ``calls``; returns the row and the kernel outputs.
 
-    ``packed``: torch's packed weight of this layer when a quantized model already has it."""
+    ``packed``: torch's packed weight of this layer when a quantized model already has it;
+    ``relu``: whether a ReLU is fused, when the file says so (else inferred from the
+    output zero point)."""
     from qinspect.analyse.verify import kernels as K
     from qinspect.quant import reference as R
 
@@ -269,7 +271,8 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         return not_verified(layer, f"{bad}: torch cannot run it"), []
     if out.dtype != ACT_DTYPE:
         return not_verified(layer, f"{out.dtype} activations are not supported"), []
-    relu = relu_fused(layer)
+    inferred = relu is None
+    relu = relu_fused(layer) if relu is None else relu
     w_f, b_f, how, wnotes = ctx.weights.get(layer)
     wq = layer.weight
     q = wq.quant
@@ -322,11 +325,12 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     arith_text = arith + (" depthwise (int16 pairs)" if depthwise else
                           " (int16 pairs: no VNNI)" if pairs else "")
     extra = list(notes) + list(wnotes)
-    if relu:
+    if relu and inferred:
         extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "
                      "the float domain applies it")
+    suffix = "+ReLU" if relu and "ReLU" not in layer.kind else ""
     row = LayerVerify(
-        name=layer.name, kind=layer.kind + ("+ReLU" if relu else ""), mode=layer.mode.value,
+        name=layer.name, kind=layer.kind + suffix, mode=layer.mode.value,
         verified=True, input_kind=kind, input_text=text,
         input_shape=tuple(calls[0].q.shape) if calls else (),
         input_scale=calls[0].scale if calls else None,

@@ -95,7 +95,7 @@ def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
     reader = torchscript if kind == "torchscript" else fx_pickle
     root, classes, root_qualname = reader.read_script(Path(ckpt.path))
     ctx = V.Context.make(ckpt, options, progress)
-    interp = Interpreter(ckpt, root, classes, ctx.weights, ctx.engine)
+    interp = Interpreter(ckpt, root, classes, ctx)
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
               for a in user.arrays]
     ctx.tick("running the quantized graph", 0, 3)
@@ -161,7 +161,7 @@ class Interpreter:
     """Executes parsed forward code with an allow-list of operations."""
 
     def __init__(self, ckpt: Checkpoint, root: Any, classes: dict[str, ast.ClassDef],
-                 weights: V.FloatWeights, engine: str) -> None:
+                 ctx: V.Context) -> None:
         from qinspect.loaders.torchscript import Flattener
 
         flat = Flattener()
@@ -173,8 +173,9 @@ class Interpreter:
         self.classes = classes
         self.layers = {lay.name: lay for lay in ckpt.layers}
         self.key_layer = {ref.key: lay for lay in ckpt.layers for ref in lay.keys}
-        self.weights = weights
-        self.engine = engine
+        self.ctx = ctx
+        self.weights = ctx.weights
+        self.engine = ctx.engine
         self.quantized = True
         self.captures: dict[str, Capture] = {}
         self.steps = 0
@@ -509,10 +510,41 @@ class Interpreter:
 
     # --- report rows ------------------------------------------------------------------
     def row(self, layer: Layer, cap: Capture | None) -> T.LayerVerify:
-        import torch
-
+        """The layer re-run from the real input it received in the quantized run: torch's
+        kernel and qinspect's reference on it, against the float domain (the same row
+        builders as every other runner)."""
         if cap is None:
             return V.not_verified(layer, "the graph never ran it on the input")
+        x = cap.x
+        text = f"its real input {tuple(int(d) for d in x.shape)} in a run of the whole graph"
+        relu = "ReLU" in layer.kind
+        if layer.mode is Mode.QUANTIZE and layer.output is not None:
+            row, _ = V.quantize_row(self.ctx, layer, x.detach().numpy(), T.InputKind.MODEL,
+                                    text)
+            return row
+        if layer.mode is Mode.DYNAMIC and layer.kind.startswith("Linear"):
+            row, _ = V.dynamic_row(self.ctx, layer, [x.detach().numpy()], T.InputKind.MODEL,
+                                   text)
+            return row
+        if layer.mode is Mode.STATIC and getattr(x, "is_quantized", False) and \
+                (layer.kind.startswith("Linear") or ("Conv" in layer.kind
+                                                     and "Transpose" not in layer.kind)):
+            call = V.Call(x.int_repr().numpy(), float(x.q_scale()), int(x.q_zero_point()))
+            conv = len(layer.weight.shape) > 2
+            geo = self._geometry(layer) if conv else None
+            notes = (f"conv hyper-parameters from the file: {geo.describe()}",) if geo else ()
+            row, outs = V.static_row(self.ctx, layer, [call], T.InputKind.MODEL, text, geo=geo,
+                                     notes=notes, packed=self._prepack(layer), relu=relu)
+            if outs and not np.array_equal(outs[0], cap.y.int_repr().numpy()):
+                raise VerifyError(f"{layer.name}: re-running the kernel gave another output "
+                                  "than the graph run (please report it)")
+            return row
+        return self._float_row(layer, cap)
+
+    def _float_row(self, layer: Layer, cap: Capture) -> T.LayerVerify:
+        """A layer no row builder covers: float domain against the graph's output only."""
+        import torch
+
         out = layer.output
         x = cap.x
         x_float = x.dequantize() if getattr(x, "is_quantized", False) else x
@@ -528,7 +560,9 @@ class Interpreter:
                       input_scale=layer.input.scale if layer.input else None,
                       input_zero_point=layer.input.zero_point if layer.input else None,
                       relu="ReLU" in layer.kind, elements=int(ref_np.size),
-                      float_domain="float64 on the dequantized real input")
+                      float_domain="float64 on the dequantized real input",
+                      notes=("no integer reference for this op: kernel vs reference not "
+                             "checked",))
         if getattr(y, "is_quantized", False) and out is not None:
             m = V.metrics_static(ref_np, y.int_repr().numpy(), out.scale, out.zero_point)
             return T.LayerVerify(output_scale=out.scale, output_zero_point=out.zero_point,
