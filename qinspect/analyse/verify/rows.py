@@ -323,7 +323,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     m = metrics_static(float_out, kq_all, out.scale, out.zero_point)
     in_clip, in_sqnr = _input_stats(calls)
     arith_text = arith + (" depthwise (int16 pairs)" if depthwise else
-                          " (int16 pairs: no VNNI)" if pairs else "")
+                          ", int16 pairs" if pairs else "")
     extra = list(notes) + list(wnotes)
     if relu and inferred:
         extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "

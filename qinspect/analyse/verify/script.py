@@ -30,12 +30,13 @@ import numpy as np
 
 from qinspect.analyse.verify import rows as V
 from qinspect.analyse.verify import types as T
-from qinspect.errors import VerifyError
+from qinspect.errors import InputError, VerifyError
 from qinspect.model import Checkpoint, Layer, Mode
 
 MAX_DEPTH = 64
 MAX_STEPS = 200_000
 QDTYPES = {13: "quint8", 12: "qint8", 14: "qint32"}
+QDTYPE_RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-2**31, 2**31 - 1)}
 TORCH_FUNCS = ("flatten", "relu", "relu_", "reshape", "cat", "squeeze", "unsqueeze", "mean",
                "permute", "transpose", "add", "mul", "sigmoid", "tanh", "clamp", "hardtanh",
                "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "slice", "select",
@@ -92,6 +93,7 @@ def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
 
     assert options.input is not None
     user = read_input(options.input).limited(options.batch)
+    validate_layers(ckpt)
     reader = torchscript if kind == "torchscript" else fx_pickle
     root, classes, root_qualname = reader.read_script(Path(ckpt.path))
     ctx = V.Context.make(ckpt, options, progress)
@@ -100,10 +102,10 @@ def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
               for a in user.arrays]
     ctx.tick("running the quantized graph", 0, 3)
     with kernels.engine_context(ctx.engine), torch.no_grad():
-        q_out = interp.run(root_qualname, inputs, quantized=True)
+        q_out = interp.run_on(root_qualname, inputs, True, user)
         captures = dict(interp.captures)
         ctx.tick("running the float graph", 1, 3)
-        f_out = interp.run(root_qualname, inputs, quantized=False)
+        f_out = interp.run_on(root_qualname, inputs, False, user)
     ctx.tick("comparing every layer", 2, 3)
     rows = [interp.row(layer, captures.get(layer.name)) for layer in ckpt.layers
             if layer.mode is not Mode.FLOAT]
@@ -116,6 +118,24 @@ def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
         end_to_end=_end_to_end(q_out, f_out), scope=GRAPH_SCOPE,
         notes=("end-to-end: the quantized graph against the same graph in the float domain "
                "(quantize/dequantize removed, float-domain weights)",))
+
+
+def validate_layers(ckpt: Checkpoint) -> None:
+    """A VerifyError naming the first quantized layer whose qparams torch cannot run: in
+    a graph every later layer depends on it, so nothing would be verified."""
+    for layer in ckpt.layers:
+        if layer.mode is Mode.FLOAT:
+            continue
+        bad = V.unusable_qparams(layer)
+        if bad is not None:
+            raise VerifyError(f"{ckpt.path}: layer '{layer.name}': {bad}, so the graph "
+                              "cannot run through it; the file is damaged (qinspect show "
+                              "lists its qparams)")
+
+
+#: what torch raises when an operator refuses its arguments (shape, dtype, rank...)
+TORCH_REFUSALS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError,
+                  ZeroDivisionError, OverflowError)
 
 
 GRAPH_SCOPE = ("the file stores its graph: it ran whole on the input, every quantized layer "
@@ -179,9 +199,26 @@ class Interpreter:
         self.quantized = True
         self.captures: dict[str, Capture] = {}
         self.steps = 0
+        self.where = "the graph"
         self._packed: dict[str, Any] = {}
 
     # --- runs -------------------------------------------------------------------------
+    def run_on(self, root_qualname: str, inputs: list[Any], quantized: bool, user: Any
+               ) -> list[Any]:
+        """:meth:`run`, with an operator's refusal reported as one line (exit 2) naming
+        the op and the --input's shapes: the input does not fit, or the file is damaged."""
+        from qinspect.inputs import shape_text
+
+        self.where = "the graph"
+        try:
+            return self.run(root_qualname, inputs, quantized)
+        except TORCH_REFUSALS as exc:
+            shapes = ", ".join(shape_text(a.shape) for a in user.arrays)
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise InputError(f"the graph cannot run on --input {shapes}: {self.where} "
+                             f"refused it ({type(exc).__name__}: {first}); pass an input "
+                             "shaped like the model's (or the file is damaged)") from exc
+
     def run(self, root_qualname: str, inputs: list[Any], quantized: bool) -> list[Any]:
         self.quantized = quantized
         self.captures = {}
@@ -351,6 +388,7 @@ class Interpreter:
         import torch
         import torch.nn.functional as F
 
+        self.where = repr(name)
         if name in BUILTINS:
             return BUILTINS[name](*args, **kwargs)
         if name == "getattr" and len(args) == 2 and isinstance(args[0], ModRef):
@@ -382,6 +420,13 @@ class Interpreter:
         s = float(scale)
         z = int(zp)
         layer = self._quantize_layer(scale)
+        info = QDTYPE_RANGES.get(str(dtype).removeprefix("torch."))
+        if not (math.isfinite(s) and s > 0) or (info is not None
+                                                 and not info[0] <= z <= info[1]):
+            what = f"'{layer.name}'" if layer is not None else "a quantize_per_tensor"
+            raise VerifyError(f"{what} in the graph quantizes with scale {s:g}, zero point {z} "
+                              f"({dtype}), which torch cannot run; the file is damaged "
+                              "(qinspect show lists its qparams)")
         if not self.quantized:
             return x
         y = torch.quantize_per_tensor(x, s, z, dtype)
@@ -430,6 +475,7 @@ class Interpreter:
 
     # --- layers -----------------------------------------------------------------------
     def layer_call(self, layer: Layer, args: list[Any]) -> Any:
+        self.where = f"layer '{layer.name}' ({layer.kind})"
         x = args[0] if args else None
         if not _is_tensor(x):
             raise VerifyError(f"{layer.name}: called without a tensor")

@@ -33,7 +33,7 @@ CHAIN_ASSUMPTION = ("each layer runs on the previous layer's output (its integer
                     "static layer), assuming nothing runs between them (a state_dict stores "
                     "no graph: a ReLU, "
                     "pooling or reshape in the real model changes the numbers); "
-                    "--model FILE.py:Class runs the real model")
+                    "--model FILE.py:NAME runs the real model")
 
 
 @dataclass
@@ -49,6 +49,8 @@ class Flow:
     real: np.ndarray | None = None
     """The user's float values behind a QuantStub's output."""
     from_user: bool = False
+    synthetic: bool = False
+    """Computed from synthetic input: whatever it feeds is synthetic too."""
 
 
 def kind_of(layer: Layer) -> str:
@@ -287,6 +289,9 @@ def _linear(ctx: Context, layer: Layer, flow: Flow | None
         if flow.from_user:
             kind, text = InputKind.USER, (f"user input {shape_text(flow.values.shape)}, "
                                           f"quantized by '{flow.producer}'")
+        elif flow.synthetic:
+            kind, text = InputKind.SYNTHETIC, (f"the integer output of '{flow.producer}', "
+                                               "itself run on synthetic input")
         else:
             kind, text = InputKind.CHAINED, f"chained: the integer output of '{flow.producer}'"
     else:
@@ -296,7 +301,8 @@ def _linear(ctx: Context, layer: Layer, flow: Flow | None
     if not outs:  # not verified (e.g. qparams torch cannot run): the chain stops here
         return row, None
     out = layer.output
-    return row, Flow(layer.name, outs[0], True, out.scale, out.zero_point)
+    return row, Flow(layer.name, outs[0], True, out.scale, out.zero_point,
+                     synthetic=kind is InputKind.SYNTHETIC)
 
 
 def _conv(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify, None]:
@@ -361,6 +367,9 @@ def _dynamic(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify
     if x is not None and x.shape[-1] == k:
         if flow.from_user:
             kind, text = InputKind.USER, f"user input {shape_text(x.shape)}"
+        elif flow.synthetic:
+            kind, text = InputKind.SYNTHETIC, (f"the output of '{flow.producer}', itself run "
+                                               "on synthetic input")
         else:
             kind, text = InputKind.CHAINED, f"chained: the output of '{flow.producer}'"
     else:
@@ -370,7 +379,7 @@ def _dynamic(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify
     row, outs = V.dynamic_row(ctx, layer, [x], kind, text)
     if not row.verified:
         return row, None
-    return row, Flow(layer.name, outs[0], False)
+    return row, Flow(layer.name, outs[0], False, synthetic=kind is InputKind.SYNTHETIC)
 
 
 def _sibling(layers: list[Layer], ih: Layer) -> Layer | None:
@@ -390,7 +399,8 @@ def _lstm(ctx: Context, ih: Layer, hh: Layer, flow: Flow | None
     if x is not None and x.ndim == 2:
         x = x[:, None, :]
     if x is not None and x.ndim == 3 and x.shape[-1] == in_size:
-        kind = InputKind.USER if flow.from_user else InputKind.CHAINED
+        kind = InputKind.USER if flow.from_user else \
+            InputKind.SYNTHETIC if flow.synthetic else InputKind.CHAINED
         text = (f"user input {shape_text(x.shape)} (seq, batch, features)" if flow.from_user
                 else f"chained: the hidden states of '{flow.producer}'")
     else:
@@ -432,7 +442,7 @@ def _gate_isolated(ctx: Context, layer: Layer) -> LayerVerify:
 
 NO_GRAPH = ("a state_dict stores no graph: only each layer's arithmetic was checked (torch's "
             "kernel against qinspect's integer reference), {inputs}; for real per-layer "
-            "errors pass --model FILE.py:Class (or verify a TorchScript or .pt2 file, which "
+            "errors pass --model FILE.py:NAME (or verify a TorchScript or .pt2 file, which "
             "stores its graph)")
 
 
