@@ -18,12 +18,19 @@ end-to-end SQNR compares the two runs' outputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from qinspect.analyse.verify.rows import FloatWeights, agreement, check_stage, not_verified
+from qinspect.analyse.verify.rows import (
+    FloatWeights,
+    agreement,
+    check_stage,
+    not_verified,
+    unusable_qparams,
+)
 from qinspect.analyse.verify.types import (
     EndToEnd,
     InputKind,
@@ -43,6 +50,71 @@ SCALAR_TYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "f
 MEMORY_FORMATS = {1: "contiguous_format", 2: "channels_last", 3: "channels_last_3d",
                   4: "preserve_format"}
 LAYOUTS = {7: "strided"}
+
+
+TORCH_REFUSALS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AssertionError,
+                  ZeroDivisionError, OverflowError)
+"""What torch (or a damaged argument) raises when an operator refuses its arguments."""
+
+
+class OpRefused(VerifyError):
+    """A graph node's operator refused the arguments the graph gave it."""
+
+
+def validate_graph(builder: Any, ckpt: Checkpoint) -> None:
+    """Before anything reaches torch: every tensor a node reads is a program input, a
+    stored tensor or an earlier node's output, and every quantized layer's qparams are
+    ones torch can run. A VerifyError naming the node or layer otherwise."""
+    defined = set(builder.arg_to_state) | set(builder.user_inputs)
+    for node in builder.nodes:
+        for item in node.raw_inputs:
+            for name in _tensor_names(item.get("arg") if isinstance(item, dict) else None):
+                if name not in defined:
+                    raise VerifyError(f"{ckpt.path}: graph node {node.name!r} reads tensor "
+                                      f"{name!r}, which no input, stored tensor or earlier "
+                                      "node defines; the file is damaged")
+        defined.update(node.outputs)
+        _check_quantize_args(node, ckpt)
+    for layer in ckpt.layers:
+        bad = unusable_qparams(layer)
+        if bad is not None:
+            raise VerifyError(f"{ckpt.path}: layer '{layer.name}': {bad}, so the program "
+                              "cannot run through it; the file is damaged (qinspect show "
+                              "lists its qparams)")
+
+
+def _check_quantize_args(node: Any, ckpt: Checkpoint) -> None:
+    """A per-tensor (de)quantize node's literal scale must be a positive finite number and
+    its zero point inside its [quant_min, quant_max]."""
+    from qinspect.loaders import export
+
+    if node.target not in export.Q_TENSOR + export.DQ_TENSOR:
+        return
+    scale, zp, qmin, qmax = (node.literal(i) for i in (1, 2, 3, 4))
+    bad = None
+    if isinstance(scale, (int, float)) and not (math.isfinite(scale) and scale > 0):
+        bad = f"scale {scale}"
+    elif all(isinstance(v, int) for v in (zp, qmin, qmax)) and not qmin <= zp <= qmax:
+        bad = f"zero point {zp} outside [{qmin}, {qmax}]"
+    if bad is not None:
+        raise VerifyError(f"{ckpt.path}: graph node {node.name!r} quantizes with {bad}, which "
+                          "torch cannot run; the file is damaged")
+
+
+def _tensor_names(arg: Any) -> list[str]:
+    """The tensor names an argument of the program's JSON refers to."""
+    if not isinstance(arg, dict) or len(arg) != 1:
+        return []
+    kind, value = next(iter(arg.items()))
+    if kind == "as_tensor":
+        return [str(value.get("name"))] if isinstance(value, dict) else ["?"]
+    if kind in ("as_tensors", "as_optional_tensors"):
+        items = value if isinstance(value, list) else []
+        return [str(v.get("name") if kind == "as_tensors" else
+                    (v.get("as_tensor") or {}).get("name"))
+                for v in items if isinstance(v, dict)
+                and (kind == "as_tensors" or "as_tensor" in v)]
+    return []
 
 
 @dataclass
@@ -66,15 +138,20 @@ def run(ckpt: Checkpoint, user: Any, weights: FloatWeights) -> VerifyReport:
                          f"({', '.join(builder.user_inputs)}); --input holds "
                          f"{len(user.arrays)}")
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32) for a in user.arrays]
+    validate_graph(builder, ckpt)
     interp = Interpreter(builder, ckpt, weights)
     try:
         quant = interp.run(inputs, float_domain=False)
-    except RuntimeError as exc:  # torch's shape checks: the user's input does not fit
+    except OpRefused as exc:  # torch's shape checks: the user's input does not fit
         shapes = ", ".join(str(list(a.shape)) for a in user.arrays)
-        raise InputError(f"the program cannot run on --input of shape {shapes} "
-                         f"({str(exc).splitlines()[0][:160]}); pass an input shaped like "
-                         "the example the program was exported with") from exc
-    floats = interp.run(inputs, float_domain=True)
+        raise InputError(f"the program cannot run on --input of shape {shapes}: {exc}; pass "
+                         "an input shaped like the example the program was exported with "
+                         "(or the file is damaged)") from exc
+    try:
+        floats = interp.run(inputs, float_domain=True)
+    except OpRefused as exc:
+        raise VerifyError(f"{ckpt.path}: the float domain of the program cannot run: {exc}; "
+                          "the file's float weights do not fit its graph") from exc
     rows = []
     for layer in ckpt.layers:
         node = builder.layer_nodes.get(layer.name)
@@ -183,8 +260,14 @@ class Interpreter:
                 return torch.from_numpy(np.array(self.float_weights[out]))
             if node.target in self.export.Q_TENSOR + self.export.DQ_TENSOR:
                 return env[node.tensor_args()[0]]
-        args, kwargs = self._args(node, env)
-        return self.op(node.target)(*args, **kwargs)
+        fn = self.op(node.target)
+        try:
+            args, kwargs = self._args(node, env)
+            return fn(*args, **kwargs)
+        except TORCH_REFUSALS as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise OpRefused(f"node {node.name!r} ({node.target.removeprefix('torch.ops.')}) "
+                            f"refused its arguments ({type(exc).__name__}: {first})") from exc
 
     def _bind(self, node: Any, result: Any, env: dict[str, Any]) -> None:
         if len(node.outputs) == 1:
