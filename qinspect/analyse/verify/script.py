@@ -39,14 +39,17 @@ QDTYPES = {13: "quint8", 12: "qint8", 14: "qint32"}
 QDTYPE_RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-2**31, 2**31 - 1)}
 TORCH_FUNCS = ("flatten", "relu", "relu_", "reshape", "cat", "squeeze", "unsqueeze", "mean",
                "permute", "transpose", "add", "mul", "sigmoid", "tanh", "clamp", "hardtanh",
-               "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "slice", "select",
-               "contiguous", "view", "matmul")
+               "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
+               "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+               "adaptive_avg_pool3d", "adaptive_max_pool2d", "slice", "select", "contiguous",
+               "view", "matmul", "hardsigmoid", "hardswish", "relu6", "dropout", "pad",
+               "chunk", "split", "channel_shuffle", "upsample_nearest2d", "sub")
 FUNCTIONAL = ("relu", "relu6", "hardtanh", "dropout", "max_pool2d", "avg_pool2d",
               "adaptive_avg_pool2d", "flatten", "sigmoid", "hardsigmoid", "hardswish")
 METHODS = ("size", "dim", "contiguous", "view", "reshape", "flatten", "relu", "permute",
            "transpose", "mean", "clone", "float", "squeeze", "unsqueeze", "numel")
 QUANTIZED_OPS = ("add", "add_relu", "mul", "mul_relu", "cat", "linear", "linear_relu",
-                 "add_scalar", "mul_scalar")
+                 "add_scalar", "mul_scalar", "hardswish")
 COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
            ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
            ast.Is: operator.is_, ast.IsNot: operator.is_not}
@@ -57,7 +60,8 @@ BUILTINS = {"torch.len": len, "torch.ne": operator.ne, "torch.eq": operator.eq,
             "torch.dim": lambda t: t.dim(), "torch.size": lambda t, d=None: (
                 list(t.size()) if d is None else t.size(d)),
             "len": len, "float": float, "int": int, "bool": bool,
-            "annotate": lambda _t, v: v, "unchecked_cast": lambda _t, v: v}
+            "annotate": lambda _t, v: v, "unchecked_cast": lambda _t, v: v,
+            "uninitialized": lambda _t: None}
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,34 @@ class _Name:
 class Capture:
     x: Any
     y: Any
+    op: str = ""
+    """The quantized op a layer's own code ran (``add``, ``cat``...); "" for kernels."""
+    args: list[Any] | None = None
+
+
+def float_op(op: str, args: list[Any]) -> Any:
+    """The float-domain meaning of a quantized op (its output qparams dropped)."""
+    import torch
+    import torch.nn.functional as F
+
+    if op in ("add", "add_relu", "add_scalar"):
+        y = args[0] + args[1]
+    elif op in ("mul", "mul_relu", "mul_scalar"):
+        y = args[0] * args[1]
+    elif op == "cat":
+        y = torch.cat(args[0], args[1] if len(args) > 1 else 0)
+    elif op == "hardswish":
+        y = F.hardswish(args[0])
+    else:
+        raise VerifyError(f"verify has no float meaning for quantized::{op} yet")
+    return F.relu(y) if op.endswith("_relu") else y
+
+
+def _runs_kernel(layer: Layer) -> bool:
+    """Layers run with torch kernels rebuilt from the file (not from their own code)."""
+    kind = layer.kind
+    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or kind.startswith("Linear")
+            or ("Conv" in kind and "Transpose" not in kind))
 
 
 class _Return(Exception):
@@ -200,6 +232,8 @@ class Interpreter:
         self.captures: dict[str, Capture] = {}
         self.steps = 0
         self.where = "the graph"
+        self.current: Layer | None = None
+        """The layer whose own code is running (its quantized ops are captured for it)."""
         self._packed: dict[str, Any] = {}
 
     # --- runs -------------------------------------------------------------------------
@@ -229,26 +263,47 @@ class Interpreter:
             raise VerifyError("the graph code is nested too deeply to run") from exc
         return [t for t in _flatten([out]) if _is_tensor(t)]
 
-    def call_method(self, mod: ModRef, method: str, args: list[Any], depth: int) -> Any:
-        if mod.path in self.layers and mod.path:
-            return self.layer_call(self.layers[mod.path], args)
+    def call_method(self, mod: ModRef, method: str, args: list[Any], depth: int,
+                    kwargs: dict[str, Any] | None = None) -> Any:
+        """A module's method: a layer with torch kernels runs them (rebuilt from the
+        file); any other module, its own code from the archive, interpreted (a
+        QFunctional's add/cat, a quantized Hardswish's forward...)."""
+        layer = self.layers.get(mod.path) if mod.path else None
+        if layer is not None and _runs_kernel(layer):
+            return self.layer_call(layer, args)
         func = self._method(mod.qualname, method)
         if func is None:
             raise VerifyError(f"cannot run {method} of {mod.path or 'the root'} "
                               f"({mod.qualname}): no code for it in the file")
+        outer = self.current
+        self.current = layer if layer is not None else outer
+        try:
+            return self.invoke(func, [mod, *args], kwargs or {}, depth)
+        finally:
+            self.current = outer
+
+    def invoke(self, func: ast.FunctionDef, args: list[Any], kwargs: dict[str, Any],
+               depth: int) -> Any:
+        """Run ``func``'s body with its parameters bound (positionally, by keyword, or to
+        their defaults)."""
         if depth > MAX_DEPTH:
             raise VerifyError("calls nested too deeply to run")
         params = [a.arg for a in func.args.args]
-        env: dict[str, Any] = {params[0]: mod} if params else {}
+        if len(args) > len(params) or set(kwargs) - set(params):
+            raise VerifyError(f"the graph code calls {func.name} with arguments it does not "
+                              "take")
+        env: dict[str, Any] = {}
         defaults = func.args.defaults
-        for i, name in enumerate(params[1:]):
+        for i, name in enumerate(params):
             if i < len(args):
                 env[name] = args[i]
+            elif name in kwargs:
+                env[name] = kwargs[name]
             else:
-                k = i - (len(params) - 1 - len(defaults))
+                k = i - (len(params) - len(defaults))
                 env[name] = self.expr(defaults[k], env, depth) if k >= 0 else None
         try:
-            self.block(func.body, env, depth)
+            self.block(func.body, env, depth + 1)
         except _Return as ret:
             return ret.value
         return None
@@ -315,8 +370,18 @@ class Interpreter:
             return self.attribute(self.expr(node.value, env, depth), node.attr)
         if isinstance(node, ast.Subscript):
             base = self.expr(node.value, env, depth)
+            if isinstance(base, _Name):  # a type in an annotation: List[int], Optional[...]
+                return _Name(f"{base.name}[...]")
+            if isinstance(node.slice, ast.Slice):
+                parts = [self.expr(p, env, depth) for p in (node.slice.lower,
+                                                            node.slice.upper, node.slice.step)]
+                if isinstance(base, (list, tuple)) and all(p is None or isinstance(p, int)
+                                                           for p in parts):
+                    return base[slice(*parts)]
+                raise VerifyError("cannot run a slice of the graph code")
             index = self.expr(node.slice, env, depth)
-            if isinstance(base, (list, tuple)) and isinstance(index, int):
+            if isinstance(base, (list, tuple)) and isinstance(index, int) \
+                    and -len(base) <= index < len(base):
                 return base[index]
             raise VerifyError("cannot run a subscript of the graph code")
         if isinstance(node, ast.UnaryOp):
@@ -367,12 +432,15 @@ class Interpreter:
         args = [self.expr(a, env, depth) for a in node.args]
         kwargs = {k.arg: self.expr(k.value, env, depth) for k in node.keywords if k.arg}
         if isinstance(func, ModRef):  # FX code: self.fc1(x)
-            return self.call_method(func, "forward", args, depth + 1)
+            return self.call_method(func, "forward", args, depth + 1, kwargs)
         if isinstance(func, _Bound) and isinstance(func.owner, ModRef):
-            return self.call_method(func.owner, func.name, args, depth + 1)
+            return self.call_method(func.owner, func.name, args, depth + 1, kwargs)
         if isinstance(func, _Bound):
             return self.tensor_method(func.owner, func.name, args)
         if isinstance(func, _Name):
+            helper = self.classes.get(func.name)
+            if isinstance(helper, ast.FunctionDef):  # a scripted helper the archive holds
+                return self.invoke(helper, args, kwargs, depth + 1)
             return self.function(func.name, args, kwargs)
         raise VerifyError("cannot run a call of the graph code")
 
@@ -391,6 +459,9 @@ class Interpreter:
         self.where = repr(name)
         if name in BUILTINS:
             return BUILTINS[name](*args, **kwargs)
+        if name == "ops.prim.RaiseException":
+            what = str(args[0])[:120] if args else "an exception"
+            raise VerifyError(f"the graph code raised on this input: {what}")
         if name == "getattr" and len(args) == 2 and isinstance(args[0], ModRef):
             return self.attribute(args[0], str(args[1]))
         if name == "torch.quantize_per_tensor":
@@ -402,9 +473,8 @@ class Interpreter:
                 short in FUNCTIONAL:
             return getattr(F, short)(*args, **kwargs)
         if name.startswith("torch.") and name.count(".") == 1 and short in TORCH_FUNCS:
-            if short == "slice":
-                return torch.ops.aten.slice(*args, **kwargs)
-            return getattr(torch, short)(*args, **kwargs)
+            fn = getattr(torch, short, None) if short != "slice" else None
+            return (fn or getattr(torch.ops.aten, short))(*args, **kwargs)
         if name.startswith(("ops.quantized.", "torch.ops.quantized.")) and \
                 short in QUANTIZED_OPS:
             return self.quantized_op(short, args)
@@ -457,15 +527,12 @@ class Interpreter:
             y = F.linear(args[0], torch.from_numpy(w).float(),
                          None if b is None else torch.from_numpy(b).float())
             return F.relu(y) if op == "linear_relu" else y
-        if self.quantized:
-            return getattr(torch.ops.quantized, op)(*args)
-        if op in ("add", "add_relu", "add_scalar"):
-            y = args[0] + args[1]
-        elif op in ("mul", "mul_relu", "mul_scalar"):
-            y = args[0] * args[1]
-        else:  # cat
-            y = torch.cat(args[0], args[1] if len(args) > 1 else 0)
-        return F.relu(y) if op.endswith("_relu") else y
+        if not self.quantized:
+            return float_op(op, args)
+        out = getattr(torch.ops.quantized, op)(*args)
+        if self.current is not None:
+            self.captures.setdefault(self.current.name, Capture(args[0], out, op, list(args)))
+        return out
 
     def _packed_layer(self, packed: Any) -> Layer:
         for key, value in self.entries.items():
@@ -561,6 +628,8 @@ class Interpreter:
         builders as every other runner)."""
         if cap is None:
             return V.not_verified(layer, "the graph never ran it on the input")
+        if cap.op:
+            return self._op_row(layer, cap)
         x = cap.x
         text = f"its real input {tuple(int(d) for d in x.shape)} in a run of the whole graph"
         relu = "ReLU" in layer.kind
@@ -586,6 +655,51 @@ class Interpreter:
                                   "than the graph run (please report it)")
             return row
         return self._float_row(layer, cap)
+
+    def _op_row(self, layer: Layer, cap: Capture) -> T.LayerVerify:
+        """A quantized op the layer's own code ran (QFunctional add/mul/cat, Hardswish):
+        add/add_relu get torch's kernel against qinspect's reference like every add; the
+        others, the float op on the dequantized real inputs against the graph's output."""
+        import torch
+
+        args = cap.args or [cap.x]
+        tensors = [a for a in _flatten(list(args)) if _is_tensor(a)]
+        first = tensors[0] if tensors else None
+        shape = tuple(int(d) for d in first.shape) if first is not None else ()
+        text = f"its real input {shape} in a run of the whole graph"
+        quantized = [t for t in tensors if t.is_quantized]
+        if cap.op in ("add", "add_relu") and len(quantized) == 2:
+            a, b = (V.Call(t.int_repr().numpy(), float(t.q_scale()), int(t.q_zero_point()))
+                    for t in quantized)
+            row, outs = V.add_row(self.ctx, layer, [(a, b)], cap.op == "add_relu",
+                                  T.InputKind.MODEL, text)
+            if outs and not np.array_equal(outs[0], cap.y.int_repr().numpy()):
+                raise VerifyError(f"{layer.name}: re-running quantized::{cap.op} gave another "
+                                  "output than the graph run (please report it)")
+            return row
+
+        def deq(a: Any) -> Any:
+            if _is_tensor(a):
+                return (a.dequantize() if a.is_quantized else a).to(torch.float64)
+            if isinstance(a, (list, tuple)):
+                return type(a)(deq(v) for v in a)
+            return a
+        with torch.no_grad():
+            ref = float_op(cap.op, [deq(a) for a in args]).numpy()
+        y = cap.y
+        m = V.metrics_static(ref, y.int_repr().numpy(), float(y.q_scale()),
+                             int(y.q_zero_point()))
+        return T.LayerVerify(
+            name=layer.name, kind=f"{layer.kind} {cap.op}", mode=layer.mode.value,
+            verified=True, input_kind=T.InputKind.MODEL, input_text=text, input_shape=shape,
+            input_scale=float(first.q_scale()) if quantized else None,
+            input_zero_point=int(first.q_zero_point()) if quantized else None,
+            output_scale=float(y.q_scale()), output_zero_point=int(y.q_zero_point()),
+            float_domain=f"{cap.op} in float64 on the dequantized real inputs",
+            relu=cap.op.endswith("_relu"), elements=int(ref.size),
+            notes=(f"quantized::{cap.op}: qinspect has no integer reference for it yet, so "
+                   "kernel vs reference is not checked (the graph's own output is measured)",),
+            **m)
 
     def _float_row(self, layer: Layer, cap: Capture) -> T.LayerVerify:
         """A layer no row builder covers: float domain against the graph's output only."""
