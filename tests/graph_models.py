@@ -4,8 +4,9 @@ out the way ``torchvision.models.quantization`` writes them: QuantStub/DeQuantSt
 FloatFunctional adds/muls/cats, conv-bn(-relu) fused before eager PTQ, Hardswish and
 Hardsigmoid, max-pooling with ``ceil_mode``, adaptive average pooling, flatten, dropout.
 
-:func:`quantize` runs the real eager flow (fuse, prepare, calibrate, convert) and
-:func:`scripted` what users save: ``torch.jit.save(torch.jit.script(model))``.
+:func:`quantize` runs the real eager flow (fuse, prepare, calibrate, convert),
+:func:`quantize_fx` the FX graph mode one, and :func:`scripted` what users save:
+``torch.jit.save(torch.jit.script(model))``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class ResNetShaped(nn.Module):
         self.fc = nn.Linear(32, num_classes)
         self.dequant = tq.DeQuantStub()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):  # no annotations: FX copies them into code TorchScript rejects
         x = self.quant(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer2(self.layer1(x))
@@ -158,7 +159,7 @@ class MobileNetV3Shaped(nn.Module):
         self.quant = tq.QuantStub()
         self.dequant = tq.DeQuantStub()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):  # no annotations: FX copies them into code TorchScript rejects
         x = self.quant(x)
         x = torch.flatten(self.avgpool(self.features(x)), 1)
         return self.dequant(self.classifier(x))
@@ -231,7 +232,7 @@ class GoogLeNetShaped(nn.Module):
         self.quant = tq.QuantStub()
         self.dequant = tq.DeQuantStub()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):  # no annotations: FX copies them into code TorchScript rejects
         x = self.quant(x)
         x = self.maxpool1(self.conv1(x))
         x = self.maxpool2(self.conv3(self.conv2(x)))
@@ -287,6 +288,25 @@ def quantize(float_m: nn.Module, engine: str, batches: list[torch.Tensor]) -> nn
     return m
 
 
+def quantize_fx(float_m: nn.Module, engine: str, batches: list[torch.Tensor]) -> nn.Module:
+    """FX graph mode PTQ: prepare_fx with the engine's default qconfig mapping (it fuses
+    conv-bn-relu itself), calibrate, convert_fx."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        m = prepare_fx(copy.deepcopy(float_m).eval(), get_default_qconfig_mapping(engine),
+                       (batches[0],))
+        with torch.no_grad():
+            for x in batches:
+                m(x)
+        return convert_fx(m)
+    finally:
+        torch.backends.quantized.engine = old
+
+
 def scripted(model: nn.Module, path: Path) -> Path:
     torch.jit.save(torch.jit.script(model), path)
     return path
@@ -307,4 +327,5 @@ def run(model: nn.Module, x: torch.Tensor, engine: str) -> torch.Tensor:
         torch.backends.quantized.engine = old
 
 
-__all__ = ["MODELS", "F", "calibration", "float_model", "quantize", "run", "scripted"]
+__all__ = ["MODELS", "F", "calibration", "float_model", "quantize", "quantize_fx", "run",
+           "scripted"]

@@ -183,30 +183,24 @@ class TorchScriptRunner:
     """A TorchScript archive: its stored code interpreted, never ``torch.jit.load``."""
 
     name = "torchscript"
+    format_prefix = "TorchScript archive"
     needs = {"input": NEEDS_INPUT}
     refuses = {"seed": NO_SEED, "model": NO_MODEL}
 
     def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
-        return ckpt.format.startswith("TorchScript archive")
+        return ckpt.format.startswith(self.format_prefix)
 
     def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
             ) -> T.VerifyReport:
         V.check_stage(ckpt)
-        return verify_script(ckpt, "torchscript", options, progress)
+        return verify_script(ckpt, self.name, options, progress)
 
 
 class FxPickleRunner(TorchScriptRunner):
     """A pickled FX GraphModule: its stored code interpreted, nothing unpickled."""
 
     name = "fx-pickle"
-
-    def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
-        return ckpt.format.startswith("FX GraphModule")
-
-    def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
-            ) -> T.VerifyReport:
-        V.check_stage(ckpt)
-        return verify_script(ckpt, "fx-pickle", options, progress)
+    format_prefix = "FX GraphModule"
 
 
 class Interpreter:
@@ -530,9 +524,20 @@ class Interpreter:
         if not self.quantized:
             return float_op(op, args)
         out = getattr(torch.ops.quantized, op)(*args)
-        if self.current is not None:
-            self.captures.setdefault(self.current.name, Capture(args[0], out, op, list(args)))
+        owner = self.current or self._entry_layer(args)
+        if owner is not None:
+            self.captures.setdefault(owner.name, Capture(args[0], out, op, list(args)))
         return out
+
+    def _entry_layer(self, args: list[Any]) -> Layer | None:
+        """The layer an op belongs to through the file entry it reads (FX code passes its
+        op's scale as ``self.<op>_scale_0``)."""
+        for arg in args:
+            if _is_tensor(arg) or isinstance(arg, float):  # small ints are shared objects
+                for key, value in self.entries.items():
+                    if value is arg and key in self.key_layer:
+                        return self.key_layer[key]
+        return None
 
     def _packed_layer(self, packed: Any) -> Layer:
         for key, value in self.entries.items():
