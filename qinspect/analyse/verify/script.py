@@ -226,6 +226,8 @@ class Interpreter:
         self.captures: dict[str, Capture] = {}
         self.steps = 0
         self.where = "the graph"
+        self.module = ""
+        """The module whose code is running ("" for the root), to name it in errors."""
         self.current: Layer | None = None
         """The layer whose own code is running (its quantized ops are captured for it)."""
         self._packed: dict[str, Any] = {}
@@ -269,12 +271,13 @@ class Interpreter:
         if func is None:
             raise VerifyError(f"cannot run {method} of {mod.path or 'the root'} "
                               f"({mod.qualname}): no code for it in the file")
-        outer = self.current
+        outer, outer_module = self.current, self.module
         self.current = layer if layer is not None else outer
+        self.module = mod.path
         try:
             return self.invoke(func, [mod, *args], kwargs or {}, depth)
         finally:
-            self.current = outer
+            self.current, self.module = outer, outer_module
 
     def invoke(self, func: ast.FunctionDef, args: list[Any], kwargs: dict[str, Any],
                depth: int) -> Any:
@@ -472,7 +475,9 @@ class Interpreter:
         if name.startswith(("ops.quantized.", "torch.ops.quantized.")) and \
                 short in QUANTIZED_OPS:
             return self.quantized_op(short, args)
-        raise VerifyError(f"verify cannot run {name!r} from a graph yet")
+        raise VerifyError(f"verify cannot run {name!r} from a graph yet (called in "
+                          f"{repr(self.module) if self.module else 'the root forward'}); "
+                          "verify runs allow-listed operators only")
 
     def quantize(self, args: list[Any]) -> Any:
         import torch
