@@ -362,7 +362,7 @@ class Interpreter:
         kq = got.numpy()
         ref = quantize_per_tensor_decomposed(src.to(torch.float32).numpy(), float(scale), zp,
                                              str(got.dtype).removeprefix("torch."), qmin, qmax)
-        return agreement(ENGINE, "float op, decomposed quantize",
+        return agreement(ENGINE, "decomposed quantize",
                          "quantized_decomposed.quantize_per_tensor", kq, ref, "LSB")
 
     def _float_arg(self, value: Any, node: Any, index: int) -> Any:
