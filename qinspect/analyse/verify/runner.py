@@ -45,12 +45,13 @@ class Runner(Protocol):
 def runners() -> tuple[Runner, ...]:
     """Every runner, the most specific first (imported here, not at package import)."""
     from qinspect.analyse.verify.export import Pt2Runner
+    from qinspect.analyse.verify.hf import HfRunner
     from qinspect.analyse.verify.model import ModelRunner
     from qinspect.analyse.verify.script import FxPickleRunner, TorchScriptRunner
     from qinspect.analyse.verify.statedict import StateDictRunner
     from qinspect.analyse.verify.torchao import TorchaoRunner
 
-    return (TorchaoRunner(), Pt2Runner(), TorchScriptRunner(), FxPickleRunner(),
+    return (HfRunner(), TorchaoRunner(), Pt2Runner(), TorchScriptRunner(), FxPickleRunner(),
             ModelRunner(), StateDictRunner())
 
 
