@@ -115,14 +115,15 @@ def verify(
     model: str | None = None,
     engine: str | None = None,
     layer_glob: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     batch: int | None = None,
     progress: Progress | None = None,
 ) -> VerifyReport:
     """What ``qinspect verify`` reports: every quantized layer run in the float domain, by
     torch's kernel and by qinspect's integer reference, with SQNR, error in LSB, clipping
-    and kernel agreement. ``model="file.py:Class"`` imports and runs that code (needs
-    ``reference`` and ``input``)."""
+    and kernel agreement. ``model="file.py:NAME"`` imports and runs that code (a model
+    class or builder function; needs ``reference`` and ``input``). An option the file's
+    runner cannot honour raises :class:`~qinspect.errors.InputError` with the reason."""
     from qinspect.analyse.verify import verify as _verify
 
     return _verify(checkpoint, input=input, reference=reference, model=model, engine=engine,

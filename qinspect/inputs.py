@@ -22,6 +22,9 @@ import numpy as np
 from qinspect.errors import InputError
 
 NPY_MAGIC = b"\x93NUMPY"
+MAX_RANK = 8
+"""The most dimensions a model input may have (Conv3d takes 5; 8 leaves room): a deeper
+array is a damaged or wrong file, refused before it reaches a kernel."""
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -190,6 +193,10 @@ def _numeric(p: Path, name: str, a: np.ndarray) -> np.ndarray:
     if a.dtype.kind not in "fiub":
         raise InputError(f"{p}: {name!r} has dtype {a.dtype}; save numbers "
                          "(float32 for model inputs)")
+    if a.ndim > MAX_RANK:
+        raise InputError(f"{p}: {name!r} has {a.ndim} dimensions {shape_text(a.shape)}; a "
+                         f"model input has at most {MAX_RANK}: save the array the model "
+                         "takes")
     if a.size == 0:
         raise InputError(f"{p}: {name!r} is empty {shape_text(a.shape)}; save at least one "
                          "sample")

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from qinspect.analyse.kernels import conv_sum  # noqa: E402
+from qinspect.analyse.verify.kernels import conv_sum  # noqa: E402
 from qinspect.quant import reference as R  # noqa: E402
 
 

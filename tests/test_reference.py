@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qinspect.analyse import kernels as K
+from qinspect.analyse.verify import kernels as K
 from qinspect.quant import reference as R
 
 warnings.filterwarnings("ignore")
@@ -41,6 +41,11 @@ def _weight(rng, shape, per_channel, symmetric):
     return wq, np.array([wq.q_scale()]), np.array([wq.q_zero_point()])
 
 
+def _pairs(kernel: str) -> bool:
+    """fbgemm on a CPU without VNNI adds byte-product pairs in int16 (saturating)."""
+    return kernel == "fbgemm" and K.fbgemm_int16_gemm()
+
+
 def _act(rng, shape, scale, zp):
     ints = torch.from_numpy(rng.integers(0, 256, shape).astype(np.uint8))
     return torch._make_per_tensor_quantized_tensor(ints, scale, zp)
@@ -62,7 +67,8 @@ def test_linear_matches_torch(engine, per_channel, symmetric, relu, bias, m, k, 
         want = op(xq, packed, so, zo).int_repr().numpy()
     got = R.quantized_linear(xq.int_repr().numpy(), sx, zx, wq.int_repr().numpy(), sw, zw,
                              None if b is None else b.numpy(), so, zo,
-                             kernel=K.linear_kernel(engine), relu=relu)
+                             kernel=K.linear_kernel(engine), relu=relu,
+                             int16_gemm=_pairs(K.linear_kernel(engine)))
     np.testing.assert_array_equal(got, want)
 
 
@@ -90,11 +96,11 @@ def test_conv_matches_torch(engine, dim, per_channel, symmetric, relu, bias, k, 
         packed = prepack(wq, b, list(geo.stride), list(geo.padding), list(geo.dilation), groups)
         want = run(xq, packed, so, zo).int_repr().numpy()
     kernel = K.conv_kernel(engine, zw, groups)
+    depthwise = kernel == "fbgemm" and K.fbgemm_depthwise(cin, tuple(wq.shape), geo)
     got = R.quantized_conv(xq.int_repr().numpy(), sx, zx, wq.int_repr().numpy(), sw, zw,
                            None if b is None else b.numpy(), so, zo, kernel=kernel, relu=relu,
                            stride=stride, padding=padding, dilation=dilation, groups=groups,
-                           int16_pairs=kernel == "fbgemm" and K.fbgemm_depthwise(
-                               cin, tuple(wq.shape), geo))
+                           int16_pairs=depthwise, int16_gemm=_pairs(kernel) and not depthwise)
     np.testing.assert_array_equal(got, want)
 
 
@@ -120,6 +126,31 @@ def test_fbgemm_depthwise_adds_byte_pairs_in_int16(dim):
     assert np.count_nonzero(plain != want) > 0
 
 
+@pytest.mark.skipif(not K.fbgemm_int16_gemm(), reason="this CPU has VNNI: no int16 pairs")
+@pytest.mark.parametrize("op", ["linear", "conv"])
+def test_fbgemm_without_vnni_adds_byte_pairs_in_int16(op):
+    """Without VNNI fbgemm's GEMM saturates pairs of byte products to int16: full-range
+    activations and large weights hit it; the plain reference misses that, the int16-pair
+    reference (pairs along K, conv taps outermost) reproduces it."""
+    rng = np.random.default_rng(0)
+    x = _act(rng, (3, 8, 7, 7) if op == "conv" else (64, 72), 0.05, 3)
+    shape = (6, 8, 3, 3) if op == "conv" else (6, 72)
+    wq, sw, zw = _weight(rng, shape, True, True)
+    with K.engine_context("fbgemm"):
+        if op == "conv":
+            packed = torch.ops.quantized.conv2d_prepack(wq, None, [1, 1], [1, 1], [1, 1], 1)
+            want = torch.ops.quantized.conv2d(x, packed, 0.2, 60)
+        else:
+            want = torch.ops.quantized.linear(x, torch.ops.quantized.linear_prepack(wq, None),
+                                              0.2, 60)
+    want = want.int_repr().numpy()
+    args = (x.int_repr().numpy(), 0.05, 3, wq.int_repr().numpy(), sw, zw, None, 0.2, 60)
+    run = (lambda **kw: R.quantized_conv(*args, kernel="fbgemm", padding=1, **kw)) \
+        if op == "conv" else (lambda **kw: R.quantized_linear(*args, kernel="fbgemm", **kw))
+    np.testing.assert_array_equal(run(int16_gemm=True), want)
+    assert np.count_nonzero(run() != want) > 0
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("out_scale", [1e-9, 1e-5, 1e3])
 def test_requantization_overflow_behaves_like_torch(engine, out_scale):
@@ -135,11 +166,12 @@ def test_requantization_overflow_behaves_like_torch(engine, out_scale):
         conv = torch.ops.quantized.conv2d(cx, packed, out_scale, 70).int_repr().numpy()
         lin = torch.ops.quantized.linear(lx, torch.ops.quantized.linear_prepack(lw, b),
                                          out_scale, 70).int_repr().numpy()
+    ck, lk = K.conv_kernel(engine, czw, 1), K.linear_kernel(engine)
     got_conv = R.quantized_conv(cx.int_repr().numpy(), 0.03, 61, cw.int_repr().numpy(), csw,
-                                czw, b.numpy(), out_scale, 70,
-                                kernel=K.conv_kernel(engine, czw, 1))
+                                czw, b.numpy(), out_scale, 70, kernel=ck,
+                                int16_gemm=_pairs(ck))
     got_lin = R.quantized_linear(lx.int_repr().numpy(), 0.03, 61, lw.int_repr().numpy(), lsw,
-                                 lzw, b.numpy(), out_scale, 70, kernel=K.linear_kernel(engine))
+                                 lzw, b.numpy(), out_scale, 70, kernel=lk, int16_gemm=_pairs(lk))
     np.testing.assert_array_equal(got_conv, conv)
     np.testing.assert_array_equal(got_lin, lin)
     if out_scale == 1e-9:  # the quirk is really exercised: both ends are hit
@@ -181,7 +213,7 @@ def test_dynamic_linear_matches_torch(engine, per_channel, relu, bias, reduce_ra
     got, _, _, _ = R.dynamic_linear(x, wq.int_repr().numpy(), sw, zw,
                                     None if b is None else b.numpy(),
                                     kernel=K.linear_kernel(engine), reduce_range=reduce_range,
-                                    relu=relu)
+                                    relu=relu, int16_gemm=_pairs(K.linear_kernel(engine)))
     np.testing.assert_array_equal(got, want)
 
 
@@ -246,10 +278,12 @@ def test_rounding_order_on_a_million_outputs(engine, op):
                 x4 = _act(rng, (16, k, 16, 16), 0.011, 61)
                 want = torch.ops.quantized.conv2d(x4, packed, so, 70).int_repr().numpy()
         if op == "linear":
+            lk = K.linear_kernel(engine)
             got = R.quantized_linear(xq.int_repr().numpy(), 0.011, 61, wq.int_repr().numpy(),
-                                     sw, zw, b.numpy(), so, 70, kernel=K.linear_kernel(engine))
+                                     sw, zw, b.numpy(), so, 70, kernel=lk, int16_gemm=_pairs(lk))
         else:
+            ck = K.conv_kernel(engine, zw, 1)
             got = R.quantized_conv(x4.int_repr().numpy(), 0.011, 61, w4.int_repr().numpy(), sw,
-                                   zw, b.numpy(), so, 70, kernel=K.conv_kernel(engine, zw, 1))
+                                   zw, b.numpy(), so, 70, kernel=ck, int16_gemm=_pairs(ck))
         mismatches += int(np.count_nonzero(got != want))
     assert mismatches == 0

@@ -22,7 +22,7 @@ class Evil:
 
 
 def _schema() -> dict:
-    return json.loads(resources.files("qinspect").joinpath("schemas/verify-1.json").read_text())
+    return json.loads(resources.files("qinspect").joinpath("schemas/verify-2.json").read_text())
 
 
 def _one_line_error(r, *needles: str) -> str:
@@ -51,7 +51,7 @@ def test_json_validates_against_the_schema(cli, samples, args):
     assert r.code == 0, r.err
     doc = json.loads(r.out)
     jsonschema.validate(doc, _schema())
-    assert doc["schema"] == "qinspect.verify/1"
+    assert doc["schema"] == "qinspect.verify/2"
     assert doc["kernel_mismatches"] == 0
     if "--model" in args:
         assert doc["mode"] == "model" and doc["end_to_end"]["sqnr_db"] > 20
@@ -135,7 +135,7 @@ def test_missing_input_and_bad_batch(cli, samples, tmp_path):
     (["--model", "models.py:MnistMLP"], "--model needs --reference"),
     (["--reference", "mlp_fp32.pt", "--model", "models.py:Nope"], "no attribute 'Nope'"),
     (["--reference", "mlp_fp32.pt", "--model", "nope.py:MnistMLP"], "no such Python file"),
-    (["--reference", "mlp_fp32.pt", "--model", "models.py"], "FILE.py:Class"),
+    (["--reference", "mlp_fp32.pt", "--model", "models.py"], "FILE.py:NAME"),
     (["--reference", "convnet_fp32.pt", "--model", "models.py:MnistMLP"], "right model class"),
 ])
 def test_model_option_errors_exit_2(cli, samples, extra, needle):

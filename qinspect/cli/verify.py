@@ -28,19 +28,22 @@ def verify(
         help="Float checkpoint: the float domain uses its weights (BatchNorm folded as diff "
              "does), so the SQNR includes weight error.")] = None,
     model: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        metavar="FILE.py:Class", help="This imports and runs FILE's code (use it only for "
-        "code you trust): builds Class() with no arguments, loads --reference into it and "
-        "runs --input through the float and the quantized model, for exact per-layer inputs "
-        "and an end-to-end SQNR. Also package.module:Class.")] = None,
+        metavar="FILE.py:NAME", help="This imports and runs FILE's code (use it only for "
+        "code you trust): calls NAME() (a model class or a builder function returning the "
+        "model), loads --reference into it and runs --input through the float and the "
+        "quantized model, for exact per-layer inputs and an end-to-end SQNR. Also "
+        "package.module:NAME. State_dicts only.")] = None,
     layer: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Only report layers whose name matches this glob, e.g. 'fc*'.")] = None,
     engine: Annotated[Optional[Engine], typer.Option(  # noqa: UP045
         help="Quantized engine to run (default: the one the file implies).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic inputs.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Seed of the synthetic inputs (default 0; refused where none are drawn).")
+    ] = None,
     batch: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Use at most N samples (first axis of the input; synthetic batch size).")] = None,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print a JSON document (schema qinspect.verify/1).")] = False,
+        "--json", help="Print a JSON document (schema qinspect.verify/2).")] = False,
     html: Annotated[OptPath, typer.Option(
         "--html", metavar="FILE", help="Also write a self-contained HTML page with charts "
         "(atomically; it opens offline, loads nothing).")] = None,

@@ -67,9 +67,12 @@ class Graph:
     problems: list[str] = field(default_factory=list)
 
 
-def parse_classes(sources: dict[str, str]) -> tuple[dict[str, ast.ClassDef], list[str]]:
-    """``{record path: source}`` -> ``{qualified class name: ClassDef}``."""
-    classes: dict[str, ast.ClassDef] = {}
+def parse_classes(sources: dict[str, str]
+                  ) -> tuple[dict[str, ast.ClassDef | ast.FunctionDef], list[str]]:
+    """``{record path: source}`` -> ``{qualified name: ClassDef}``, plus the scripted
+    module-level helper functions the archive holds (``__torch__.torch.nn.functional.
+    _max_pool2d``...) as ``{qualified name: FunctionDef}``, for ``verify`` to interpret."""
+    classes: dict[str, ast.ClassDef | ast.FunctionDef] = {}
     problems: list[str] = []
     for record, text in sources.items():
         module = record.removeprefix("code/").removesuffix(".py").replace("/", ".")
@@ -79,7 +82,7 @@ def parse_classes(sources: dict[str, str]) -> tuple[dict[str, ast.ClassDef], lis
             problems.append(f"{record}: not parseable ({type(exc).__name__})")
             continue
         for node in tree.body:
-            if isinstance(node, ast.ClassDef):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
                 classes[f"{module}.{node.name}"] = node
     return classes, problems
 
@@ -130,7 +133,7 @@ class Walker:
 
     def _find_method(self, qualname: str, method: str) -> ast.FunctionDef | None:
         cls = self.classes.get(qualname)
-        if cls is None:
+        if not isinstance(cls, ast.ClassDef):
             return None
         for node in cls.body:
             if isinstance(node, ast.FunctionDef) and node.name == method:

@@ -5,7 +5,7 @@ and qparams a checkpoint stores, so that ``qinspect verify`` can show the checkp
 means what ``qinspect show`` says it means. Three arithmetic recipes exist, named after
 the library that runs them (the *kernel*, not the engine: torch's ``x86`` engine runs
 linear layers with fbgemm and convolutions with oneDNN when the CPU has AVX512-VNNI and
-the weights are symmetric, see :mod:`qinspect.analyse.kernels`):
+the weights are symmetric, see :mod:`qinspect.analyse.verify.kernels`):
 
 Notation as in :mod:`qinspect.quant.affine`: ``f32(.)`` rounds to float32, ``rint``
 rounds half to even, ``acc = sum_k (x_q - zx)(w_q - zw)`` is the exact integer
@@ -51,11 +51,12 @@ The accumulator is summed in float64 by BLAS: every product ``(x_q - zx)(w_q - z
 is an integer of at most 2**16 in magnitude, so every partial sum of fewer than 2**37
 terms is an integer below 2**53 and exact in float64 whatever the summation order;
 longer sums fall back to int64 arithmetic. Verified against torch 2.13.0+cpu on an
-AVX512-VNNI x86-64 machine (``tests/test_reference.py``); fbgemm without VNNI sums
-pairs of products in int16 with saturation (``vpmaddubsw``), which activations in the
-full 0..255 range can overflow: the reference does not reproduce that, so such a
-machine shows mismatches (``reduce_range`` activations, the fbgemm default, never
-overflow).
+AVX512-VNNI x86-64 machine and on an AVX2 one without VNNI (``tests/test_reference.py``).
+fbgemm without VNNI sums pairs of raw byte products in int16 with saturation
+(``vpmaddubsw``), which activations in the full 0..255 range can overflow
+(``reduce_range`` activations, the fbgemm default, never do): ``int16_gemm=True``
+reproduces it, pairing neighbours along K (a Linear's input features; a convolution's
+im2col order per group: kernel taps outermost, channels innermost).
 """
 
 from __future__ import annotations
@@ -120,19 +121,71 @@ def _matmul_exact(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.
 
 
 def accumulate_linear(
-    x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike
+    x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, *, int16_gemm: bool = False
 ) -> NDArray[np.int32]:
     """``acc[..., n] = sum_k (x_q[..., k] - x_zp) * (w_q[n, k] - w_zp[n])`` as int32.
 
     ``w_zp`` has one entry (per tensor) or one per output row. The sum is exact and
-    then wrapped to int32, as the kernels' accumulators do.
+    then wrapped to int32, as the kernels' accumulators do; with ``int16_gemm`` the raw
+    byte products of features (0, 1), (2, 3), ... saturate to int16 first (fbgemm
+    without VNNI, see the module docstring).
     """
+    if int16_gemm:
+        xa = np.asarray(x_q).astype(np.int64)
+        lead = xa.shape[:-1]
+        acc = _gemm_int16(xa.reshape(-1, xa.shape[-1]), int(x_zp), np.asarray(w_q), w_zp)
+        return _wrap_int32(acc).reshape(*lead, -1)
     x = _centred(x_q, x_zp, f64)
     w = np.asarray(w_q).astype(f64)
     w = w - np.asarray(w_zp, dtype=f64).reshape(-1, 1)
     lead = x.shape[:-1]
     acc = _matmul_exact(x.reshape(-1, x.shape[-1]), w.T)
     return _wrap_int32(acc).reshape(*lead, w.shape[0])
+
+
+def _gemm_int16(x: NDArray[np.int64], x_zp: int, w_q: ArrayLike, w_zp: ArrayLike
+                ) -> NDArray[np.int64]:
+    """(M, K) raw uint8 rows times (N, K) raw int8 weights as fbgemm's AVX2 kernels do:
+    the products of neighbours (0, 1), (2, 3), ... along K saturate to int16
+    (``vpmaddubsw``), the pairs add up in int32, then the zero points come off through
+    row and column sums."""
+    w = np.asarray(w_q).astype(np.int64)
+    k = w.shape[1]
+    zw = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (w.shape[0],))
+    acc = np.zeros((x.shape[0], w.shape[0]), np.int64)
+    for t in range(0, k, 2):
+        pair = x[:, t:t + 1] * w[:, t]
+        if t + 1 < k:
+            pair = pair + x[:, t + 1:t + 2] * w[:, t + 1]
+        acc += np.clip(pair, -(2**15), 2**15 - 1)
+    acc -= x_zp * w.sum(1)
+    acc -= zw * (x.sum(1, keepdims=True) - x_zp * k)
+    return acc
+
+
+def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride, padding,
+                dilation, groups: int) -> NDArray[np.int64]:
+    """A convolution as fbgemm's im2col GEMM without VNNI: per group, K runs over kernel
+    taps (outermost) and the group's channels (innermost), pairs saturate to int16."""
+    xa = np.asarray(x_q).astype(np.int64)
+    wa = np.asarray(w_q).astype(np.int64)
+    nd = wa.ndim - 2
+    stride, padding, dilation = _conv_geometry(nd, stride, padding, dilation)
+    xa = np.pad(xa, [(0, 0), (0, 0)] + [(p, p) for p in padding], constant_values=int(x_zp))
+    n, c = xa.shape[:2]
+    o = wa.shape[0]
+    cg, og = c // groups, o // groups
+    zw = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (o,))
+    cols = _im2col(xa, wa.shape[2:], stride, dilation)  # (n, *out, C, *k)
+    out_sp = cols.shape[1:1 + nd]
+    parts = []
+    for g in range(groups):
+        xg = np.moveaxis(cols[(slice(None),) * (1 + nd) + (slice(g * cg, (g + 1) * cg),)],
+                         1 + nd, -1)  # (n, *out, *k, cg)
+        wg = np.moveaxis(wa[g * og:(g + 1) * og], 1, -1).reshape(og, -1)
+        acc = _gemm_int16(xg.reshape(-1, wg.shape[1]), int(x_zp), wg, zw[g * og:(g + 1) * og])
+        parts.append(acc.reshape(n, *out_sp, og))
+    return np.moveaxis(np.concatenate(parts, axis=-1), -1, 1)
 
 
 def _im2col(x: NDArray, ksize: Sequence[int], stride: Sequence[int],
@@ -191,7 +244,7 @@ def accumulate_conv(
     x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, *,
     stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1, groups: int = 1, int16_pairs: bool = False,
-    conv_sum: ConvSum | None = None,
+    conv_sum: ConvSum | None = None, int16_gemm: bool = False,
 ) -> NDArray[np.int32]:
     """Integer accumulator of a quantized N-d convolution, (N, O, *out), as int32.
 
@@ -199,11 +252,13 @@ def accumulate_conv(
     *centred* input with 0, i.e. the quantized input with its zero point, as torch does.
 
     ``int16_pairs``: fbgemm's depthwise kernel (``groups == C``, see
-    :func:`qinspect.analyse.kernels.fbgemm_depthwise`) multiplies the *raw* bytes
+    :func:`qinspect.analyse.verify.kernels.fbgemm_depthwise`) multiplies the *raw* bytes
     ``x_q * w_q`` and adds the products of kernel taps (0, 1), (2, 3), ... in int16
     with saturation (``vpmaddubsw``) before widening to int32; the zero points are
     subtracted afterwards through row/column sums. With activations in the full 0..255
     range and large weights a pair can exceed 32767: this reproduces that clipping.
+
+    ``int16_gemm``: fbgemm's im2col GEMM on a CPU without VNNI (see the module docstring).
 
     ``conv_sum``: another implementation of :func:`_conv_sum` (same arguments; with
     ``exact`` it must return the exact integer sums, e.g. a float64 convolution, which
@@ -212,6 +267,9 @@ def accumulate_conv(
     if int16_pairs:
         return _wrap_int32(_depthwise_int16(x_q, x_zp, w_q, w_zp, stride, padding, dilation,
                                             groups))
+    if int16_gemm:
+        return _wrap_int32(_conv_int16(x_q, x_zp, w_q, w_zp, stride, padding, dilation,
+                                       groups))
     w = np.asarray(w_q).astype(f64)
     w = w - np.asarray(w_zp, dtype=f64).reshape((-1,) + (1,) * (w.ndim - 1))
     acc = (conv_sum or _conv_sum)(_centred(x_q, x_zp, f64), w, stride, padding, dilation,
@@ -353,10 +411,10 @@ def requantize(
 def quantized_linear(
     x_q: ArrayLike, x_scale: float, x_zp: int, w_q: ArrayLike, w_scale: ArrayLike,
     w_zp: ArrayLike, bias: ArrayLike | None, out_scale: float, out_zp: int, *,
-    kernel: str, relu: bool = False,
+    kernel: str, relu: bool = False, int16_gemm: bool = False,
 ) -> NDArray[np.uint8]:
     """``torch.ops.quantized.linear`` (``linear_relu``) on quint8 input (..., K)."""
-    acc = accumulate_linear(x_q, x_zp, w_q, w_zp)
+    acc = accumulate_linear(x_q, x_zp, w_q, w_zp, int16_gemm=int16_gemm)
     return requantize(acc, x_scale, w_scale, bias, out_scale, out_zp, kernel=kernel,
                       relu=relu, axis=-1)
 
@@ -366,12 +424,12 @@ def quantized_conv(
     w_zp: ArrayLike, bias: ArrayLike | None, out_scale: float, out_zp: int, *,
     kernel: str, relu: bool = False, stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1, groups: int = 1,
-    int16_pairs: bool = False, conv_sum: ConvSum | None = None,
+    int16_pairs: bool = False, conv_sum: ConvSum | None = None, int16_gemm: bool = False,
 ) -> NDArray[np.uint8]:
     """``torch.ops.quantized.conv{1,2,3}d`` (``_relu``) with zero padding, (N, C, *S)."""
     acc = accumulate_conv(x_q, x_zp, w_q, w_zp, stride=stride, padding=padding,
                           dilation=dilation, groups=groups, int16_pairs=int16_pairs,
-                          conv_sum=conv_sum)
+                          conv_sum=conv_sum, int16_gemm=int16_gemm)
     return requantize(acc, x_scale, w_scale, bias, out_scale, out_zp, kernel=kernel,
                       relu=relu, axis=1)
 
@@ -463,6 +521,7 @@ def choose_dynamic_qparams(x_min: float, x_max: float, reduce_range: bool,
 def dynamic_linear(
     x: ArrayLike, w_q: ArrayLike, w_scale: ArrayLike, w_zp: ArrayLike,
     bias: ArrayLike | None, *, kernel: str, reduce_range: bool = True, relu: bool = False,
+    int16_gemm: bool = False,
 ) -> tuple[NDArray[np.float32], NDArray[np.uint8], float, int]:
     """``torch.ops.quantized.linear_dynamic`` on a float input (..., K).
 
@@ -476,7 +535,7 @@ def dynamic_linear(
     hi = float(xf.max()) if xf.size else 0.0
     scale, zp = choose_dynamic_qparams(lo, hi, reduce_range and kernel == "fbgemm")
     x_q = quantize_per_tensor(xf, scale, zp, "quint8")
-    acc = accumulate_linear(x_q, zp, w_q, w_zp).astype(f32)
+    acc = accumulate_linear(x_q, zp, w_q, w_zp, int16_gemm=int16_gemm).astype(f32)
     n = acc.shape[-1]
     mult = (f32(scale) * _channels(w_scale, n, f64).astype(f32)).astype(f32)
     b = np.zeros(n, f32) if bias is None else _channels(bias, n, f32)

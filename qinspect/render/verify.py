@@ -1,4 +1,4 @@
-"""VerifyReport -> rich renderables (human) or a JSON document (schema ``qinspect.verify/1``).
+"""VerifyReport -> rich renderables (human) or a JSON document (schema ``qinspect.verify/2``).
 
 The progress bar on stderr is the CLI's (``qinspect.cli._console.progress_bar``).
 """
@@ -21,7 +21,7 @@ from qinspect.analyse.verify import (
 )
 from qinspect.render.text import safe, text
 
-VERIFY_SCHEMA = "qinspect.verify/1"
+VERIFY_SCHEMA = "qinspect.verify/2"
 SQNR_BAD_DB = 20.0
 SQNR_WARN_DB = 30.0
 CLIP_BAD = 0.01
@@ -35,6 +35,8 @@ SOURCE_LABEL = {
 
 def render_verify(report: VerifyReport) -> RenderableType:
     parts: list[RenderableType] = [_header(report), _table(report)]
+    if report.scope:
+        parts.insert(0, Text.assemble(("what was checked  ", "bold"), text(report.scope)))
     worst = report.explanation()
     if worst is not None:
         parts.append(Text.assemble(("\nworst  ", "bold"), text(worst)))
@@ -66,8 +68,6 @@ def _header(r: VerifyReport) -> RenderableType:
     if r.chain_note is not None:
         grid.add_row("chain", Text.assemble((" -> ".join(safe(n) for n in r.chain), "yellow"),
                                             ": ", text(r.chain_note)))
-    elif r.mode == "file":
-        grid.add_row("chain", Text("none: no two layers connect by shape", style="dim"))
     return grid
 
 
@@ -204,6 +204,8 @@ def verify_json(r: VerifyReport) -> dict[str, Any]:
     return {
         "schema": VERIFY_SCHEMA,
         "file": r.path,
+        "runner": r.runner,
+        "scope": r.scope,
         "mode": r.mode,
         "engine": r.engine,
         "engine_reason": r.engine_reason,

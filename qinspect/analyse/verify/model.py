@@ -1,12 +1,14 @@
 """``verify --model``: exact per-layer inputs from the user's own model code.
 
-This imports and runs the user's Python file (an explicit opt-in). The class is built
-with no arguments and the float reference (``--reference``, ``weights_only``) is loaded
-into it. A quantized copy is made the way eager mode does it: BatchNorms the checkpoint
-folded are fused into their conv, ``prepare``/``convert`` swap in torch's quantized
-modules (QuantStub, Linear, Conv, FloatFunctional, dynamic Linear/LSTM, ...) and the
-checkpoint's state_dict is loaded into them (strictly: every key must find its module).
-The sample runs through both models with hooks:
+This imports and runs the user's Python file (an explicit opt-in). ``--model`` names a
+class or any builder function (``torchvision.models.quantization.resnet18``-style
+factories with their defaults) that returns a ``torch.nn.Module`` when called with no
+arguments; the float reference (``--reference``, read safely) is loaded into it. A
+quantized copy is made the way eager mode does it: BatchNorms the checkpoint folded are
+fused into their conv, ``prepare``/``convert`` swap in torch's quantized modules
+(QuantStub, Linear, Conv, FloatFunctional, dynamic Linear/LSTM, ...) and the checkpoint's
+state_dict is loaded into them (strictly: every key must find its module). The sample runs
+through both models with hooks:
 
 * each quantized layer is fed the quantization of its *real* float input (recorded in
   the float model) with the input qparams the quantized model really used at that point
@@ -28,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from qinspect.analyse import verify as V
-from qinspect.analyse.chain import kind_of, unsupported_reason
-from qinspect.analyse.verify import Call, Context, InputKind, LayerVerify
+from qinspect.analyse.verify import rows as V
+from qinspect.analyse.verify import types as T
+from qinspect.analyse.verify.rows import Call, Context
+from qinspect.analyse.verify.statedict import kind_of, unsupported_reason
+from qinspect.analyse.verify.types import InputKind, LayerVerify
 from qinspect.errors import InputError, VerifyError
 from qinspect.inputs import UserInput, shape_text
 from qinspect.model import Checkpoint, Layer, Mode
@@ -42,13 +46,13 @@ QF_METHODS = ("add", "add_relu", "mul", "mul_relu", "cat", "add_scalar", "mul_sc
 # --- the user's class ----------------------------------------------------------------------
 
 
-def load_class(spec: str) -> Any:
-    """``path/to/file.py:Class`` or ``package.module:Class`` -> the class (runs its module)."""
-    import torch
-
+def load_builder(spec: str) -> Any:
+    """``path/to/file.py:name`` or ``package.module:name`` -> a class or function that
+    builds the model with no arguments (runs its module)."""
     target, sep, name = spec.rpartition(":")
     if not sep or not target or not name:
-        raise InputError(f"--model {spec!r}: expected FILE.py:Class or package.module:Class")
+        raise InputError(f"--model {spec!r}: expected FILE.py:NAME or package.module:NAME "
+                         "(a model class or a function that returns the model)")
     try:
         if target.endswith(".py") or "/" in target or "\\" in target:
             module = _import_file(Path(target))
@@ -59,12 +63,13 @@ def load_class(spec: str) -> Any:
     except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
         raise InputError(f"--model: importing {target} failed ({_line(exc)}); fix the module "
                          "or check the path") from exc
-    cls = getattr(module, name, None)
-    if cls is None:
+    builder = getattr(module, name, None)
+    if builder is None:
         raise InputError(f"--model: {target} has no attribute {name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise InputError(f"--model: {target}:{name} is not a torch.nn.Module class")
-    return cls
+    if not callable(builder):
+        raise InputError(f"--model: {target}:{name} is a {type(builder).__name__}, not a "
+                         "model class or a function that returns the model")
+    return builder
 
 
 def _import_file(path: Path) -> Any:
@@ -96,15 +101,20 @@ def _line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def build_float(cls: Any, spec: str, reference_path: str) -> Any:
-    """``cls()`` with the reference's float weights loaded strictly, in eval mode."""
+def build_float(builder: Any, spec: str, reference_path: str) -> Any:
+    """``builder()`` with the reference's float weights loaded strictly, in eval mode."""
+    import torch
+
     from qinspect.loaders.reader import read_file
 
     try:
-        model = cls()
+        model = builder()
     except BaseException as exc:  # noqa: BLE001
         raise InputError(f"--model: {spec}() failed ({_line(exc)}); --model needs a class "
-                         "that builds with no arguments") from exc
+                         "or function that builds the model with no arguments") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"--model: {spec}() returned a {type(model).__name__}, not a "
+                         "torch.nn.Module; name the model class or its builder function")
     raw = read_file(reference_path)
     state = {k: v for k, v in raw.entries.items() if _is_tensor(v)}
     _load(model, state, strict=True, where=f"{reference_path} into {spec}")
@@ -180,7 +190,7 @@ def build_quantized(float_model: Any, ckpt: Checkpoint, ctx: Context) -> Any:
     import torch
     import torch.ao.quantization as tq
 
-    from qinspect.analyse.kernels import engine_context
+    from qinspect.analyse.verify.kernels import engine_context
     from qinspect.loaders.reader import read_file
 
     m = copy.deepcopy(float_model).eval()
@@ -339,15 +349,15 @@ def _tensors(out: Any) -> list[np.ndarray]:
 
 
 def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
-        reference_path: str) -> V.VerifyReport:
+        reference_path: str) -> T.VerifyReport:
     import torch
 
-    from qinspect.analyse.kernels import engine_context
+    from qinspect.analyse.verify.kernels import engine_context
 
     assert user is not None
     ctx.tick("importing the model", 0, 4)
-    cls = load_class(spec)
-    float_model = build_float(cls, spec, reference_path)
+    builder = load_builder(spec)
+    float_model = build_float(builder, spec, reference_path)
     ctx.tick("building the quantized model", 1, 4)
     qmodel = build_quantized(float_model, ckpt, ctx)
     layers = [lay for lay in ckpt.layers if lay.mode in (Mode.STATIC, Mode.DYNAMIC,
@@ -393,7 +403,7 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
         done.update(r.name for r in new_rows)
     e2e = _end_to_end(f_out, q_out)
     ctx.tick("done", 4, 4)
-    return V.VerifyReport(
+    return T.VerifyReport(
         path=ckpt.path, mode="model", engine=ctx.engine, engine_reason="",
         input_text=user.describe(), layers=tuple(rows), end_to_end=e2e,
         notes=(f"--model imported and ran {spec.rpartition(':')[0]}: every layer gets the "
@@ -451,7 +461,7 @@ def _qparams_of(q_call: tuple[str, tuple[Any, ...]] | None, index: int = 0
 
 def _static(ctx: Context, layer: Layer, f_calls: list, q_calls: list, module: Any,
             packed: Any = None) -> LayerVerify:
-    from qinspect.analyse.kernels import ConvGeometry
+    from qinspect.analyse.verify.kernels import ConvGeometry
     from qinspect.quant.affine import quantize_per_tensor
 
     geo = None
@@ -471,7 +481,7 @@ def _static(ctx: Context, layer: Layer, f_calls: list, q_calls: list, module: An
             return V.not_verified(layer, "its input in the quantized model is not a quantized "
                                   "tensor (no QuantStub before it?)")
         x = np.asarray(f_call[1][0], np.float32)
-        calls.append(Call(quantize_per_tensor(x, qp[0], qp[1], V.ACT_DTYPE), qp[0], qp[1], x))
+        calls.append(Call(quantize_per_tensor(x, qp[0], qp[1], T.ACT_DTYPE), qp[0], qp[1], x))
     if not calls:
         return V.not_verified(layer, "not called by the quantized model on this input")
     text = (f"the float model's input to '{layer.name}' {shape_text(calls[0].q.shape)}, "
@@ -516,7 +526,7 @@ def _qfunctional(ctx: Context, layer: Layer, f_calls: list, q_calls: list) -> La
                 return V.not_verified(layer, "an input in the quantized model is not a "
                                       "quantized tensor")
             x = np.asarray(f_call[1][k], np.float32)
-            pair.append(Call(quantize_per_tensor(x, qp[0], qp[1], V.ACT_DTYPE), qp[0], qp[1], x))
+            pair.append(Call(quantize_per_tensor(x, qp[0], qp[1], T.ACT_DTYPE), qp[0], qp[1], x))
         calls.append((pair[0], pair[1]))
     a, b = calls[0]
     text = (f"the float model's two inputs {shape_text(a.q.shape)}, quantized with the input "
@@ -529,7 +539,7 @@ def _lstm(ctx: Context, ckpt: Checkpoint, name: str, module: Any, f_calls: list
           ) -> list[LayerVerify]:
     import torch
 
-    from qinspect.analyse.kernels import lstm_sequence
+    from qinspect.analyse.verify.kernels import lstm_sequence
 
     gates = [lay for lay in ckpt.layers if module_name(lay) == name and "gates" in lay.kind]
     if not isinstance(module, torch.nn.LSTM) or module.bidirectional or module.proj_size:
@@ -571,11 +581,46 @@ def _lstm(ctx: Context, ckpt: Checkpoint, name: str, module: Any, f_calls: list
     return rows
 
 
-def _end_to_end(f_out: Any, q_out: Any) -> V.EndToEnd | None:
+def _end_to_end(f_out: Any, q_out: Any) -> T.EndToEnd | None:
     from qinspect.quant.metrics import max_abs_error, sqnr_db
 
     f, q = _tensors(f_out), _tensors(q_out)
     if not f or len(f) != len(q) or any(a.shape != b.shape for a, b in zip(f, q, strict=True)):
         return None
     fa, qa = np.concatenate(f), np.concatenate(q)
-    return V.EndToEnd(sqnr_db(fa, qa), max_abs_error(fa, qa), int(fa.size), len(f))
+    return T.EndToEnd(sqnr_db(fa, qa), max_abs_error(fa, qa), int(fa.size), len(f))
+
+
+# --- the runner ---------------------------------------------------------------------------
+
+
+class ModelRunner:
+    """A state_dict with ``--model``: the user's model code gives every layer's real input."""
+
+    name = "model"
+    needs = {
+        "reference": "--model needs --reference FP32.pt: the float weights to load into the "
+                     "model (a quantized state_dict has none)",
+        "input": "--model needs --input: the sample to run through both models",
+    }
+    refuses = {"seed": "--model runs your model on the --input, so there is no synthetic "
+                       "input to seed"}
+
+    def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
+        return options.model is not None
+
+    def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
+            ) -> T.VerifyReport:
+        from dataclasses import replace
+
+        from qinspect.inputs import read_input
+
+        V.check_stage(ckpt)
+        assert options.input is not None and options.reference is not None
+        user = read_input(options.input).limited(options.batch)
+        ctx = Context.make(ckpt, options, progress)
+        report = run(ckpt, ctx, user, str(options.model), options.reference)
+        return replace(report, engine_reason=ctx.engine_reason,
+                       float_domain=ctx.weights.summary, scope=(
+                           "--model ran the float and the quantized model on the input: "
+                           "every layer on its real input, and the end-to-end error"))

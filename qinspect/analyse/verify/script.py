@@ -22,29 +22,34 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qinspect.analyse import verify as V
+from qinspect.analyse.verify import rows as V
+from qinspect.analyse.verify import types as T
 from qinspect.errors import InputError, VerifyError
 from qinspect.model import Checkpoint, Layer, Mode
 
 MAX_DEPTH = 64
 MAX_STEPS = 200_000
 QDTYPES = {13: "quint8", 12: "qint8", 14: "qint32"}
+QDTYPE_RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-2**31, 2**31 - 1)}
 TORCH_FUNCS = ("flatten", "relu", "relu_", "reshape", "cat", "squeeze", "unsqueeze", "mean",
                "permute", "transpose", "add", "mul", "sigmoid", "tanh", "clamp", "hardtanh",
-               "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "slice", "select",
-               "contiguous", "view", "matmul")
+               "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
+               "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+               "adaptive_avg_pool3d", "adaptive_max_pool2d", "slice", "select", "contiguous",
+               "view", "matmul", "hardsigmoid", "hardswish", "relu6", "dropout", "pad",
+               "chunk", "split", "channel_shuffle", "upsample_nearest2d", "sub")
 FUNCTIONAL = ("relu", "relu6", "hardtanh", "dropout", "max_pool2d", "avg_pool2d",
               "adaptive_avg_pool2d", "flatten", "sigmoid", "hardsigmoid", "hardswish")
 METHODS = ("size", "dim", "contiguous", "view", "reshape", "flatten", "relu", "permute",
            "transpose", "mean", "clone", "float", "squeeze", "unsqueeze", "numel")
 QUANTIZED_OPS = ("add", "add_relu", "mul", "mul_relu", "cat", "linear", "linear_relu",
-                 "add_scalar", "mul_scalar")
+                 "add_scalar", "mul_scalar", "hardswish")
 COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
            ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
            ast.Is: operator.is_, ast.IsNot: operator.is_not}
@@ -55,7 +60,8 @@ BUILTINS = {"torch.len": len, "torch.ne": operator.ne, "torch.eq": operator.eq,
             "torch.dim": lambda t: t.dim(), "torch.size": lambda t, d=None: (
                 list(t.size()) if d is None else t.size(d)),
             "len": len, "float": float, "int": int, "bool": bool,
-            "annotate": lambda _t, v: v, "unchecked_cast": lambda _t, v: v}
+            "annotate": lambda _t, v: v, "unchecked_cast": lambda _t, v: v,
+            "uninitialized": lambda _t: None}
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,34 @@ class _Name:
 class Capture:
     x: Any
     y: Any
+    op: str = ""
+    """The quantized op a layer's own code ran (``add``, ``cat``...); "" for kernels."""
+    args: list[Any] | None = None
+
+
+def float_op(op: str, args: list[Any]) -> Any:
+    """The float-domain meaning of a quantized op (its output qparams dropped)."""
+    import torch
+    import torch.nn.functional as F
+
+    if op in ("add", "add_relu", "add_scalar"):
+        y = args[0] + args[1]
+    elif op in ("mul", "mul_relu", "mul_scalar"):
+        y = args[0] * args[1]
+    elif op == "cat":
+        y = torch.cat(args[0], args[1] if len(args) > 1 else 0)
+    elif op == "hardswish":
+        y = F.hardswish(args[0])
+    else:
+        raise VerifyError(f"verify has no float meaning for quantized::{op} yet")
+    return F.relu(y) if op.endswith("_relu") else y
+
+
+def _runs_kernel(layer: Layer) -> bool:
+    """Layers run with torch kernels rebuilt from the file (not from their own code)."""
+    kind = layer.kind
+    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or kind.startswith("Linear")
+            or ("Conv" in kind and "Transpose" not in kind))
 
 
 class _Return(Exception):
@@ -80,57 +114,100 @@ class _Return(Exception):
         self.value = value
 
 
-def verify_script(ckpt: Checkpoint, kind: str, input: Any,  # noqa: A002
-                  reference: Any, layer_glob: str | None, batch: int | None,
-                  engine: str | None) -> V.VerifyReport:
+def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
+                  progress: T.Progress | None) -> T.VerifyReport:
     """``verify`` for TorchScript archives and pickled GraphModules (see the docstring)."""
-    import fnmatch
-
     import torch
 
-    from qinspect.analyse import kernels
+    from qinspect.analyse.verify import kernels
     from qinspect.inputs import read_input
-    from qinspect.loaders import fx_pickle, load, torchscript
+    from qinspect.loaders import fx_pickle, torchscript
 
-    if input is None:
-        raise InputError("verify runs this file's graph whole: pass --input with a sample "
-                         "for each model input (.npy, or .npz with one array per input)")
-    user = read_input(input).limited(batch)
+    assert options.input is not None
+    user = read_input(options.input).limited(options.batch)
+    validate_layers(ckpt)
     reader = torchscript if kind == "torchscript" else fx_pickle
     root, classes, root_qualname = reader.read_script(Path(ckpt.path))
-    ref = load(reference) if reference is not None else None
-    chosen, why = V.choose_engine(ckpt, engine)
-    weights = V.FloatWeights(ckpt, ref)
-    interp = Interpreter(ckpt, root, classes, weights, chosen)
+    ctx = V.Context.make(ckpt, options, progress)
+    interp = Interpreter(ckpt, root, classes, ctx)
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
               for a in user.arrays]
-    with kernels.engine_context(chosen), torch.no_grad():
-        q_out = interp.run(root_qualname, inputs, quantized=True)
+    ctx.tick("running the quantized graph", 0, 3)
+    with kernels.engine_context(ctx.engine), torch.no_grad():
+        q_out = interp.run_on(root_qualname, inputs, True, user)
         captures = dict(interp.captures)
-        f_out = interp.run(root_qualname, inputs, quantized=False)
+        ctx.tick("running the float graph", 1, 3)
+        f_out = interp.run_on(root_qualname, inputs, False, user)
+    ctx.tick("comparing every layer", 2, 3)
     rows = [interp.row(layer, captures.get(layer.name)) for layer in ckpt.layers
             if layer.mode is not Mode.FLOAT]
-    report = V.VerifyReport(
-        path=ckpt.path, mode="graph", engine=chosen, engine_reason=why,
+    ctx.tick("done", 3, 3)
+    return T.VerifyReport(
+        path=ckpt.path, mode="graph", engine=ctx.engine, engine_reason=ctx.engine_reason,
         input_text=f"{user.describe()} -> every layer's real input, captured in one run of "
                    "the whole graph stored in the file",
-        layers=tuple(rows), reference=None if reference is None else str(reference),
-        batch=batch, float_domain=weights.summary, end_to_end=_end_to_end(q_out, f_out),
+        layers=tuple(rows), float_domain=ctx.weights.summary,
+        end_to_end=_end_to_end(q_out, f_out), scope=GRAPH_SCOPE,
         notes=("end-to-end: the quantized graph against the same graph in the float domain "
                "(quantize/dequantize removed, float-domain weights)",))
-    if layer_glob is not None:
-        kept = tuple(r for r in report.layers if fnmatch.fnmatchcase(r.name, layer_glob))
-        if not kept:
-            raise InputError(f"--layer {layer_glob!r} matches no quantized layer")
-        report = replace(report, layers=kept)
-    return report
+
+
+def validate_layers(ckpt: Checkpoint) -> None:
+    """A VerifyError naming the first quantized layer whose qparams torch cannot run: in
+    a graph every later layer depends on it, so nothing would be verified."""
+    for layer in ckpt.layers:
+        if layer.mode is Mode.FLOAT:
+            continue
+        bad = V.unusable_qparams(layer)
+        if bad is not None:
+            raise VerifyError(f"{ckpt.path}: layer '{layer.name}': {bad}, so the graph "
+                              "cannot run through it; the file is damaged (qinspect show "
+                              "lists its qparams)")
+
+
+#: what torch raises when an operator refuses its arguments (shape, dtype, rank...)
+TORCH_REFUSALS = (RuntimeError, ValueError, TypeError, IndexError, AssertionError,
+                  ZeroDivisionError, OverflowError)
+
+
+GRAPH_SCOPE = ("the file stores its graph: it ran whole on the input, every quantized layer "
+               "on its real input, and the quantized output against the float domain's")
+NEEDS_INPUT = ("verify runs this file's graph whole: pass --input with a sample for each "
+               "model input (.npy, or .npz with one array per input)")
+NO_SEED = "the graph runs on the --input only, so there is no synthetic input to seed"
+NO_MODEL = ("the file stores its graph and verify runs it; --model is for state_dicts, "
+            "which have none")
+
+
+class TorchScriptRunner:
+    """A TorchScript archive: its stored code interpreted, never ``torch.jit.load``."""
+
+    name = "torchscript"
+    format_prefix = "TorchScript archive"
+    needs = {"input": NEEDS_INPUT}
+    refuses = {"seed": NO_SEED, "model": NO_MODEL}
+
+    def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
+        return ckpt.format.startswith(self.format_prefix)
+
+    def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
+            ) -> T.VerifyReport:
+        V.check_stage(ckpt)
+        return verify_script(ckpt, self.name, options, progress)
+
+
+class FxPickleRunner(TorchScriptRunner):
+    """A pickled FX GraphModule: its stored code interpreted, nothing unpickled."""
+
+    name = "fx-pickle"
+    format_prefix = "FX GraphModule"
 
 
 class Interpreter:
     """Executes parsed forward code with an allow-list of operations."""
 
     def __init__(self, ckpt: Checkpoint, root: Any, classes: dict[str, ast.ClassDef],
-                 weights: V.FloatWeights, engine: str) -> None:
+                 ctx: V.Context) -> None:
         from qinspect.loaders.torchscript import Flattener
 
         flat = Flattener()
@@ -142,14 +219,36 @@ class Interpreter:
         self.classes = classes
         self.layers = {lay.name: lay for lay in ckpt.layers}
         self.key_layer = {ref.key: lay for lay in ckpt.layers for ref in lay.keys}
-        self.weights = weights
-        self.engine = engine
+        self.ctx = ctx
+        self.weights = ctx.weights
+        self.engine = ctx.engine
         self.quantized = True
         self.captures: dict[str, Capture] = {}
         self.steps = 0
+        self.where = "the graph"
+        self.module = ""
+        """The module whose code is running ("" for the root), to name it in errors."""
+        self.current: Layer | None = None
+        """The layer whose own code is running (its quantized ops are captured for it)."""
         self._packed: dict[str, Any] = {}
 
     # --- runs -------------------------------------------------------------------------
+    def run_on(self, root_qualname: str, inputs: list[Any], quantized: bool, user: Any
+               ) -> list[Any]:
+        """:meth:`run`, with an operator's refusal reported as one line (exit 2) naming
+        the op and the --input's shapes: the input does not fit, or the file is damaged."""
+        from qinspect.inputs import shape_text
+
+        self.where = "the graph"
+        try:
+            return self.run(root_qualname, inputs, quantized)
+        except TORCH_REFUSALS as exc:
+            shapes = ", ".join(shape_text(a.shape) for a in user.arrays)
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise InputError(f"the graph cannot run on --input {shapes}: {self.where} "
+                             f"refused it ({type(exc).__name__}: {first}); pass an input "
+                             "shaped like the model's (or the file is damaged)") from exc
+
     def run(self, root_qualname: str, inputs: list[Any], quantized: bool) -> list[Any]:
         self.quantized = quantized
         self.captures = {}
@@ -160,26 +259,48 @@ class Interpreter:
             raise VerifyError("the graph code is nested too deeply to run") from exc
         return [t for t in _flatten([out]) if _is_tensor(t)]
 
-    def call_method(self, mod: ModRef, method: str, args: list[Any], depth: int) -> Any:
-        if mod.path in self.layers and mod.path:
-            return self.layer_call(self.layers[mod.path], args)
+    def call_method(self, mod: ModRef, method: str, args: list[Any], depth: int,
+                    kwargs: dict[str, Any] | None = None) -> Any:
+        """A module's method: a layer with torch kernels runs them (rebuilt from the
+        file); any other module, its own code from the archive, interpreted (a
+        QFunctional's add/cat, a quantized Hardswish's forward...)."""
+        layer = self.layers.get(mod.path) if mod.path else None
+        if layer is not None and _runs_kernel(layer):
+            return self.layer_call(layer, args)
         func = self._method(mod.qualname, method)
         if func is None:
             raise VerifyError(f"cannot run {method} of {mod.path or 'the root'} "
                               f"({mod.qualname}): no code for it in the file")
+        outer, outer_module = self.current, self.module
+        self.current = layer if layer is not None else outer
+        self.module = mod.path
+        try:
+            return self.invoke(func, [mod, *args], kwargs or {}, depth)
+        finally:
+            self.current, self.module = outer, outer_module
+
+    def invoke(self, func: ast.FunctionDef, args: list[Any], kwargs: dict[str, Any],
+               depth: int) -> Any:
+        """Run ``func``'s body with its parameters bound (positionally, by keyword, or to
+        their defaults)."""
         if depth > MAX_DEPTH:
             raise VerifyError("calls nested too deeply to run")
         params = [a.arg for a in func.args.args]
-        env: dict[str, Any] = {params[0]: mod} if params else {}
+        if len(args) > len(params) or set(kwargs) - set(params):
+            raise VerifyError(f"the graph code calls {func.name} with arguments it does not "
+                              "take")
+        env: dict[str, Any] = {}
         defaults = func.args.defaults
-        for i, name in enumerate(params[1:]):
+        for i, name in enumerate(params):
             if i < len(args):
                 env[name] = args[i]
+            elif name in kwargs:
+                env[name] = kwargs[name]
             else:
-                k = i - (len(params) - 1 - len(defaults))
+                k = i - (len(params) - len(defaults))
                 env[name] = self.expr(defaults[k], env, depth) if k >= 0 else None
         try:
-            self.block(func.body, env, depth)
+            self.block(func.body, env, depth + 1)
         except _Return as ret:
             return ret.value
         return None
@@ -246,8 +367,18 @@ class Interpreter:
             return self.attribute(self.expr(node.value, env, depth), node.attr)
         if isinstance(node, ast.Subscript):
             base = self.expr(node.value, env, depth)
+            if isinstance(base, _Name):  # a type in an annotation: List[int], Optional[...]
+                return _Name(f"{base.name}[...]")
+            if isinstance(node.slice, ast.Slice):
+                parts = [self.expr(p, env, depth) for p in (node.slice.lower,
+                                                            node.slice.upper, node.slice.step)]
+                if isinstance(base, (list, tuple)) and all(p is None or isinstance(p, int)
+                                                           for p in parts):
+                    return base[slice(*parts)]
+                raise VerifyError("cannot run a slice of the graph code")
             index = self.expr(node.slice, env, depth)
-            if isinstance(base, (list, tuple)) and isinstance(index, int):
+            if isinstance(base, (list, tuple)) and isinstance(index, int) \
+                    and -len(base) <= index < len(base):
                 return base[index]
             raise VerifyError("cannot run a subscript of the graph code")
         if isinstance(node, ast.UnaryOp):
@@ -298,12 +429,15 @@ class Interpreter:
         args = [self.expr(a, env, depth) for a in node.args]
         kwargs = {k.arg: self.expr(k.value, env, depth) for k in node.keywords if k.arg}
         if isinstance(func, ModRef):  # FX code: self.fc1(x)
-            return self.call_method(func, "forward", args, depth + 1)
+            return self.call_method(func, "forward", args, depth + 1, kwargs)
         if isinstance(func, _Bound) and isinstance(func.owner, ModRef):
-            return self.call_method(func.owner, func.name, args, depth + 1)
+            return self.call_method(func.owner, func.name, args, depth + 1, kwargs)
         if isinstance(func, _Bound):
             return self.tensor_method(func.owner, func.name, args)
         if isinstance(func, _Name):
+            helper = self.classes.get(func.name)
+            if isinstance(helper, ast.FunctionDef):  # a scripted helper the archive holds
+                return self.invoke(helper, args, kwargs, depth + 1)
             return self.function(func.name, args, kwargs)
         raise VerifyError("cannot run a call of the graph code")
 
@@ -319,8 +453,12 @@ class Interpreter:
         import torch
         import torch.nn.functional as F
 
+        self.where = repr(name)
         if name in BUILTINS:
             return BUILTINS[name](*args, **kwargs)
+        if name == "ops.prim.RaiseException":
+            what = str(args[0])[:120] if args else "an exception"
+            raise VerifyError(f"the graph code raised on this input: {what}")
         if name == "getattr" and len(args) == 2 and isinstance(args[0], ModRef):
             return self.attribute(args[0], str(args[1]))
         if name == "torch.quantize_per_tensor":
@@ -332,13 +470,14 @@ class Interpreter:
                 short in FUNCTIONAL:
             return getattr(F, short)(*args, **kwargs)
         if name.startswith("torch.") and name.count(".") == 1 and short in TORCH_FUNCS:
-            if short == "slice":
-                return torch.ops.aten.slice(*args, **kwargs)
-            return getattr(torch, short)(*args, **kwargs)
+            fn = getattr(torch, short, None) if short != "slice" else None
+            return (fn or getattr(torch.ops.aten, short))(*args, **kwargs)
         if name.startswith(("ops.quantized.", "torch.ops.quantized.")) and \
                 short in QUANTIZED_OPS:
             return self.quantized_op(short, args)
-        raise VerifyError(f"verify cannot run {name!r} from a graph yet")
+        raise VerifyError(f"verify cannot run {name!r} from a graph yet (called in "
+                          f"{repr(self.module) if self.module else 'the root forward'}); "
+                          "verify runs allow-listed operators only")
 
     def quantize(self, args: list[Any]) -> Any:
         import torch
@@ -350,6 +489,13 @@ class Interpreter:
         s = float(scale)
         z = int(zp)
         layer = self._quantize_layer(scale)
+        info = QDTYPE_RANGES.get(str(dtype).removeprefix("torch."))
+        if not (math.isfinite(s) and s > 0) or (info is not None
+                                                 and not info[0] <= z <= info[1]):
+            what = f"'{layer.name}'" if layer is not None else "a quantize_per_tensor"
+            raise VerifyError(f"{what} in the graph quantizes with scale {s:g}, zero point {z} "
+                              f"({dtype}), which torch cannot run; the file is damaged "
+                              "(qinspect show lists its qparams)")
         if not self.quantized:
             return x
         y = torch.quantize_per_tensor(x, s, z, dtype)
@@ -380,15 +526,23 @@ class Interpreter:
             y = F.linear(args[0], torch.from_numpy(w).float(),
                          None if b is None else torch.from_numpy(b).float())
             return F.relu(y) if op == "linear_relu" else y
-        if self.quantized:
-            return getattr(torch.ops.quantized, op)(*args)
-        if op in ("add", "add_relu", "add_scalar"):
-            y = args[0] + args[1]
-        elif op in ("mul", "mul_relu", "mul_scalar"):
-            y = args[0] * args[1]
-        else:  # cat
-            y = torch.cat(args[0], args[1] if len(args) > 1 else 0)
-        return F.relu(y) if op.endswith("_relu") else y
+        if not self.quantized:
+            return float_op(op, args)
+        out = getattr(torch.ops.quantized, op)(*args)
+        owner = self.current or self._entry_layer(args)
+        if owner is not None:
+            self.captures.setdefault(owner.name, Capture(args[0], out, op, list(args)))
+        return out
+
+    def _entry_layer(self, args: list[Any]) -> Layer | None:
+        """The layer an op belongs to through the file entry it reads (FX code passes its
+        op's scale as ``self.<op>_scale_0``)."""
+        for arg in args:
+            if _is_tensor(arg) or isinstance(arg, float):  # small ints are shared objects
+                for key, value in self.entries.items():
+                    if value is arg and key in self.key_layer:
+                        return self.key_layer[key]
+        return None
 
     def _packed_layer(self, packed: Any) -> Layer:
         for key, value in self.entries.items():
@@ -398,6 +552,7 @@ class Interpreter:
 
     # --- layers -----------------------------------------------------------------------
     def layer_call(self, layer: Layer, args: list[Any]) -> Any:
+        self.where = f"layer '{layer.name}' ({layer.kind})"
         x = args[0] if args else None
         if not _is_tensor(x):
             raise VerifyError(f"{layer.name}: called without a tensor")
@@ -446,7 +601,7 @@ class Interpreter:
         raise VerifyError(f"{layer.name}: verify cannot run {kind} from a graph yet")
 
     def _geometry(self, layer: Layer) -> Any:
-        from qinspect.analyse.kernels import ConvGeometry
+        from qinspect.analyse.verify.kernels import ConvGeometry
 
         g = self.geometry.get(layer.name)
         dims = len(layer.weight.shape) - 2
@@ -458,7 +613,7 @@ class Interpreter:
     def _prepack(self, layer: Layer) -> Any:
         import torch
 
-        from qinspect.analyse import kernels
+        from qinspect.analyse.verify import kernels
 
         if layer.name in self._packed:
             return self._packed[layer.name]
@@ -477,11 +632,89 @@ class Interpreter:
         return packed
 
     # --- report rows ------------------------------------------------------------------
-    def row(self, layer: Layer, cap: Capture | None) -> V.LayerVerify:
-        import torch
-
+    def row(self, layer: Layer, cap: Capture | None) -> T.LayerVerify:
+        """The layer re-run from the real input it received in the quantized run: torch's
+        kernel and qinspect's reference on it, against the float domain (the same row
+        builders as every other runner)."""
         if cap is None:
             return V.not_verified(layer, "the graph never ran it on the input")
+        if cap.op:
+            return self._op_row(layer, cap)
+        x = cap.x
+        text = f"its real input {tuple(int(d) for d in x.shape)} in a run of the whole graph"
+        relu = "ReLU" in layer.kind
+        if layer.mode is Mode.QUANTIZE and layer.output is not None:
+            row, _ = V.quantize_row(self.ctx, layer, x.detach().numpy(), T.InputKind.MODEL,
+                                    text)
+            return row
+        if layer.mode is Mode.DYNAMIC and layer.kind.startswith("Linear"):
+            row, _ = V.dynamic_row(self.ctx, layer, [x.detach().numpy()], T.InputKind.MODEL,
+                                   text)
+            return row
+        if layer.mode is Mode.STATIC and getattr(x, "is_quantized", False) and \
+                (layer.kind.startswith("Linear") or ("Conv" in layer.kind
+                                                     and "Transpose" not in layer.kind)):
+            call = V.Call(x.int_repr().numpy(), float(x.q_scale()), int(x.q_zero_point()))
+            conv = len(layer.weight.shape) > 2
+            geo = self._geometry(layer) if conv else None
+            notes = (f"conv hyper-parameters from the file: {geo.describe()}",) if geo else ()
+            row, outs = V.static_row(self.ctx, layer, [call], T.InputKind.MODEL, text, geo=geo,
+                                     notes=notes, packed=self._prepack(layer), relu=relu)
+            if outs and not np.array_equal(outs[0], cap.y.int_repr().numpy()):
+                raise VerifyError(f"{layer.name}: re-running the kernel gave another output "
+                                  "than the graph run (please report it)")
+            return row
+        return self._float_row(layer, cap)
+
+    def _op_row(self, layer: Layer, cap: Capture) -> T.LayerVerify:
+        """A quantized op the layer's own code ran (QFunctional add/mul/cat, Hardswish):
+        add/add_relu get torch's kernel against qinspect's reference like every add; the
+        others, the float op on the dequantized real inputs against the graph's output."""
+        import torch
+
+        args = cap.args or [cap.x]
+        tensors = [a for a in _flatten(list(args)) if _is_tensor(a)]
+        first = tensors[0] if tensors else None
+        shape = tuple(int(d) for d in first.shape) if first is not None else ()
+        text = f"its real input {shape} in a run of the whole graph"
+        quantized = [t for t in tensors if t.is_quantized]
+        if cap.op in ("add", "add_relu") and len(quantized) == 2:
+            a, b = (V.Call(t.int_repr().numpy(), float(t.q_scale()), int(t.q_zero_point()))
+                    for t in quantized)
+            row, outs = V.add_row(self.ctx, layer, [(a, b)], cap.op == "add_relu",
+                                  T.InputKind.MODEL, text)
+            if outs and not np.array_equal(outs[0], cap.y.int_repr().numpy()):
+                raise VerifyError(f"{layer.name}: re-running quantized::{cap.op} gave another "
+                                  "output than the graph run (please report it)")
+            return row
+
+        def deq(a: Any) -> Any:
+            if _is_tensor(a):
+                return (a.dequantize() if a.is_quantized else a).to(torch.float64)
+            if isinstance(a, (list, tuple)):
+                return type(a)(deq(v) for v in a)
+            return a
+        with torch.no_grad():
+            ref = float_op(cap.op, [deq(a) for a in args]).numpy()
+        y = cap.y
+        m = V.metrics_static(ref, y.int_repr().numpy(), float(y.q_scale()),
+                             int(y.q_zero_point()))
+        return T.LayerVerify(
+            name=layer.name, kind=f"{layer.kind} {cap.op}", mode=layer.mode.value,
+            verified=True, input_kind=T.InputKind.MODEL, input_text=text, input_shape=shape,
+            input_scale=float(first.q_scale()) if quantized else None,
+            input_zero_point=int(first.q_zero_point()) if quantized else None,
+            output_scale=float(y.q_scale()), output_zero_point=int(y.q_zero_point()),
+            float_domain=f"{cap.op} in float64 on the dequantized real inputs",
+            relu=cap.op.endswith("_relu"), elements=int(ref.size),
+            notes=(f"quantized::{cap.op}: qinspect has no integer reference for it yet, so "
+                   "kernel vs reference is not checked (the graph's own output is measured)",),
+            **m)
+
+    def _float_row(self, layer: Layer, cap: Capture) -> T.LayerVerify:
+        """A layer no row builder covers: float domain against the graph's output only."""
+        import torch
+
         out = layer.output
         x = cap.x
         x_float = x.dequantize() if getattr(x, "is_quantized", False) else x
@@ -491,22 +724,24 @@ class Interpreter:
         ref_np = ref.detach().numpy()
         y = cap.y
         common = dict(name=layer.name, kind=layer.kind, mode=layer.mode.value, verified=True,
-                      input_kind=V.InputKind.MODEL,
+                      input_kind=T.InputKind.MODEL,
                       input_text="its real input in a run of the whole graph",
                       input_shape=tuple(int(d) for d in x.shape),
                       input_scale=layer.input.scale if layer.input else None,
                       input_zero_point=layer.input.zero_point if layer.input else None,
                       relu="ReLU" in layer.kind, elements=int(ref_np.size),
-                      float_domain="float64 on the dequantized real input")
+                      float_domain="float64 on the dequantized real input",
+                      notes=("no integer reference for this op: kernel vs reference not "
+                             "checked",))
         if getattr(y, "is_quantized", False) and out is not None:
-            m = V._metrics_static(ref_np, y.int_repr().numpy(), out.scale, out.zero_point)
-            return V.LayerVerify(output_scale=out.scale, output_zero_point=out.zero_point,
+            m = V.metrics_static(ref_np, y.int_repr().numpy(), out.scale, out.zero_point)
+            return T.LayerVerify(output_scale=out.scale, output_zero_point=out.zero_point,
                                  **common, **m)
         from qinspect.quant.metrics import sqnr_db
 
         got = y.detach().to(torch.float64).numpy()
         err = np.abs(ref_np - got)
-        return V.LayerVerify(sqnr_db=sqnr_db(ref_np, got), max_abs_error=float(err.max()),
+        return T.LayerVerify(sqnr_db=sqnr_db(ref_np, got), max_abs_error=float(err.max()),
                              mean_abs_error=float(err.mean()), **common)
 
 
@@ -559,7 +794,7 @@ def _flatten(values: list[Any]) -> list[Any]:
     return out
 
 
-def _end_to_end(quant: list[Any], floats: list[Any]) -> V.EndToEnd | None:
+def _end_to_end(quant: list[Any], floats: list[Any]) -> T.EndToEnd | None:
     import torch
 
     from qinspect.quant.metrics import sqnr_db
@@ -572,6 +807,6 @@ def _end_to_end(quant: list[Any], floats: list[Any]) -> V.EndToEnd | None:
     q, f = flat(quant), flat(floats)
     err = np.abs(q - f)
     value = sqnr_db(f, q)
-    return V.EndToEnd(sqnr_db=value if not math.isnan(value) else float("nan"),
+    return T.EndToEnd(sqnr_db=value if not math.isnan(value) else float("nan"),
                       max_abs_error=float(err.max()) if err.size else 0.0,
                       elements=int(q.size), outputs=len(quant))

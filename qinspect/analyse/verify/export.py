@@ -18,18 +18,27 @@ end-to-end SQNR compares the two runs' outputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from qinspect.analyse.verify import (
+from qinspect.analyse.verify.rows import (
+    FloatWeights,
+    agreement,
+    check_stage,
+    not_verified,
+    unusable_qparams,
+)
+from qinspect.analyse.verify.types import (
     EndToEnd,
     InputKind,
+    KernelAgreement,
     LayerVerify,
+    Options,
+    Progress,
     VerifyReport,
-    keep_layers,
-    not_verified,
 )
 from qinspect.errors import InputError, VerifyError
 from qinspect.model import Checkpoint, Layer
@@ -43,39 +52,106 @@ MEMORY_FORMATS = {1: "contiguous_format", 2: "channels_last", 3: "channels_last_
 LAYOUTS = {7: "strided"}
 
 
+TORCH_REFUSALS = (RuntimeError, ValueError, TypeError, IndexError, KeyError, AssertionError,
+                  ZeroDivisionError, OverflowError)
+"""What torch (or a damaged argument) raises when an operator refuses its arguments."""
+
+
+class OpRefused(VerifyError):
+    """A graph node's operator refused the arguments the graph gave it."""
+
+
+def validate_graph(builder: Any, ckpt: Checkpoint) -> None:
+    """Before anything reaches torch: every tensor a node reads is a program input, a
+    stored tensor or an earlier node's output, and every quantized layer's qparams are
+    ones torch can run. A VerifyError naming the node or layer otherwise."""
+    defined = set(builder.arg_to_state) | set(builder.user_inputs)
+    for node in builder.nodes:
+        for item in node.raw_inputs:
+            for name in _tensor_names(item.get("arg") if isinstance(item, dict) else None):
+                if name not in defined:
+                    raise VerifyError(f"{ckpt.path}: graph node {node.name!r} reads tensor "
+                                      f"{name!r}, which no input, stored tensor or earlier "
+                                      "node defines; the file is damaged")
+        defined.update(node.outputs)
+        _check_quantize_args(node, ckpt)
+    for layer in ckpt.layers:
+        bad = unusable_qparams(layer)
+        if bad is not None:
+            raise VerifyError(f"{ckpt.path}: layer '{layer.name}': {bad}, so the program "
+                              "cannot run through it; the file is damaged (qinspect show "
+                              "lists its qparams)")
+
+
+def _check_quantize_args(node: Any, ckpt: Checkpoint) -> None:
+    """A per-tensor (de)quantize node's literal scale must be a positive finite number and
+    its zero point inside its [quant_min, quant_max]."""
+    from qinspect.loaders import export
+
+    if node.target not in export.Q_TENSOR + export.DQ_TENSOR:
+        return
+    scale, zp, qmin, qmax = (node.literal(i) for i in (1, 2, 3, 4))
+    bad = None
+    if isinstance(scale, (int, float)) and not (math.isfinite(scale) and scale > 0):
+        bad = f"scale {scale}"
+    elif all(isinstance(v, int) for v in (zp, qmin, qmax)) and not qmin <= zp <= qmax:
+        bad = f"zero point {zp} outside [{qmin}, {qmax}]"
+    if bad is not None:
+        raise VerifyError(f"{ckpt.path}: graph node {node.name!r} quantizes with {bad}, which "
+                          "torch cannot run; the file is damaged")
+
+
+def _tensor_names(arg: Any) -> list[str]:
+    """The tensor names an argument of the program's JSON refers to."""
+    if not isinstance(arg, dict) or len(arg) != 1:
+        return []
+    kind, value = next(iter(arg.items()))
+    if kind == "as_tensor":
+        return [str(value.get("name"))] if isinstance(value, dict) else ["?"]
+    if kind in ("as_tensors", "as_optional_tensors"):
+        items = value if isinstance(value, list) else []
+        return [str(v.get("name") if kind == "as_tensors" else
+                    (v.get("as_tensor") or {}).get("name"))
+                for v in items if isinstance(v, dict)
+                and (kind == "as_tensors" or "as_tensor" in v)]
+    return []
+
+
 @dataclass
 class Run:
     env: dict[str, Any]
     outputs: list[Any]
 
 
-def run(ckpt: Checkpoint, path: str, user: Any) -> VerifyReport:
-    """Verify every quantized op of the .pt2 at ``path`` on the user's input."""
+def run(ckpt: Checkpoint, user: Any, weights: FloatWeights) -> VerifyReport:
+    """Verify every quantized op of the .pt2 ``ckpt`` on the user's input."""
     from pathlib import Path
 
     import torch
 
     from qinspect.loaders import export
 
-    if user is None:
-        raise InputError("verify on a .pt2 runs the whole graph: pass --input with a sample "
-                         "for each model input (.npy, or .npz with one array per input)")
-    builder, _ = export.read_program(Path(path))
+    builder, _ = export.read_program(Path(ckpt.path))
     builder.build()
     if len(user.arrays) != len(builder.user_inputs):
         raise InputError(f"the program takes {len(builder.user_inputs)} input(s) "
                          f"({', '.join(builder.user_inputs)}); --input holds "
                          f"{len(user.arrays)}")
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32) for a in user.arrays]
-    interp = Interpreter(builder)
+    validate_graph(builder, ckpt)
+    interp = Interpreter(builder, ckpt, weights)
     try:
         quant = interp.run(inputs, float_domain=False)
-    except RuntimeError as exc:  # torch's shape checks: the user's input does not fit
+    except OpRefused as exc:  # torch's shape checks: the user's input does not fit
         shapes = ", ".join(str(list(a.shape)) for a in user.arrays)
-        raise InputError(f"the program cannot run on --input of shape {shapes} "
-                         f"({str(exc).splitlines()[0][:160]}); pass an input shaped like "
-                         "the example the program was exported with") from exc
-    floats = interp.run(inputs, float_domain=True)
+        raise InputError(f"the program cannot run on --input of shape {shapes}: {exc}; pass "
+                         "an input shaped like the example the program was exported with "
+                         "(or the file is damaged)") from exc
+    try:
+        floats = interp.run(inputs, float_domain=True)
+    except OpRefused as exc:
+        raise VerifyError(f"{ckpt.path}: the float domain of the program cannot run: {exc}; "
+                          "the file's float weights do not fit its graph") from exc
     rows = []
     for layer in ckpt.layers:
         node = builder.layer_nodes.get(layer.name)
@@ -84,16 +160,13 @@ def run(ckpt: Checkpoint, path: str, user: Any) -> VerifyReport:
             continue
         rows.append(interp.layer_row(layer, node, quant))
     end = _end_to_end(quant.outputs, floats.outputs)
-    weights = ("float weights stored in the file (PT2E keeps them, BatchNorm folded)"
-               if interp.float_weights else "dequantized int8 weights (no float weights "
-               "stored)")
     return VerifyReport(
-        path=str(path), mode="graph", engine=ENGINE,
+        path=ckpt.path, mode="graph", engine=ENGINE,
         engine_reason="the program's own quantized_decomposed ops, interpreted from the "
                       "archive's graph (no kernel assumed)",
         input_text=f"{user.describe()} -> every op's real input, captured in one run of "
                    "the whole graph",
-        layers=tuple(rows), float_domain=weights, end_to_end=end,
+        layers=tuple(rows), float_domain=interp.float_domain, end_to_end=end,
         notes=("end-to-end: the quantized graph against the same graph in the float domain "
                "(activation quantize/dequantize removed, float weights)",),
     )
@@ -102,20 +175,35 @@ def run(ckpt: Checkpoint, path: str, user: Any) -> VerifyReport:
 class Interpreter:
     """Runs a parsed .pt2 program with torch operators looked up by name."""
 
-    def __init__(self, builder: Any) -> None:
+    def __init__(self, builder: Any, ckpt: Checkpoint, weights: FloatWeights) -> None:
         from qinspect.loaders import export
 
         self.b = builder
         self.export = export
-        self.float_weights = self._float_weights()
+        self.float_weights = self._float_weights(ckpt, weights)
         self._ops: dict[str, Any] = {}
 
-    def _float_weights(self) -> dict[str, str]:
-        """Weight dequantize node output -> key of the stored float weight it stands for."""
-        out: dict[str, str] = {}
+    @property
+    def float_domain(self) -> str:
+        if self.reference is not None:
+            return (f"float weights of {self.reference} (BatchNorm folded where the program "
+                    "fused it), where a layer pairs; the SQNR includes weight error")
+        if self.float_weights:
+            return "float weights stored in the file (PT2E keeps them, BatchNorm folded)"
+        return "dequantized int8 weights (no float weights stored)"
+
+    def _float_weights(self, ckpt: Checkpoint, weights: FloatWeights) -> dict[str, np.ndarray]:
+        """Weight dequantize node output -> the float weight it stands for: the paired
+        ``--reference`` layer's, else the float weight PT2E stored next to the int8 one."""
+        self.reference = None if weights.reference is None else weights.reference.path
+        by_name = {lay.name: lay for lay in ckpt.layers}
+        out: dict[str, np.ndarray] = {}
         for name, node in self.b.layer_nodes.items():
-            key = f"{name}.weight"
-            value = self.b.stored.get(key)
+            value = self.b.stored.get(f"{name}.weight")
+            layer = by_name.get(name)
+            if weights.reference is not None and layer is not None and layer.weight is not None:
+                w, _b, _how, _notes = weights.get(layer)
+                value = None if w is None else np.asarray(w, np.float32)
             for t in node.tensor_args():
                 producer = self.b.producer.get(t)
                 if producer is None or producer.target not in (self.export.DQ_CHANNEL +
@@ -126,7 +214,7 @@ class Interpreter:
                 if src in self.b.arg_to_state and isinstance(value, np.ndarray) and \
                         isinstance(int_w, np.ndarray) and value.shape == int_w.shape and \
                         value.dtype.kind == "f":
-                    out[t] = key
+                    out[t] = value
         return out
 
     def op(self, target: str) -> Any:
@@ -169,11 +257,17 @@ class Interpreter:
         if float_domain:
             out = node.outputs[0] if node.outputs else None
             if out in self.float_weights:
-                return torch.from_numpy(np.array(self.b.stored[self.float_weights[out]]))
+                return torch.from_numpy(np.array(self.float_weights[out]))
             if node.target in self.export.Q_TENSOR + self.export.DQ_TENSOR:
                 return env[node.tensor_args()[0]]
-        args, kwargs = self._args(node, env)
-        return self.op(node.target)(*args, **kwargs)
+        fn = self.op(node.target)
+        try:
+            args, kwargs = self._args(node, env)
+            return fn(*args, **kwargs)
+        except TORCH_REFUSALS as exc:
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise OpRefused(f"node {node.name!r} ({node.target.removeprefix('torch.ops.')}) "
+                            f"refused its arguments ({type(exc).__name__}: {first})") from exc
 
     def _bind(self, node: Any, result: Any, env: dict[str, Any]) -> None:
         if len(node.outputs) == 1:
@@ -247,7 +341,29 @@ class Interpreter:
             return not_verified(layer, "its output dequantize is not in the graph")
         got = got_t.to(torch.float64).numpy()
         x = quant.env[node.tensor_args()[0]]
-        return self._metrics(layer, float_out, got, tuple(int(d) for d in x.shape), q_node)
+        row = self._metrics(layer, float_out, got, tuple(int(d) for d in x.shape), q_node)
+        return replace(row, kernel=self._agreement(q_node, quant)) if q_node is not None \
+            else row
+
+    def _agreement(self, q_node: Any, quant: Run) -> KernelAgreement | None:
+        """torch's ``quantized_decomposed.quantize_per_tensor`` of the op's float32 output
+        in the graph run against qinspect's (:func:`quantize_per_tensor_decomposed`)."""
+        import torch
+
+        from qinspect.quant.affine import quantize_per_tensor_decomposed
+
+        src = quant.env.get(q_node.tensor_args()[0]) if q_node.tensor_args() else None
+        got = quant.env.get(q_node.outputs[0]) if q_node.outputs else None
+        scale, zp, qmin, qmax = (q_node.literal(i) for i in (1, 2, 3, 4))
+        if not (isinstance(src, torch.Tensor) and isinstance(got, torch.Tensor)
+                and isinstance(scale, (int, float)) and isinstance(zp, int)
+                and isinstance(qmin, int) and isinstance(qmax, int)):
+            return None
+        kq = got.numpy()
+        ref = quantize_per_tensor_decomposed(src.to(torch.float32).numpy(), float(scale), zp,
+                                             str(got.dtype).removeprefix("torch."), qmin, qmax)
+        return agreement(ENGINE, "decomposed quantize",
+                         "quantized_decomposed.quantize_per_tensor", kq, ref, "LSB")
 
     def _float_arg(self, value: Any, node: Any, index: int) -> Any:
         import torch
@@ -255,7 +371,7 @@ class Interpreter:
         item = node.raw_inputs[index] if index < len(node.raw_inputs) else {}
         name = (item.get("arg", {}).get("as_tensor") or {}).get("name")
         if name in self.float_weights:
-            return torch.from_numpy(np.array(self.b.stored[self.float_weights[name]]))
+            return torch.from_numpy(np.array(self.float_weights[name]))
         return value
 
     def _segment(self, node: Any) -> tuple[list[Any], Any]:
@@ -330,14 +446,34 @@ def _end_to_end(quant: list[Any], floats: list[Any]) -> EndToEnd | None:
                     elements=int(q.size), outputs=len(quant))
 
 
-def verify_graph(ckpt: Checkpoint, input: Any, layer_glob: str | None,  # noqa: A002
-                 batch: int | None) -> VerifyReport:
-    """``verify`` entry for .pt2 files: read the input, run, filter by ``layer_glob``."""
-    from dataclasses import replace
+class Pt2Runner:
+    """A ``torch.export`` program (``.pt2``): its JSON graph interpreted with aten and
+    quantized_decomposed operators only, never ``torch.export.load``."""
 
-    from qinspect.inputs import read_input
+    name = "pt2"
+    needs = {"input": "verify on a .pt2 runs the whole graph: pass --input with a sample "
+                      "for each model input (.npy, or .npz with one array per input)"}
+    refuses = {
+        "engine": "a .pt2 program runs its own quantized_decomposed ops (float arithmetic "
+                  "around quantize/dequantize), not an engine's kernels",
+        "seed": "the graph runs on the --input only, so there is no synthetic input to seed",
+        "model": "the file stores its graph and verify runs it; --model is for state_dicts, "
+                 "which have none",
+    }
 
-    user = read_input(input).limited(batch) if input is not None else None
-    report = run(ckpt, ckpt.path, user)
-    report = replace(report, batch=batch)
-    return keep_layers(report, layer_glob)
+    def accepts(self, ckpt: Checkpoint, options: Options) -> bool:
+        return ckpt.format.startswith("torch.export")
+
+    def run(self, ckpt: Checkpoint, options: Options, progress: Progress | None
+            ) -> VerifyReport:
+        from qinspect.inputs import read_input
+        from qinspect.loaders import load
+
+        check_stage(ckpt)
+        assert options.input is not None
+        user = read_input(options.input).limited(options.batch)
+        ref = load(options.reference) if options.reference is not None else None
+        report = run(ckpt, user, FloatWeights(ckpt, ref))
+        return replace(report, scope=(
+            "the file stores its graph: it ran whole on the input, every quantized op on "
+            "its real input, and the quantized output against the float domain's"))

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qinspect.analyse import verify as V
-from qinspect.analyse.verify import Call, Context, InputKind, LayerVerify
+from qinspect.analyse.verify import rows as V
+from qinspect.analyse.verify import types as T
+from qinspect.analyse.verify.rows import Call, Context
+from qinspect.analyse.verify.types import InputKind, LayerVerify
 from qinspect.errors import InputError, VerifyError
 from qinspect.inputs import UserInput, shape_text
 from qinspect.model import Checkpoint, Layer, Mode
@@ -31,7 +33,7 @@ CHAIN_ASSUMPTION = ("each layer runs on the previous layer's output (its integer
                     "static layer), assuming nothing runs between them (a state_dict stores "
                     "no graph: a ReLU, "
                     "pooling or reshape in the real model changes the numbers); "
-                    "--model FILE.py:Class runs the real model")
+                    "--model FILE.py:NAME runs the real model")
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Flow:
     real: np.ndarray | None = None
     """The user's float values behind a QuantStub's output."""
     from_user: bool = False
+    synthetic: bool = False
+    """Computed from synthetic input: whatever it feeds is synthetic too."""
 
 
 def kind_of(layer: Layer) -> str:
@@ -81,7 +85,7 @@ def unsupported_reason(layer: Layer) -> str:
     return f"{layer.kind} is not covered by verify yet (its output qparams: qinspect show)"
 
 
-def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyReport:
+def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> T.VerifyReport:
     layers = [lay for lay in ckpt.layers if lay.mode in (Mode.STATIC, Mode.DYNAMIC,
                                                          Mode.QUANTIZE, Mode.WEIGHT_ONLY)
               or (lay.mode is Mode.FLOAT and lay.weight is not None)]
@@ -150,7 +154,7 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
     output = None
     if flow is not None and flow.producer in names:
         output = _chain_output(flow)
-    return V.VerifyReport(
+    return T.VerifyReport(
         path=ckpt.path, mode="file", engine=ctx.engine, engine_reason="", input_text=text,
         layers=tuple(rows), chain=names,
         chain_note=CHAIN_ASSUMPTION if len(names) > 1 else None, chain_output=output)
@@ -198,13 +202,13 @@ def _chain_names(rows: list[LayerVerify]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _chain_output(flow: Flow) -> V.ChainOutput:
+def _chain_output(flow: Flow) -> T.ChainOutput:
     if flow.quantized:
         from qinspect.quant.affine import dequantize_per_tensor
 
         values = dequantize_per_tensor(flow.values, flow.scale, flow.zero_point)
-        return V.ChainOutput(flow.producer, values, flow.values, flow.scale, flow.zero_point)
-    return V.ChainOutput(flow.producer, np.asarray(flow.values, np.float32))
+        return T.ChainOutput(flow.producer, values, flow.values, flow.scale, flow.zero_point)
+    return T.ChainOutput(flow.producer, np.asarray(flow.values, np.float32))
 
 
 def _batch(ctx: Context) -> int:
@@ -262,7 +266,7 @@ def _input_qparams(layer: Layer) -> tuple[float, int, str]:
 
 
 def _uniform(ctx: Context, act, shape: tuple[int, ...]) -> np.ndarray:
-    lo, hi = (V.QMIN - act.zero_point) * act.scale, (V.QMAX - act.zero_point) * act.scale
+    lo, hi = (T.QMIN - act.zero_point) * act.scale, (T.QMAX - act.zero_point) * act.scale
     return ctx.rng.uniform(lo, hi, size=shape).astype(np.float32)
 
 
@@ -270,9 +274,9 @@ def _synthetic_call(ctx: Context, layer: Layer, shape: tuple[int, ...]) -> tuple
     from qinspect.quant.affine import quantize_per_tensor
 
     scale, zp, source = _input_qparams(layer)
-    lo, hi = (V.QMIN - zp) * scale, (V.QMAX - zp) * scale
+    lo, hi = (T.QMIN - zp) * scale, (T.QMAX - zp) * scale
     x = ctx.rng.uniform(lo, hi, size=shape).astype(np.float32)
-    q = quantize_per_tensor(x, scale, zp, V.ACT_DTYPE)
+    q = quantize_per_tensor(x, scale, zp, T.ACT_DTYPE)
     return Call(q, scale, zp), (f"isolated, synthetic input {shape_text(shape)} uniform over "
                                 f"[{lo:.4g}, {hi:.4g}] ({source})")
 
@@ -285,6 +289,9 @@ def _linear(ctx: Context, layer: Layer, flow: Flow | None
         if flow.from_user:
             kind, text = InputKind.USER, (f"user input {shape_text(flow.values.shape)}, "
                                           f"quantized by '{flow.producer}'")
+        elif flow.synthetic:
+            kind, text = InputKind.SYNTHETIC, (f"the integer output of '{flow.producer}', "
+                                               "itself run on synthetic input")
         else:
             kind, text = InputKind.CHAINED, f"chained: the integer output of '{flow.producer}'"
     else:
@@ -294,7 +301,8 @@ def _linear(ctx: Context, layer: Layer, flow: Flow | None
     if not outs:  # not verified (e.g. qparams torch cannot run): the chain stops here
         return row, None
     out = layer.output
-    return row, Flow(layer.name, outs[0], True, out.scale, out.zero_point)
+    return row, Flow(layer.name, outs[0], True, out.scale, out.zero_point,
+                     synthetic=kind is InputKind.SYNTHETIC)
 
 
 def _conv(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify, None]:
@@ -324,13 +332,13 @@ def _add(ctx: Context, layer: Layer) -> LayerVerify:
     out = layer.output
     if out is None:
         return V.not_verified(layer, "no output qparams")
-    lo, hi = (V.QMIN - out.zero_point) * out.scale, (V.QMAX - out.zero_point) * out.scale
+    lo, hi = (T.QMIN - out.zero_point) * out.scale, (T.QMAX - out.zero_point) * out.scale
     shape = (_batch(ctx), 256)
     calls = []
     for fraction in ADD_INPUT_SCALES:
         scale = out.scale * fraction
         x = ctx.rng.uniform(lo / 2, hi / 2, size=shape).astype(np.float32)
-        calls.append(Call(quantize_per_tensor(x, scale, out.zero_point, V.ACT_DTYPE), scale,
+        calls.append(Call(quantize_per_tensor(x, scale, out.zero_point, T.ACT_DTYPE), scale,
                           out.zero_point))
     text = (f"isolated, synthetic inputs {shape_text(shape)} uniform over half its output "
             f"range [{lo / 2:.4g}, {hi / 2:.4g}]")
@@ -359,6 +367,9 @@ def _dynamic(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify
     if x is not None and x.shape[-1] == k:
         if flow.from_user:
             kind, text = InputKind.USER, f"user input {shape_text(x.shape)}"
+        elif flow.synthetic:
+            kind, text = InputKind.SYNTHETIC, (f"the output of '{flow.producer}', itself run "
+                                               "on synthetic input")
         else:
             kind, text = InputKind.CHAINED, f"chained: the output of '{flow.producer}'"
     else:
@@ -368,7 +379,7 @@ def _dynamic(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify
     row, outs = V.dynamic_row(ctx, layer, [x], kind, text)
     if not row.verified:
         return row, None
-    return row, Flow(layer.name, outs[0], False)
+    return row, Flow(layer.name, outs[0], False, synthetic=kind is InputKind.SYNTHETIC)
 
 
 def _sibling(layers: list[Layer], ih: Layer) -> Layer | None:
@@ -378,7 +389,7 @@ def _sibling(layers: list[Layer], ih: Layer) -> Layer | None:
 
 def _lstm(ctx: Context, ih: Layer, hh: Layer, flow: Flow | None
           ) -> tuple[list[LayerVerify], Flow | None]:
-    from qinspect.analyse import kernels as K
+    from qinspect.analyse.verify import kernels as K
 
     in_size, hidden = ih.weight.shape[1], hh.weight.shape[1]
     if ih.weight.shape[0] != 4 * hidden or hh.weight.shape[0] != 4 * hidden:
@@ -388,7 +399,8 @@ def _lstm(ctx: Context, ih: Layer, hh: Layer, flow: Flow | None
     if x is not None and x.ndim == 2:
         x = x[:, None, :]
     if x is not None and x.ndim == 3 and x.shape[-1] == in_size:
-        kind = InputKind.USER if flow.from_user else InputKind.CHAINED
+        kind = InputKind.USER if flow.from_user else \
+            InputKind.SYNTHETIC if flow.synthetic else InputKind.CHAINED
         text = (f"user input {shape_text(x.shape)} (seq, batch, features)" if flow.from_user
                 else f"chained: the hidden states of '{flow.producer}'")
     else:
@@ -424,3 +436,39 @@ def _gate_isolated(ctx: Context, layer: Layer) -> LayerVerify:
     row, _ = V.dynamic_row(ctx, layer, [x], InputKind.SYNTHETIC, text, notes=(
         f"{layer.kind}: the recurrence is run for LSTMs only; this gate runs alone",))
     return row
+
+
+# --- the runner ---------------------------------------------------------------------------
+
+NO_GRAPH = ("a state_dict stores no graph: only each layer's arithmetic was checked (torch's "
+            "kernel against qinspect's integer reference), {inputs}; for real per-layer "
+            "errors pass --model FILE.py:NAME (or verify a TorchScript or .pt2 file, which "
+            "stores its graph)")
+
+
+class StateDictRunner:
+    """A state_dict (eager or FX) without ``--model``: the file alone, no graph."""
+
+    name = "state_dict"
+    needs: dict[str, str] = {}
+    refuses: dict[str, str] = {}
+
+    def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
+        return True  # the last runner: whatever the others leave
+
+    def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
+            ) -> T.VerifyReport:
+        from dataclasses import replace
+
+        from qinspect.inputs import read_input
+
+        V.check_stage(ckpt)
+        user = read_input(options.input).limited(options.batch) \
+            if options.input is not None else None
+        ctx = Context.make(ckpt, options, progress)
+        report = run(ckpt, ctx, user)
+        inputs = ("on synthetic input" if user is None else
+                  "on the --input for the first layer and assumed-chain or synthetic "
+                  "inputs after it")
+        return replace(report, engine_reason=ctx.engine_reason,
+                       float_domain=ctx.weights.summary, scope=NO_GRAPH.format(inputs=inputs))

@@ -1,264 +1,39 @@
-"""``qinspect verify``: run every quantized layer in three domains and compare them.
+"""What every runner shares to build rows: the context, the float-domain weights, the
+engine choice, and one row builder per op kind (static Linear/Conv, quantize, add, dynamic).
 
-For each quantized layer, from the layer's own quantized input ``x_q``:
+For each quantized op, from its quantized input ``x_q``:
 
-1. **float domain**: the layer in float64 on the dequantized input, with the dequantized
+1. **float domain**: the op in float64 on the dequantized input, with the dequantized
    weight (or the float reference weight, folded where BatchNorm was fused) and the float
    bias, no output rounding: what the layer means;
 2. **kernel**: the PyTorch quantized op the checkpoint is built for, under the engine the
-   file implies (:mod:`qinspect.analyse.kernels`);
+   file implies (:mod:`qinspect.analyse.verify.kernels`);
 3. **reference**: qinspect's own integer arithmetic (:mod:`qinspect.quant.reference`).
-
-Reported per layer: SQNR of the kernel output against the float domain, the error in
-output LSB, the outputs the float domain puts beyond the output range (clipped at
-qmin/qmax), the inputs clipped when quantizing, and kernel-vs-reference agreement.
-
-Where inputs come from is decided by :mod:`qinspect.analyse.chain` (the file alone: the
-user's input for the first layer, an *assumed* chain where shapes connect, synthetic
-inputs otherwise) or :mod:`qinspect.analyse.modelrun` (``--model``: the real float
-inputs of every layer from the user's model code).
 """
 
 from __future__ import annotations
 
-import fnmatch
-import math
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from enum import Enum
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from qinspect.analyse.verify.types import (
+    ACT_DTYPE,
+    CLIP_MARGIN_LSB,
+    QMAX,
+    QMIN,
+    InputKind,
+    KernelAgreement,
+    LayerVerify,
+    Options,
+    Progress,
+)
 from qinspect.errors import InputError, VerifyError
 from qinspect.model import Checkpoint, Layer, Mode, Weight
 
-Progress = Callable[[str, int, int], None]
-"""``progress(what, done, total)``: called as work advances (the CLI draws a bar)."""
 
-ACT_DTYPE = "quint8"
-QMIN, QMAX = 0, 255
-CLIP_MARGIN_LSB = 0.5
-
-
-class InputKind(str, Enum):
-    """Where a layer's input came from."""
-
-    USER = "user"
-    """The user's ``--input``, quantized with the input qparams (QuantStub's)."""
-    CHAINED = "chained"
-    """The previous layer's integer output: an assumed chain (a state_dict has no graph)."""
-    SYNTHETIC = "synthetic"
-    """Isolated, synthetic input drawn from the layer's input range."""
-    MODEL = "model"
-    """The quantization of the float model's real input to this layer (``--model``)."""
-
-
-@dataclass(frozen=True)
-class KernelAgreement:
-    """torch's kernel against qinspect's reference on the same input."""
-
-    engine: str
-    arithmetic: str
-    op: str
-    elements: int
-    mismatches: int
-    max_diff: float
-    unit: str
-    """``"LSB"`` (integer outputs) or ``"abs"`` (float outputs of dynamic layers)."""
-
-    @property
-    def agree(self) -> bool:
-        return self.mismatches == 0
-
-    @property
-    def agreement(self) -> float:
-        return 1.0 - self.mismatches / self.elements if self.elements else 1.0
-
-
-@dataclass(frozen=True)
-class LayerVerify:
-    """One quantized layer, verified (or the reason it could not be)."""
-
-    name: str
-    kind: str
-    mode: str
-    verified: bool
-    reason: str | None = None
-    input_kind: InputKind | None = None
-    input_text: str = ""
-    input_shape: tuple[int, ...] = ()
-    input_scale: float | None = None
-    input_zero_point: int | None = None
-    input_clipped: float | None = None
-    input_sqnr_db: float | None = None
-    output_scale: float | None = None
-    output_zero_point: int | None = None
-    float_domain: str = ""
-    relu: bool = False
-    elements: int = 0
-    sqnr_db: float | None = None
-    max_error_lsb: float | None = None
-    mean_error_lsb: float | None = None
-    max_abs_error: float | None = None
-    mean_abs_error: float | None = None
-    clipped_low: float | None = None
-    clipped_high: float | None = None
-    kernel: KernelAgreement | None = None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def clipped(self) -> float | None:
-        if self.clipped_low is None or self.clipped_high is None:
-            return None
-        return self.clipped_low + self.clipped_high
-
-
-@dataclass(frozen=True)
-class ChainOutput:
-    """The last output of an assumed chain (file mode), as the kernels computed it."""
-
-    layer: str
-    values: np.ndarray
-    """float32: dequantized for static layers (``f32(scale) * (q - zp)``, as DeQuantStub)."""
-    q: np.ndarray | None = None
-    scale: float | None = None
-    zero_point: int | None = None
-
-
-@dataclass(frozen=True)
-class EndToEnd:
-    """The quantized model's output against the float model's (``--model``)."""
-
-    sqnr_db: float
-    max_abs_error: float
-    elements: int
-    outputs: int
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    path: str
-    mode: str
-    """``"file"`` (the checkpoint alone) or ``"model"`` (``--model``)."""
-    engine: str
-    engine_reason: str
-    input_text: str
-    layers: tuple[LayerVerify, ...]
-    reference: str | None = None
-    model: str | None = None
-    seed: int = 0
-    batch: int | None = None
-    float_domain: str = ""
-    chain: tuple[str, ...] = ()
-    chain_note: str | None = None
-    chain_output: ChainOutput | None = None
-    end_to_end: EndToEnd | None = None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def verified(self) -> tuple[LayerVerify, ...]:
-        return tuple(r for r in self.layers if r.verified)
-
-    @property
-    def ranked(self) -> tuple[LayerVerify, ...]:
-        """Verified layers, the one that loses most first (layers on real inputs before
-        layers on synthetic ones); then the layers that could not be verified."""
-        def key(r: LayerVerify) -> tuple[int, float, float]:
-            sqnr = r.sqnr_db if r.sqnr_db is not None and not math.isnan(r.sqnr_db) else -1e9
-            return (int(r.input_kind is InputKind.SYNTHETIC), sqnr, -(r.clipped or 0.0))
-        done = sorted(self.verified, key=key)
-        return tuple(done) + tuple(r for r in self.layers if not r.verified)
-
-    @property
-    def worst(self) -> LayerVerify | None:
-        ranked = [r for r in self.ranked if r.verified and r.sqnr_db is not None]
-        return ranked[0] if ranked else None
-
-    @property
-    def kernel_mismatches(self) -> int:
-        return sum(r.kernel.mismatches for r in self.layers if r.kernel is not None)
-
-    def explanation(self) -> str | None:
-        """One line on what the worst numbers mean."""
-        w = self.worst
-        return explain_worst(w) if w is not None else None
-
-
-# --- entry point ------------------------------------------------------------------------
-
-
-def verify(
-    checkpoint: str | os.PathLike[str] | Checkpoint,
-    *,
-    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
-    reference: str | os.PathLike[str] | None = None,
-    model: str | None = None,
-    engine: str | None = None,
-    layer_glob: str | None = None,
-    seed: int = 0,
-    batch: int | None = None,
-    progress: Progress | None = None,
-) -> VerifyReport:
-    """Verify every quantized layer of ``checkpoint``; see the module docstring."""
-    from qinspect.analyse import chain, modelrun
-    from qinspect.inputs import read_input
-    from qinspect.loaders import load
-
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
-    from qinspect.analyse import aoverify  # torchao: its own kernels, layer by layer
-
-    if aoverify.is_torchao(ckpt):
-        return aoverify.verify_torchao(ckpt, input, reference, model, layer_glob, seed, batch)
-    _check_stage(ckpt)
-    if model is None and ckpt.format.startswith("torch.export"):
-        from qinspect.analyse import graphrun  # a .pt2 has its graph: run it whole
-
-        return graphrun.verify_graph(ckpt, input, layer_glob, batch)
-    if model is None and ckpt.format.startswith(("TorchScript archive", "FX GraphModule")):
-        from qinspect.analyse import scriptrun  # so does TorchScript / a pickled GraphModule
-
-        kind = "torchscript" if ckpt.format.startswith("TorchScript") else "fx-pickle"
-        return scriptrun.verify_script(ckpt, kind, input, reference, layer_glob, batch,
-                                       engine)
-    if model is not None and reference is None:
-        raise InputError("--model needs --reference FP32.pt: the float weights to load into "
-                         "the model (a quantized state_dict has none)")
-    if model is not None and input is None:
-        raise InputError("--model needs --input: the sample to run through both models")
-    user = read_input(input).limited(batch) if input is not None else None
-    ref = load(reference) if reference is not None else None
-    chosen, reason = choose_engine(ckpt, engine)
-    weights = FloatWeights(ckpt, ref)
-    ctx = Context(engine=chosen, weights=weights, seed=seed, batch=batch,
-                  rng=np.random.default_rng(seed), progress=progress)
-    if model is not None:
-        report = modelrun.run(ckpt, ctx, user, model, str(reference))
-    else:
-        report = chain.run(ckpt, ctx, user)
-    report = replace(report, engine=chosen, engine_reason=reason, reference=_str(reference),
-                     model=model, seed=seed, batch=batch, float_domain=weights.summary)
-    return keep_layers(report, layer_glob)
-
-
-def keep_layers(report: VerifyReport, layer_glob: str | None) -> VerifyReport:
-    """The report's rows whose name matches ``--layer``; an InputError if none does."""
-    if layer_glob is None:
-        return report
-    kept = tuple(r for r in report.layers if fnmatch.fnmatchcase(r.name, layer_glob))
-    if not kept:
-        names = ", ".join(r.name for r in report.layers[:8])
-        raise InputError(f"--layer {layer_glob!r} matches no quantized layer; layers: "
-                         f"{names}")
-    return replace(report, layers=kept)
-
-
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _check_stage(ckpt: Checkpoint) -> None:
+def check_stage(ckpt: Checkpoint) -> None:
     if ckpt.stage in ("qat-prepared", "ptq-prepared"):
         raise VerifyError(f"{ckpt.path}: a {ckpt.stage} checkpoint holds float weights and "
                           "observers, nothing quantized to run yet; convert it "
@@ -270,7 +45,7 @@ def _check_stage(ckpt: Checkpoint) -> None:
 
 def choose_engine(ckpt: Checkpoint, override: str | None) -> tuple[str, str]:
     """The engine the file implies (or ``override``), and why."""
-    from qinspect.analyse import kernels
+    from qinspect.analyse.verify import kernels
 
     available = kernels.available_engines()
     if override is not None:
@@ -299,6 +74,7 @@ def choose_engine(ckpt: Checkpoint, override: str | None) -> tuple[str, str]:
         why += f"; {engine} is not in this torch build, so {fallback}"
         engine = fallback
     return engine, why
+
 
 
 # --- float weights ----------------------------------------------------------------------
@@ -381,6 +157,20 @@ class Context:
     rng: np.random.Generator
     progress: Progress | None = None
     cache: dict[str, object] = field(default_factory=dict)
+    engine_reason: str = ""
+
+    @classmethod
+    def make(cls, ckpt: Checkpoint, options: Options, progress: Progress | None) -> Context:
+        """The engine (``--engine`` or the file's), the float-domain weights
+        (``--reference``'s or dequantized) and the seeded generator of synthetic inputs."""
+        from qinspect.loaders import load
+
+        engine, why = choose_engine(ckpt, options.engine)
+        ref = load(options.reference) if options.reference is not None else None
+        seed = options.seed if options.seed is not None else 0
+        return cls(engine=engine, weights=FloatWeights(ckpt, ref), seed=seed,
+                   batch=options.batch, rng=np.random.default_rng(seed), progress=progress,
+                   engine_reason=why)
 
     def tick(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -409,7 +199,7 @@ def dequant(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (np.asarray(q, np.float64) - zero_point) * float(np.float32(scale))
 
 
-def _metrics_static(float_out: np.ndarray, q_kernel: np.ndarray, scale: float, zp: int
+def metrics_static(float_out: np.ndarray, q_kernel: np.ndarray, scale: float, zp: int
                     ) -> dict[str, float]:
     from qinspect.quant.affine import dequantize_per_tensor
     from qinspect.quant.metrics import error_in_lsb, sqnr_db
@@ -446,7 +236,7 @@ def _input_stats(calls: list[Call]) -> tuple[float | None, float | None]:
     return float(clipped), sqnr_db(real, deq)
 
 
-def _agreement(engine: str, arithmetic: str, op: str, kernel: np.ndarray, ref: np.ndarray,
+def agreement(engine: str, arithmetic: str, op: str, kernel: np.ndarray, ref: np.ndarray,
                unit: str) -> KernelAgreement:
     if unit == "LSB":
         diff = np.abs(kernel.astype(np.int64) - ref.astype(np.int64))
@@ -464,12 +254,14 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, text: str,
-               geo: object | None = None, notes: tuple[str, ...] = (), packed: Any = None
-               ) -> tuple[LayerVerify, list[np.ndarray]]:
+               geo: object | None = None, notes: tuple[str, ...] = (), packed: Any = None,
+               relu: bool | None = None) -> tuple[LayerVerify, list[np.ndarray]]:
     """Verify a static Linear or Conv on ``calls``; returns the row and the kernel outputs.
 
-    ``packed``: torch's packed weight of this layer when a quantized model already has it."""
-    from qinspect.analyse import kernels as K
+    ``packed``: torch's packed weight of this layer when a quantized model already has it;
+    ``relu``: whether a ReLU is fused, when the file says so (else inferred from the
+    output zero point)."""
+    from qinspect.analyse.verify import kernels as K
     from qinspect.quant import reference as R
 
     out = layer.output
@@ -479,7 +271,8 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         return not_verified(layer, f"{bad}: torch cannot run it"), []
     if out.dtype != ACT_DTYPE:
         return not_verified(layer, f"{out.dtype} activations are not supported"), []
-    relu = relu_fused(layer)
+    inferred = relu is None
+    relu = relu_fused(layer) if relu is None else relu
     w_f, b_f, how, wnotes = ctx.weights.get(layer)
     wq = layer.weight
     q = wq.quant
@@ -501,6 +294,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         op = "quantized::linear" + ("_relu" if relu else "")
     floats, kernels_q, refs, outs = [], [], [], []
     depthwise = False
+    pairs = arith == "fbgemm" and K.fbgemm_int16_gemm()
     for call in calls:
         kq = runner(call.q, call.scale, call.zero_point, out.scale, out.zero_point, relu)
         x = dequant(call.q, call.scale, call.zero_point)
@@ -511,13 +305,13 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
                                   kernel=arith, relu=relu, stride=geo.stride,
                                   padding=geo.padding, dilation=geo.dilation,
                                   groups=geo.groups, int16_pairs=depthwise,
-                                  conv_sum=K.conv_sum)
+                                  conv_sum=K.conv_sum, int16_gemm=pairs and not depthwise)
             fo = R.conv_float64(x, w_f, b_f, stride=geo.stride, padding=geo.padding,
                                 dilation=geo.dilation, groups=geo.groups, conv_sum=K.conv_sum)
         else:
             rq = R.quantized_linear(call.q, call.scale, call.zero_point, wq.values, q.scale,
                                     q.zero_point, layer.bias, out.scale, out.zero_point,
-                                    kernel=arith, relu=relu)
+                                    kernel=arith, relu=relu, int16_gemm=pairs)
             fo = x @ w_f.T + (0.0 if b_f is None else b_f)
         if relu:
             fo = np.maximum(fo, 0.0)
@@ -526,15 +320,17 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         refs.append(rq)
         outs.append(kq)
     float_out, kq_all, rq_all = _cat(floats), _cat(kernels_q), _cat(refs)
-    m = _metrics_static(float_out, kq_all, out.scale, out.zero_point)
+    m = metrics_static(float_out, kq_all, out.scale, out.zero_point)
     in_clip, in_sqnr = _input_stats(calls)
-    arith_text = arith + (" depthwise (int16 pairs)" if depthwise else "")
+    arith_text = arith + (" depthwise (int16 pairs)" if depthwise else
+                          ", int16 pairs" if pairs else "")
     extra = list(notes) + list(wnotes)
-    if relu:
+    if relu and inferred:
         extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "
                      "the float domain applies it")
+    suffix = "+ReLU" if relu and "ReLU" not in layer.kind else ""
     row = LayerVerify(
-        name=layer.name, kind=layer.kind + ("+ReLU" if relu else ""), mode=layer.mode.value,
+        name=layer.name, kind=layer.kind + suffix, mode=layer.mode.value,
         verified=True, input_kind=kind, input_text=text,
         input_shape=tuple(calls[0].q.shape) if calls else (),
         input_scale=calls[0].scale if calls else None,
@@ -542,7 +338,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         input_clipped=in_clip, input_sqnr_db=in_sqnr, output_scale=out.scale,
         output_zero_point=out.zero_point, float_domain=how, relu=relu,
         elements=int(float_out.size),
-        kernel=_agreement(ctx.engine, arith_text, op, kq_all, rq_all, "LSB"),
+        kernel=agreement(ctx.engine, arith_text, op, kq_all, rq_all, "LSB"),
         notes=tuple(extra), **m)
     return row, outs
 
@@ -550,7 +346,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
 def quantize_row(ctx: Context, layer: Layer, x: np.ndarray, kind: InputKind, text: str
                  ) -> tuple[LayerVerify, np.ndarray]:
     """A QuantStub: the float input quantized with its qparams (torch vs reference)."""
-    from qinspect.analyse import kernels as K
+    from qinspect.analyse.verify import kernels as K
     from qinspect.quant.affine import quantize_per_tensor
 
     out = layer.output
@@ -558,13 +354,13 @@ def quantize_row(ctx: Context, layer: Layer, x: np.ndarray, kind: InputKind, tex
     xf = np.asarray(x, np.float32)
     kq = K.quantize_kernel(xf, out.scale, out.zero_point)
     rq = quantize_per_tensor(xf, out.scale, out.zero_point, ACT_DTYPE)
-    m = _metrics_static(xf.astype(np.float64).ravel(), kq.ravel(), out.scale, out.zero_point)
+    m = metrics_static(xf.astype(np.float64).ravel(), kq.ravel(), out.scale, out.zero_point)
     row = LayerVerify(
         name=layer.name, kind="QuantStub", mode=layer.mode.value, verified=True,
         input_kind=kind, input_text=text, input_shape=tuple(xf.shape),
         output_scale=out.scale, output_zero_point=out.zero_point,
         float_domain="the float input itself", elements=int(xf.size),
-        kernel=_agreement(ctx.engine, "fbgemm quantize", "quantize_per_tensor", kq, rq, "LSB"),
+        kernel=agreement(ctx.engine, "fbgemm quantize", "quantize_per_tensor", kq, rq, "LSB"),
         notes=("the error is the input's rounding; clipped outputs are inputs outside the "
                "range the QuantStub was calibrated for",), **m)
     return row, kq
@@ -574,7 +370,7 @@ def add_row(ctx: Context, layer: Layer, calls: list[tuple[Call, Call]], relu: bo
             kind: InputKind, text: str, notes: tuple[str, ...] = ()
             ) -> tuple[LayerVerify, list[np.ndarray]]:
     """A QFunctional ``add`` (``add_relu``): two quantized inputs, requantized sum."""
-    from qinspect.analyse import kernels as K
+    from qinspect.analyse.verify import kernels as K
     from qinspect.quant import reference as R
 
     out = layer.output
@@ -597,7 +393,7 @@ def add_row(ctx: Context, layer: Layer, calls: list[tuple[Call, Call]], relu: bo
         rqs.append(rq)
         outs.append(kq)
     float_out = _cat(floats)
-    m = _metrics_static(float_out, _cat(kqs), out.scale, out.zero_point)
+    m = metrics_static(float_out, _cat(kqs), out.scale, out.zero_point)
     in_clip, in_sqnr = _input_stats([c for pair in calls for c in pair])
     op = "quantized::add_relu" if relu else "quantized::add"
     row = LayerVerify(
@@ -609,14 +405,14 @@ def add_row(ctx: Context, layer: Layer, calls: list[tuple[Call, Call]], relu: bo
         input_clipped=in_clip, input_sqnr_db=in_sqnr, output_scale=out.scale,
         output_zero_point=out.zero_point, float_domain="exact sum of the dequantized inputs",
         relu=relu, elements=int(float_out.size),
-        kernel=_agreement(ctx.engine, arith, op, _cat(kqs), _cat(rqs), "LSB"), notes=notes, **m)
+        kernel=agreement(ctx.engine, arith, op, _cat(kqs), _cat(rqs), "LSB"), notes=notes, **m)
     return row, outs
 
 
 def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKind, text: str,
                 notes: tuple[str, ...] = ()) -> tuple[LayerVerify, list[np.ndarray]]:
     """A dynamic Linear (or RNN gate linear): float input, quantized per call inside."""
-    from qinspect.analyse import kernels as K
+    from qinspect.analyse.verify import kernels as K
     from qinspect.quant import reference as R
     from qinspect.quant.metrics import sqnr_db
 
@@ -636,7 +432,8 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
         x32 = np.asarray(x, np.float32)
         ko = runner(x32)
         ro, xq, sx, zx = R.dynamic_linear(x32, wq.values, wq.quant.scale, wq.quant.zero_point,
-                                          layer.bias, kernel=arith, reduce_range=True)
+                                          layer.bias, kernel=arith, reduce_range=True,
+                                          int16_gemm=arith == "fbgemm" and K.fbgemm_int16_gemm())
         floats.append(x32.astype(np.float64) @ w_f.T + (0.0 if b_f is None else b_f))
         kouts.append(ko)
         routs.append(ro)
@@ -655,7 +452,7 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
         elements=int(float_out.size), sqnr_db=sqnr_db(float_out, k_all),
         max_abs_error=float(err.max()) if err.size else 0.0,
         mean_abs_error=float(err.mean()) if err.size else 0.0,
-        kernel=_agreement(ctx.engine, arith, "quantized::linear_dynamic", k_all, r_all, "abs"),
+        kernel=agreement(ctx.engine, arith, "quantized::linear_dynamic", k_all, r_all, "abs"),
         notes=tuple(notes) + tuple(wnotes) + (
             "dynamic: the input is quantized per call from its own min/max (it never clips; "
             "its rounding is the error), the output is float (no output LSB)",))
@@ -692,57 +489,3 @@ def not_verified(layer: Layer, reason: str) -> LayerVerify:
                        verified=False, reason=reason)
 
 
-# --- explanation -------------------------------------------------------------------------
-
-
-def explain_worst(r: LayerVerify) -> str:
-    """What the worst layer's numbers mean, in one line."""
-    sqnr = r.sqnr_db
-    bits = f"~{sqnr / 6.02:.1f} bits" if sqnr is not None and math.isfinite(sqnr) else ""
-    head = f"{r.name} loses most: SQNR {fmt_db(sqnr)}" + (f" ({bits} of precision)"
-                                                           if bits else "")
-    tail = ""
-    if r.input_kind is InputKind.SYNTHETIC:
-        tail = " (on synthetic input: a stress test of the arithmetic, not evidence from real data)"
-    elif r.input_kind is InputKind.CHAINED:
-        tail = (" (on an assumed chain: if the real model runs a ReLU or another op before this "
-                "layer, its real input differs; --model gives the real one)")
-    clipped = r.clipped or 0.0
-    if clipped >= 0.001 and r.output_scale is not None:
-        lo = (QMIN - (r.output_zero_point or 0)) * r.output_scale
-        hi = (QMAX - (r.output_zero_point or 0)) * r.output_scale
-        side = "top" if (r.clipped_high or 0) >= (r.clipped_low or 0) else "bottom"
-        return (f"{head}; {100 * clipped:.1f} % of its outputs fall outside its output range "
-                f"[{lo:.4g}, {hi:.4g}] and clip at the {side}: the range was calibrated too "
-                f"narrow for this input (recalibrate on representative data){tail}")
-    if r.max_error_lsb is not None and r.max_error_lsb > 1.0:
-        if clipped > 0:
-            why = (f"the {100 * clipped:.2g} % of outputs beyond its output range clip "
-                   "(a few outliers: the range is slightly narrow)")
-        elif "dequantized" not in r.float_domain:
-            why = ("the weights' quantization error (against the float reference) adds to "
-                   "the output rounding")
-        else:
-            why = "more than output rounding with dequantized weights: look at this layer"
-        return f"{head}; errors reach {r.max_error_lsb:.1f} output LSB: {why}{tail}"
-    if r.max_error_lsb is not None:
-        return (f"{head}; errors stay near output rounding ({r.max_error_lsb:.2f} LSB max, "
-                f"0.5 is rounding alone): the output scale (resolution) is what limits it{tail}")
-    if r.mode == Mode.WEIGHT_ONLY.value:  # torchao weight-only: the input is not quantized
-        why = ("float rounding only: with dequantized weights a weight-only layer has no "
-               "quantization error to show (--reference FP32.pt measures the weights')"
-               if "dequantized" in r.float_domain else "the weights' quantization error")
-        return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the "
-                f"float domain: {why}{tail}")
-    return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the float "
-            f"domain: the rounding of the input by dynamic quantization{tail}")
-
-
-def fmt_db(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if math.isinf(x):
-        return "inf dB" if x > 0 else "-inf dB"
-    if math.isnan(x):
-        return "NaN dB"
-    return f"{x:.1f} dB"

@@ -29,14 +29,13 @@ Per layer: SQNR of the kernel output against the float domain, max/mean absolute
 
 from __future__ import annotations
 
-import fnmatch
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from qinspect.analyse import verify as V
-from qinspect.errors import InputError, VerifyError
+from qinspect.analyse.verify import rows as V
+from qinspect.analyse.verify import types as T
+from qinspect.errors import VerifyError
 from qinspect.model import Checkpoint, Layer, Mode
 from qinspect.quant.affine import block_grid, dequantize_blockwise
 
@@ -46,62 +45,68 @@ F32_EPS = float(np.finfo(np.float32).eps)
 U32 = 2.0 ** -24
 
 
-def is_torchao(ckpt: Checkpoint) -> bool:
-    from qinspect.loaders.torchao import FORMAT
-
-    return ckpt.format == FORMAT
-
-
-def verify_torchao(ckpt: Checkpoint, input: str | os.PathLike[str] | None,  # noqa: A002
-                   reference: str | os.PathLike[str] | None, model: str | None,
-                   layer_glob: str | None, seed: int, batch: int | None) -> V.VerifyReport:
+def verify_torchao(ckpt: Checkpoint, options: T.Options) -> T.VerifyReport:
     """Verify every quantized Linear of a torchao state_dict (see the module docstring)."""
     from qinspect.inputs import read_input
     from qinspect.loaders import load
     from qinspect.loaders.torchao import INSTALL_HINT
 
-    if model is not None:
-        raise InputError("--model is not supported for torchao state_dicts yet; drop it: "
-                         "verify runs each quantized Linear of the file on its own input")
     try:
         _import_torchao()
     except ImportError as exc:
         raise VerifyError(f"{ckpt.path}: running torchao layers needs torchao "
                           f"({INSTALL_HINT})") from exc
-    user = read_input(input).limited(batch) if input is not None else None
-    ref = load(reference) if reference is not None else None
+    user = read_input(options.input).limited(options.batch) \
+        if options.input is not None else None
+    ref = load(options.reference) if options.reference is not None else None
     pairs = {}
     if ref is not None:
         from qinspect.analyse.pairing import pair_layers
 
         pairs = {p.a.name: p.b for p in pair_layers(ckpt, ref, fold_bn=False).pairs}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(options.seed if options.seed is not None else 0)
     layers = [lay for lay in ckpt.layers if lay.mode in (Mode.WEIGHT_ONLY, Mode.DYNAMIC)]
     if not layers:
         raise VerifyError(f"{ckpt.path}: no torchao quantized layer to verify")
-    rows = []
-    for layer in layers:
-        if layer_glob is not None and not fnmatch.fnmatchcase(layer.name, layer_glob):
-            continue
-        rows.append(_row(layer, user, pairs.get(layer.name), rng, batch))
-    if not rows:
-        names = ", ".join(lay.name for lay in layers[:8])
-        raise InputError(f"--layer {layer_glob!r} matches no quantized layer; layers: {names}")
+    rows = [_row(layer, user, pairs.get(layer.name), rng, options.batch) for layer in layers]
     float_domain = ("dequantized weights (no --reference): the SQNR measures activation "
                     "quantization only (zero error for weight-only layers up to float "
                     "rounding)" if ref is None else
                     f"float weights of {ref.path}: the SQNR includes weight error")
     input_text = (user.describe() if user is not None else
                   "none: every layer runs on synthetic input")
-    return V.VerifyReport(
+    return T.VerifyReport(
         path=ckpt.path, mode="file", engine=ENGINE,
         engine_reason="torchao's CPU kernels for its tensor subclasses, rebuilt from the "
                       "file's qdata/scale/zero_point/block_size",
-        input_text=input_text, layers=tuple(rows), reference=V._str(reference), seed=seed,
-        batch=batch, float_domain=float_domain,
+        input_text=input_text, layers=tuple(rows), float_domain=float_domain,
+        scope=("a torchao state_dict stores no graph: each quantized Linear ran on its own "
+               "input (the --input where its last dimension fits, synthetic otherwise), "
+               "torchao's kernel against qinspect's reference; no chain is assumed"),
         notes=("torchao state_dict: no graph, so each quantized Linear runs on its own input "
                "(the --input where its last dimension fits, synthetic otherwise); no chain "
                "is assumed",))
+
+
+class TorchaoRunner:
+    """A torchao ``quantize_`` state_dict: torchao's own kernels, layer by layer."""
+
+    name = "torchao"
+    needs: dict[str, str] = {}
+    refuses = {
+        "model": "not supported for torchao state_dicts yet: verify runs each quantized "
+                 "Linear of the file on its own input",
+        "engine": "torchao layers run torchao's own CPU kernels, not a quantized engine's",
+    }
+
+    def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
+        from qinspect.loaders.torchao import FORMAT
+
+        return ckpt.format == FORMAT
+
+    def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
+            ) -> T.VerifyReport:
+        return verify_torchao(ckpt, options)
 
 
 def _import_torchao() -> None:
@@ -185,7 +190,7 @@ def _torchao_weight(layer: Layer, spec: _Spec):  # noqa: ANN202 - a torchao tens
 
 
 def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
-         batch: int | None) -> V.LayerVerify:
+         batch: int | None) -> T.LayerVerify:
     import torch
     import torch.nn.functional as F
 
@@ -223,7 +228,7 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
                               f"{type(exc).__name__}: {exc}")
     if dynamic:
         refo, xq, sx = dynamic_linear_reference(x2, spec.qdata, spec.scale, bias)
-        agreement = V._agreement(ENGINE, "int8 x int8 -> int32, rescaled in float32",
+        agreement = V.agreement(ENGINE, "int8 x int8 -> int32, rescaled in float32",
                                  "torchao Int8Tensor linear (dynamic per-token int8)",
                                  kern, refo, "abs")
         in_sqnr = _sqnr(x2, xq.astype(np.float64) * sx.astype(np.float64))
@@ -246,7 +251,7 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
         notes.append(f"weight-only ({spec.dtype} {_gran(spec)}): the float input is multiplied "
                      "by the dequantized weight; the output is float (no output LSB)")
     err = np.abs(float_out - kern.astype(np.float64))
-    return V.LayerVerify(
+    return T.LayerVerify(
         name=layer.name, kind=layer.kind, mode=layer.mode.value, verified=True,
         input_kind=kind, input_text=text, input_shape=tuple(x.shape), input_scale=in_scale,
         input_clipped=0.0 if dynamic else None, input_sqnr_db=in_sqnr, float_domain=domain,
@@ -264,18 +269,18 @@ def _gran(spec: _Spec) -> str:
 
 
 def _input(user, k: int, rng: np.random.Generator, batch: int | None
-           ) -> tuple[np.ndarray, V.InputKind, str]:
+           ) -> tuple[np.ndarray, T.InputKind, str]:
     from qinspect.inputs import shape_text
 
     if user is not None:
         a = np.asarray(user.first)
         if a.ndim >= 1 and a.shape[-1] == k and np.issubdtype(a.dtype, np.floating):
             x = a.astype(np.float32).reshape(-1, k) if a.ndim > 1 else a.astype(np.float32)[None]
-            return x, V.InputKind.USER, f"user input {shape_text(a.shape)}"
+            return x, T.InputKind.USER, f"user input {shape_text(a.shape)}"
     x = rng.standard_normal((batch or SYNTH_BATCH, k)).astype(np.float32)
     why = (f" (the input's last dimension is not {k})" if user is not None else "")
     text = f"isolated, synthetic input {shape_text(x.shape)} ~ N(0, 1){why}"
-    return x, V.InputKind.SYNTHETIC, text
+    return x, T.InputKind.SYNTHETIC, text
 
 
 def _sqnr(ref: np.ndarray, test: np.ndarray) -> float:
@@ -285,11 +290,11 @@ def _sqnr(ref: np.ndarray, test: np.ndarray) -> float:
 
 
 def _bounded(kern: np.ndarray, ref: np.ndarray, bound: np.ndarray, spec: _Spec
-             ) -> V.KernelAgreement:
+             ) -> T.KernelAgreement:
     diff = np.abs(kern.astype(np.float64) - ref.astype(np.float64))
     mismatches = int(np.count_nonzero(diff > bound))
     op = (f"torchao {spec.cls} linear (weight-only)")
-    return V.KernelAgreement(ENGINE, "float32 matmul, dequantized weight; agreement: within "
+    return T.KernelAgreement(ENGINE, "float32 matmul, dequantized weight; agreement: within "
                              "K * 2^-24 * |x|.|w|", op, int(diff.size), mismatches,
                              float(diff.max()) if diff.size else 0.0, "abs")
 

@@ -88,6 +88,13 @@ def has_avx512_vnni() -> bool:
         return False
 
 
+def fbgemm_int16_gemm() -> bool:
+    """Whether fbgemm's GEMM here adds byte-product pairs in int16 with saturation
+    (``vpmaddubsw``: a CPU without AVX512-VNNI), which the reference must reproduce
+    (``int16_gemm`` in :mod:`qinspect.quant.reference`; measured on an AVX2 machine)."""
+    return not has_avx512_vnni()
+
+
 def linear_kernel(engine: str) -> str:
     """Arithmetic of static/dynamic Linear and of add under ``engine``."""
     return "qnnpack" if engine == "qnnpack" else "fbgemm"
