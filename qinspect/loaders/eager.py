@@ -182,9 +182,7 @@ def _malformed(local: str, value: Any) -> str | None:
         if leaf != "weight" and value.is_quantized:
             return f"a {leaf} is stored in float, not quantized"
     elif local == "_packed_params.dtype":
-        import torch
-
-        if not isinstance(value, torch.dtype):
+        if not T.is_dtype(value):
             return "the packed params dtype should be a torch dtype"
     return None
 
