@@ -34,6 +34,9 @@ from qinspect.errors import LoadError
 #: ``data.pkl`` (or the legacy pickle) may not exceed this many bytes; real state_dicts
 #: need about 200 bytes per tensor, so this is room for ~150,000 tensors.
 MAX_PICKLE_BYTES = 32 * 2**20
+#: deflated members of one archive may declare (and inflate to) this many bytes together;
+#: torch stores tensor data uncompressed and deflates only code and small records
+MAX_INFLATED_TOTAL = 2 * MAX_PICKLE_BYTES
 #: Tensors may declare at most this many times the file's bytes (tied weights share one
 #: storage, so 2x is legitimate), plus a constant for tiny files.
 VIEW_BUDGET_FACTOR = 4
@@ -192,6 +195,10 @@ def check_members(fh: BinaryIO, infos: list[zipfile.ZipInfo], file_size: int
             raise _Refused(f"member {info.filename!r} is encrypted; torch never encrypts")
     # torch reads every record relative to the folder of the first member
     prefix = infos[0].filename.split("/", 1)[0] + "/"
+    inflated = sum(i.file_size for i in infos if i.compress_type == zipfile.ZIP_DEFLATED)
+    if inflated > MAX_INFLATED_TOTAL:
+        raise _Refused(f"its compressed members declare {_size(inflated)} together (limit "
+                       f"{_size(MAX_INFLATED_TOTAL)}): a zip bomb, or not a file torch wrote")
     starts: dict[str, int] = {}
     for info in infos:
         if not info.filename.startswith(prefix):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,9 +35,12 @@ from qinspect.loaders import tensors as T
 from qinspect.loaders.archive import printable
 from qinspect.loaders.safe_pickle import Reader, ScriptObjectState
 from qinspect.loaders.tensors import ArrayTensor, Storage
-from qinspect.loaders.zipread import MMAP_MIN_BYTES, Archive
+from qinspect.loaders.zipread import Archive
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+#: storages of zip files this large are memory-mapped (private, read-only), not read:
+#: see :data:`qinspect.loaders.zipread.MMAP_MIN_BYTES`
+MMAP_MIN_BYTES = 1 << 30
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 __all__ = ["MMAP_MIN_BYTES", "RawCheckpoint", "ScriptObjectState", "read_checkpoint",
@@ -85,7 +87,7 @@ def read_file(path: str | os.PathLike[str]) -> RawCheckpoint:
 
 
 def _read_zip(p: Path, file_size: int) -> Any:
-    with Archive(p, file_size) as zf:
+    with Archive(p, file_size, mmap_min=MMAP_MIN_BYTES) as zf:
         reader = Reader(zf.storage_loader("data"), printable(p), strict=True,
                         view_budget=archive.view_budget(file_size))
         data = zf.read("data.pkl")

@@ -192,6 +192,7 @@ class Reader:
     def load(self, fh: io.BytesIO, length: int) -> Any:
         """Run one pickle from ``fh`` (at most ``length`` bytes) up to its STOP."""
         self.budget = BUDGET_FACTOR * length + BUDGET_SLACK
+        self.length = length
         self.stack: list[Any] = []
         self.marks: list[int] = []
         self.memo: dict[int, Any] = {}
@@ -399,6 +400,10 @@ class Reader:
     def _put(self, arg: Any) -> None:
         if not isinstance(arg, int) or arg < 0:
             raise Corrupt(f"memo index {arg!r}")
+        if arg >= self.length:  # picklers number memo entries 0, 1, 2...
+            raise LoadError(f"{self.what}: refused: its pickle stores memo entry {arg}, "
+                            f"more entries than a pickle of {self.length} bytes can make "
+                            "(an edited memo index)")
         self._charge(COST_ITEM)
         self.memo[arg] = self._top()
 

@@ -25,8 +25,8 @@ from typing import Any
 from qinspect.errors import LoadError, UnsupportedFormatError
 from qinspect.loaders import eager, fx
 from qinspect.loaders import tensors as T
-from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
 from qinspect.loaders.archive import view_budget
+from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
 from qinspect.loaders.safe_pickle import Stub, load_pickle
 from qinspect.loaders.sniff import printable
 from qinspect.loaders.tsgraph import AttrRef, Graph, Walker, parse_classes

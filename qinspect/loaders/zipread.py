@@ -32,13 +32,11 @@ import numpy as np
 
 from qinspect.errors import LoadError
 from qinspect.loaders import archive as A
-from qinspect.loaders.archive import MAX_PICKLE_BYTES, ZIP_ERRORS, printable
+from qinspect.loaders.archive import MAX_INFLATED_TOTAL, MAX_PICKLE_BYTES, ZIP_ERRORS, printable
 from qinspect.loaders.tensors import DTYPES, ITEMSIZE, Storage
 
 #: a deflated member may inflate to at most this many bytes (code, pickles, JSON)
 MAX_INFLATED = MAX_PICKLE_BYTES
-#: all deflated members of one archive together may inflate to at most this many bytes
-MAX_INFLATED_TOTAL = 4 * MAX_PICKLE_BYTES
 #: stored storages of files this large are memory-mapped (no copy, no CRC check: the
 #: pages stay on disk); smaller files are read, and zipfile checks every CRC. Mapped, a
 #: file truncated by another process while qinspect reads it ends in SIGBUS.
@@ -49,7 +47,8 @@ CHUNK = 1 << 20
 class Archive:
     """A torch zip archive: ``names`` are record paths without the top-level folder."""
 
-    def __init__(self, path: str | Path | BinaryIO, file_size: int | None = None) -> None:
+    def __init__(self, path: str | Path | BinaryIO, file_size: int | None = None,
+                 mmap_min: int = MMAP_MIN_BYTES) -> None:
         self.path = printable(str(path)) if not isinstance(path, io.IOBase) else "(nested)"
         self._fh: BinaryIO = path if isinstance(path, io.IOBase) else open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
         try:
@@ -77,6 +76,7 @@ class Archive:
         self.produced = 0
         self.inflated = 0
         self._map: mmap.mmap | None = None
+        self._mmap_min = mmap_min
         self._storages: dict[tuple[str, str], Storage] = {}
 
     def close(self) -> None:
@@ -139,9 +139,10 @@ class Archive:
         """Record ``name`` as a read-only uint8 array (mapped for large files)."""
         info = self._full.get(name)
         if (info is not None and info.compress_type == zipfile.ZIP_STORED
-                and self.file_size >= MMAP_MIN_BYTES and hasattr(self._fh, "fileno")):
-            if self._map is None:
-                self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+                and self.file_size >= self._mmap_min and hasattr(self._fh, "fileno")):
+            if self._map is None:  # private and read-only: nothing reaches the file
+                self._map = mmap.mmap(self._fh.fileno(), 0, flags=mmap.MAP_PRIVATE,
+                                      prot=mmap.PROT_READ)
             return np.frombuffer(self._map, dtype=np.uint8, count=info.file_size,
                                  offset=self._start[name])
         return np.frombuffer(self.read(name), dtype=np.uint8)
