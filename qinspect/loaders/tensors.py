@@ -176,6 +176,19 @@ class ArrayTensor:
     def __repr__(self) -> str:
         return f"ArrayTensor({self.dtype}, {list(self.size)})"
 
+    def item(self) -> float | int | bool | complex:
+        """The one value of a one-element tensor (``torch.Tensor.item``)."""
+        if self.numel() != 1:
+            raise ValueError(f"a tensor of {self.numel()} elements has no single value")
+        values = int_values(self) if self.is_quantized else float_values(self)
+        return values.reshape(-1)[0].item()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
     # values ------------------------------------------------------------------------------
     def raw(self) -> np.ndarray:
         """The stored elements as a strided read-only numpy view (bfloat16 as raw uint16,
