@@ -97,32 +97,44 @@ class Archive:
 
     def read(self, name: str) -> bytes:
         """The bytes of record ``name``, streamed with a hard bound (see the module)."""
+        return bytes(self._read(name))
+
+    def _read(self, name: str) -> bytearray:
+        """:meth:`read` into one buffer of the declared size (no second copy)."""
         info = self._full.get(name)
         if info is None:
             raise LoadError(f"{self.path}: the archive has no record {printable(name)!r}; it "
                             "is incomplete: re-export it")
         deflated = info.compress_type == zipfile.ZIP_DEFLATED
         bound = min(info.file_size, MAX_INFLATED) if deflated else info.file_size
-        out = bytearray()
+        if info.file_size > bound:
+            raise LoadError(f"{self.path}: refused: record {printable(name)!r} declares "
+                            f"{A._size(info.file_size)} (limit {A._size(bound)})")
+        out = bytearray(bound)
+        view = memoryview(out)
+        filled = 0
         try:
             with self._zip.open(info) as member:
-                while True:
-                    chunk = member.read(min(CHUNK, bound + 1 - len(out)))
+                while True:  # zipfile inflates at most what each read asks for
+                    chunk = member.read(min(CHUNK, bound + 1 - filled))
                     if not chunk:
                         break
-                    out += chunk
                     self._count(len(chunk), deflated, name)
-                    if len(out) > bound:
+                    if filled + len(chunk) > bound:
                         raise LoadError(
                             f"{self.path}: refused: record {printable(name)!r} inflates "
                             f"beyond {A._size(bound)} (a zip bomb, or a lying header)")
+                    view[filled:filled + len(chunk)] = chunk
+                    filled += len(chunk)
         except ZIP_ERRORS as exc:
             raise LoadError(f"{self.path}: record {printable(name)!r} is corrupt "
                             f"({printable(A._first_line(exc))}); re-export the file") from exc
-        if len(out) != info.file_size:
-            raise LoadError(f"{self.path}: record {printable(name)!r} holds {len(out)} bytes "
+        finally:
+            view.release()
+        if filled != info.file_size:
+            raise LoadError(f"{self.path}: record {printable(name)!r} holds {filled} bytes "
                             f"but declares {info.file_size}; re-export the file")
-        return bytes(out)
+        return out
 
     def _count(self, n: int, deflated: bool, name: str) -> None:
         self.produced += n
@@ -145,7 +157,9 @@ class Archive:
                                       prot=mmap.PROT_READ)
             return np.frombuffer(self._map, dtype=np.uint8, count=info.file_size,
                                  offset=self._start[name])
-        return np.frombuffer(self.read(name), dtype=np.uint8)
+        array = np.frombuffer(self._read(name), dtype=np.uint8)
+        array.flags.writeable = False
+        return array
 
     def storage_loader(self, folder: str):
         """``(key, dtype name, numel, location) -> Storage`` reading ``folder/key``."""
