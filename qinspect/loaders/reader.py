@@ -118,7 +118,8 @@ def _read_legacy(p: Path, file_size: int) -> Any:
         for key in keys:  # archive.check_legacy checked every count and extent
             storage = storages[str(key)]
             fh.seek(offset + 8)
-            data = fh.read(storage.nbytes)
+            data = bytearray(storage.nbytes)  # this process's own, writable copy
+            fh.readinto(data)
             storage.data = np.frombuffer(data, dtype=np.uint8)
             offset += 8 + storage.nbytes
     return obj

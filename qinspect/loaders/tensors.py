@@ -27,7 +27,10 @@ from typing import Any
 import numpy as np
 
 from qinspect.errors import LoadError
+from qinspect.loaders._quiet import silence_torch_notices
 from qinspect.model import TensorQuant
+
+silence_torch_notices()
 
 SUB_BYTE_BITS = {"quint4x2": 4, "quint2x4": 2}
 
@@ -191,7 +194,7 @@ class ArrayTensor:
 
     # values ------------------------------------------------------------------------------
     def raw(self) -> np.ndarray:
-        """The stored elements as a strided read-only numpy view (bfloat16 as raw uint16,
+        """The stored elements as a strided numpy view (bfloat16 as raw uint16,
         quantized types as their integer type; sub-byte types: see :func:`int_values`)."""
         code = NUMPY_DTYPES.get(self.dtype.name)
         if code is None or self.dtype.name in SUB_BYTE_BITS:
@@ -205,7 +208,7 @@ class ArrayTensor:
         flat = data[: (data.size // item) * item].view(code)
         return np.lib.stride_tricks.as_strided(
             flat[self.offset:], shape=self.size, strides=tuple(s * item for s in self.stride),
-            writeable=False)
+            writeable=bool(data.flags.writeable))
 
 
 def check_extent(storage: Storage, offset: int, size: tuple[int, ...],

@@ -14,8 +14,9 @@ bound, whatever the headers say:
   :data:`MAX_INFLATED_TOTAL` (stored bytes are read once each; inflation is what can
   grow), so a small file cannot make qinspect hold much more than itself.
 
-Storage records become read-only numpy arrays (memory-mapped, without a copy, for files
-of at least :data:`MMAP_MIN_BYTES`) wrapped in :class:`~qinspect.loaders.tensors.Storage`
+Storage records become numpy arrays over this process's own copy of the bytes (read, or
+memory-mapped copy-on-write without a copy for files of at least :data:`MMAP_MIN_BYTES`:
+the input file is never written), wrapped in :class:`~qinspect.loaders.tensors.Storage`
 for :mod:`qinspect.loaders.safe_pickle`. Nothing here unpickles or executes anything.
 """
 
@@ -152,14 +153,12 @@ class Archive:
         info = self._full.get(name)
         if (info is not None and info.compress_type == zipfile.ZIP_STORED
                 and self.file_size >= self._mmap_min and hasattr(self._fh, "fileno")):
-            if self._map is None:  # private and read-only: nothing reaches the file
+            if self._map is None:  # copy-on-write: a write stays in this process
                 self._map = mmap.mmap(self._fh.fileno(), 0, flags=mmap.MAP_PRIVATE,
-                                      prot=mmap.PROT_READ)
+                                      prot=mmap.PROT_READ | mmap.PROT_WRITE)
             return np.frombuffer(self._map, dtype=np.uint8, count=info.file_size,
                                  offset=self._start[name])
-        array = np.frombuffer(self._read(name), dtype=np.uint8)
-        array.flags.writeable = False
-        return array
+        return np.frombuffer(self._read(name), dtype=np.uint8)
 
     def storage_loader(self, folder: str):
         """``(key, dtype name, numel, location) -> Storage`` reading ``folder/key``."""
