@@ -204,6 +204,12 @@ def cases(int8: Path, fp32: Path, qat: Path) -> list[Case]:
     ]
 
 
+ISSUE12 = ("import torch", "import torch + mmap load of the diff pair + one numpy pass",
+           "Numeric Suite compare_weights ResNet-18 (import torch + load both)",
+           "qinspect show int8_1g", "qinspect check int8_1g",
+           "qinspect diff fp32_pair int8_pair", "qinspect diff resnet fp32 int8")
+
+
 def issue12(results: dict[str, Result], file_mb: float) -> list[tuple[str, float, float, str]]:
     """(target, measured, bound, verdict) for each target of issue 12."""
     out = []
@@ -277,13 +283,16 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="run only cases whose name contains this (any case)")
+    parser.add_argument("--issue12", action="store_true",
+                        help="run only the cases of issue 12's targets")
     args = parser.parse_args()
     int8, fp32, qat = OUT / "int8_1g.pt", OUT / "fp32_1g.pt", OUT / "qat_1g.pt"
     make = [PY, str(HERE / "make_inputs.py"), "--out", str(OUT)]
     groups = {"linear": (int8, fp32), "pair": (OUT / "fp32_pair.pt", OUT / "int8_pair.pt"),
               "qat": (qat,), "resnet": tuple(OUT / n for n in RESNET)}
     only = (args.only or "").lower()
-    todo = [c for c in cases(int8, fp32, qat) if only in c.name.lower()]
+    todo = [c for c in cases(int8, fp32, qat) if only in c.name.lower()
+            and (not args.issue12 or c.name in ISSUE12)]
     needed = {g for g, paths in groups.items()
               if any(str(p) in c.argv for c in todo for p in paths)}
     for group in sorted(needed):
@@ -310,7 +319,7 @@ def main() -> None:
         print("\n| issue 12 target | measured | bound | verdict |\n|---|---:|---:|---|")
         for target, value, bound, verdict in rows12:
             print(f"| {target} | {value:.2f} | {bound:g} | {verdict} |")
-    if not args.only:
+    if not args.only and not args.issue12:
         rows = ratios(results, file_mb)
         report["targets"] = [dict(zip(("target", "measured", "bound", "verdict"), row,
                                       strict=True)) for row in rows]
