@@ -6,7 +6,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
 #: torch's deprecation notices about APIs qinspect calls on purpose (quantized tensor
 #: creation, TypedStorage); they speak of torch's internals, not of the user's file
 TORCH_NOTICES = (".*TypedStorage is deprecated.*", ".*quantized tensor creation functions.*")
