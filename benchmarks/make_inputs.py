@@ -27,7 +27,8 @@ warnings.filterwarnings("ignore")
 OUT_FEATURES, IN_FEATURES = 4096, 8192
 
 
-def make_int8_pair(out_dir: Path, layers: int = 32, seed: int = 0) -> tuple[Path, Path]:
+def make_int8_pair(out_dir: Path, layers: int = 32, seed: int = 0,
+                   stem: str = "1g") -> tuple[Path, Path]:
     """Float and int8 checkpoints of the same ``layers`` Linear layers."""
     g = torch.Generator().manual_seed(seed)
     int8_sd: dict[str, object] = {}
@@ -47,10 +48,16 @@ def make_int8_pair(out_dir: Path, layers: int = 32, seed: int = 0) -> tuple[Path
             int8_sd[f"layers.{i}.{key}"] = value
         fp32_sd[f"layers.{i}.weight"] = w
         fp32_sd[f"layers.{i}.bias"] = b
-    int8_path, fp32_path = out_dir / "int8_1g.pt", out_dir / "fp32_1g.pt"
+    int8_path, fp32_path = out_dir / f"int8_{stem}.pt", out_dir / f"fp32_{stem}.pt"
     torch.save(int8_sd, int8_path)
     torch.save(fp32_sd, fp32_path)
     return int8_path, fp32_path
+
+
+def make_pair(out_dir: Path) -> tuple[Path, Path]:
+    """Issue 12's diff pair: a 1.07 GB float32 state_dict of 8 Linear 4096x8192 layers and
+    its 0.27 GB int8 conversion (``int8_pair.pt``, ``fp32_pair.pt``)."""
+    return make_int8_pair(out_dir, layers=8, seed=1, stem="pair")
 
 
 def make_qat(out_dir: Path, layers: int = 8, seed: int = 0) -> Path:
@@ -100,11 +107,12 @@ def make_resnet(out_dir: Path, seed: int = 0) -> tuple[Path, Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
-    parser.add_argument("--only", choices=("linear", "qat", "resnet"),
+    parser.add_argument("--only", choices=("linear", "pair", "qat", "resnet"),
                         help="make only one group of inputs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    makers = {"linear": make_int8_pair, "qat": make_qat, "resnet": make_resnet}
+    makers = {"linear": make_int8_pair, "pair": make_pair, "qat": make_qat,
+              "resnet": make_resnet}
     paths: list[Path] = []
     for name, make in makers.items():
         if args.only in (None, name):

@@ -86,6 +86,31 @@ qinspect.verify(sys.argv[1], input=sys.argv[2], reference=sys.argv[3], model=sys
 print("INPROC", time.perf_counter() - start)
 """
 
+DIFF_PASS = """
+import sys, torch, numpy as np
+for path in sys.argv[1:]:
+    sd = torch.load(path, mmap=True, weights_only=True)
+    for v in sd.values():
+        t = v[0] if isinstance(v, tuple) and v and isinstance(v[0], torch.Tensor) else v
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.is_quantized:
+            t = torch.empty(0, dtype=torch.int8).set_(
+                t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
+        np.max(t.detach().numpy())
+"""
+
+COMPARE_WEIGHTS = """
+import sys, torch
+from torch.ao.ns._numeric_suite import compare_weights
+from torch.ao.ns.fx.utils import compute_sqnr
+float_sd = torch.load(sys.argv[1], weights_only=True)
+q_sd = torch.load(sys.argv[2], weights_only=True)
+result = compare_weights(float_sd, q_sd)
+for key, pair in result.items():
+    print(key, float(compute_sqnr(pair["float"], pair["quantized"].dequantize())))
+"""
+
 READ_FILES = """
 import sys
 for path in sys.argv[1:]:
@@ -142,9 +167,17 @@ def measure(case: Case, repeat: int) -> Result:
 
 def cases(int8: Path, fp32: Path, qat: Path) -> list[Case]:
     rn_int8, rn_fp32, rn_input = (str(OUT / n) for n in RESNET)
+    pair = [str(OUT / "fp32_pair.pt"), str(OUT / "int8_pair.pt")]
     model = f"{HERE / 'resnet.py'}:ResNet18Shaped"
     return [
         Case("import torch", [PY, "-c", "import torch"], "baseline"),
+        Case("import torch + mmap load of the diff pair + one numpy pass",
+             [PY, "-c", DIFF_PASS, *pair], "baseline"),
+        Case("Numeric Suite compare_weights ResNet-18 (import torch + load both)",
+             [PY, "-c", COMPARE_WEIGHTS, rn_fp32, rn_int8], "baseline"),
+        Case("qinspect diff fp32_pair int8_pair", [*QINSPECT, "diff", *pair], "qinspect"),
+        Case("qinspect diff resnet fp32 int8", [*QINSPECT, "diff", rn_fp32, rn_int8],
+             "qinspect"),
         Case("torch.load(mmap=True) + one numpy pass", [PY, "-c", MMAP_PASS, str(int8)],
              "baseline"),
         Case("naive torch.load + int_repr() stats", [PY, "-c", NAIVE_PASS, str(int8)],
@@ -169,6 +202,38 @@ def cases(int8: Path, fp32: Path, qat: Path) -> list[Case]:
         Case("qinspect.verify() resnet --model (in-process)",
              [PY, "-c", VERIFY_INPROC, rn_int8, rn_input, rn_fp32, model], "qinspect"),
     ]
+
+
+ISSUE12 = ("import torch", "import torch + mmap load of the diff pair + one numpy pass",
+           "Numeric Suite compare_weights ResNet-18 (import torch + load both)",
+           "qinspect show int8_1g", "qinspect check int8_1g",
+           "qinspect diff fp32_pair int8_pair", "qinspect diff resnet fp32 int8")
+
+
+def issue12(results: dict[str, Result], file_mb: float) -> list[tuple[str, float, float, str]]:
+    """(target, measured, bound, verdict) for each target of issue 12."""
+    out = []
+    torch_s = results["import torch"].median_s
+    for name in ("qinspect show int8_1g", "qinspect check int8_1g"):
+        if name in results:
+            value = results[name].median_s / torch_s
+            out.append((f"{name} / import torch alone", value, 1.0,
+                        "ok" if value < 1.0 else "MISSED"))
+    if "qinspect show int8_1g" in results:
+        rss = results["qinspect show int8_1g"].peak_rss_mb - file_mb
+        out.append(("show int8_1g peak RSS - file size (MB)", rss, 300.0,
+                    "ok" if rss <= 300 else "MISSED"))
+    base = results.get("import torch + mmap load of the diff pair + one numpy pass")
+    if base and "qinspect diff fp32_pair int8_pair" in results:
+        value = results["qinspect diff fp32_pair int8_pair"].median_s / base.median_s
+        out.append(("diff 1.07 GB fp32 / 0.27 GB int8 pair / (import torch + mmap load + one "
+                    "numpy pass)", value, 2.0, "ok" if value <= 2.0 else "MISSED"))
+    base = results.get("Numeric Suite compare_weights ResNet-18 (import torch + load both)")
+    if base and "qinspect diff resnet fp32 int8" in results:
+        value = results["qinspect diff resnet fp32 int8"].median_s / base.median_s
+        out.append(("diff ResNet-18 / Numeric Suite compare_weights script", value, 1.0,
+                    "ok" if value < 1.0 else "MISSED"))
+    return out
 
 
 def ratios(results: dict[str, Result], file_mb: float) -> list[tuple[str, float, float, str]]:
@@ -218,16 +283,22 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="run only cases whose name contains this (any case)")
+    parser.add_argument("--issue12", action="store_true",
+                        help="run only the cases of issue 12's targets")
     args = parser.parse_args()
     int8, fp32, qat = OUT / "int8_1g.pt", OUT / "fp32_1g.pt", OUT / "qat_1g.pt"
     make = [PY, str(HERE / "make_inputs.py"), "--out", str(OUT)]
-    if not all(p.exists() for p in (int8, fp32, qat)):
-        subprocess.run(make, check=True)
-    elif not all((OUT / n).exists() for n in RESNET):
-        subprocess.run([*make, "--only", "resnet"], check=True)
-    load_before = os.getloadavg()
+    groups = {"linear": (int8, fp32), "pair": (OUT / "fp32_pair.pt", OUT / "int8_pair.pt"),
+              "qat": (qat,), "resnet": tuple(OUT / n for n in RESNET)}
     only = (args.only or "").lower()
-    todo = [c for c in cases(int8, fp32, qat) if only in c.name.lower()]
+    todo = [c for c in cases(int8, fp32, qat) if only in c.name.lower()
+            and (not args.issue12 or c.name in ISSUE12)]
+    needed = {g for g, paths in groups.items()
+              if any(str(p) in c.argv for c in todo for p in paths)}
+    for group in sorted(needed):
+        if not all(p.exists() for p in groups[group]):
+            subprocess.run([*make, "--only", group], check=True)
+    load_before = os.getloadavg()
     results = {}
     for case in todo:
         results[case.name] = measure(case, args.repeat)
@@ -240,8 +311,15 @@ def main() -> None:
         if r.first_s is not None:
             extra += f" (first call {r.first_s:.3f}, with build + load {r.build_s:.3f})"
         print(f"| {r.name} | {r.median_s:.2f} | {r.peak_rss_mb:.0f} | {extra} |")
-    if not args.only:
-        file_mb = int8.stat().st_size / 2**20
+    file_mb = int8.stat().st_size / 2**20 if int8.exists() else 0.0
+    rows12 = issue12(results, file_mb)
+    if rows12:
+        report["issue12"] = [dict(zip(("target", "measured", "bound", "verdict"), row,
+                                      strict=True)) for row in rows12]
+        print("\n| issue 12 target | measured | bound | verdict |\n|---|---:|---:|---|")
+        for target, value, bound, verdict in rows12:
+            print(f"| {target} | {value:.2f} | {bound:g} | {verdict} |")
+    if not args.only and not args.issue12:
         rows = ratios(results, file_mb)
         report["targets"] = [dict(zip(("target", "measured", "bound", "verdict"), row,
                                       strict=True)) for row in rows]

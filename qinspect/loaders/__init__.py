@@ -59,9 +59,9 @@ def _load_graph_format(path: str | os.PathLike[str], kind: str) -> Checkpoint:
 
 def _load_state_dict(path: str | os.PathLike[str]) -> Checkpoint:
     from qinspect.loaders import eager, fx
-    from qinspect.loaders.reader import read_file
+    from qinspect.loaders.reader import read_checkpoint
 
-    raw = read_file(path)
+    raw = read_checkpoint(path)
     is_fx = fx.looks_like_fx(raw.entries)
     if is_fx:
         layers, unrecognised, order_known = fx.build(raw)

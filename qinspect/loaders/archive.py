@@ -34,6 +34,9 @@ from qinspect.errors import LoadError
 #: ``data.pkl`` (or the legacy pickle) may not exceed this many bytes; real state_dicts
 #: need about 200 bytes per tensor, so this is room for ~150,000 tensors.
 MAX_PICKLE_BYTES = 32 * 2**20
+#: deflated members of one archive may declare (and inflate to) this many bytes together;
+#: torch stores tensor data uncompressed and deflates only code and small records
+MAX_INFLATED_TOTAL = 2 * MAX_PICKLE_BYTES
 #: Tensors may declare at most this many times the file's bytes (tied weights share one
 #: storage, so 2x is legitimate), plus a constant for tiny files.
 VIEW_BUDGET_FACTOR = 4
@@ -167,27 +170,42 @@ class _Members:
 def _generic_members(zf: zipfile.ZipFile, p: Path, file_size: int
                      ) -> tuple[list[zipfile.ZipInfo], str]:
     infos = zf.infolist()
+    with p.open("rb") as fh:
+        check_members(fh, infos, file_size)
+    return infos, infos[0].filename.split("/", 1)[0] + "/"
+
+
+def check_members(fh: BinaryIO, infos: list[zipfile.ZipInfo], file_size: int
+                  ) -> dict[str, int]:
+    """The checks every torch zip passes before any member is read (see
+    :mod:`qinspect.loaders.zipread`); returns where each member's bytes start."""
     if not infos:
-        raise _Refused("an empty zip archive, not a torch.save checkpoint")
+        raise _Refused("an empty zip archive, not a file torch writes")
     seen: set[str] = set()
     for info in infos:
         _check_name(info.filename)
         if info.filename in seen:
-            raise _Refused(f"the archive holds {info.filename!r} twice; torch.save never "
+            raise _Refused(f"the archive holds {info.filename!r} twice; torch never "
                            "writes duplicate members")
         seen.add(info.filename)
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise _Refused(f"member {info.filename!r} is a symbolic link; torch.save never "
+            raise _Refused(f"member {info.filename!r} is a symbolic link; torch never "
                            "writes links")
+        if info.flag_bits & 0x1:
+            raise _Refused(f"member {info.filename!r} is encrypted; torch never encrypts")
     # torch reads every record relative to the folder of the first member
     prefix = infos[0].filename.split("/", 1)[0] + "/"
-    with p.open("rb") as fh:
-        for info in infos:
-            if not info.filename.startswith(prefix):
-                raise _Refused(f"member {info.filename!r} is outside the archive folder "
-                               f"{prefix!r}")
-            _check_extent(fh, info, file_size)
-    return infos, prefix
+    inflated = sum(i.file_size for i in infos if i.compress_type == zipfile.ZIP_DEFLATED)
+    if inflated > MAX_INFLATED_TOTAL:
+        raise _Refused(f"its compressed members declare {_size(inflated)} together (limit "
+                       f"{_size(MAX_INFLATED_TOTAL)}): a zip bomb, or not a file torch wrote")
+    starts: dict[str, int] = {}
+    for info in infos:
+        if not info.filename.startswith(prefix):
+            raise _Refused(f"member {info.filename!r} is outside the archive folder "
+                           f"{prefix!r}")
+        starts[info.filename] = _check_extent(fh, info, file_size)
+    return starts
 
 
 def _check_members(zf: zipfile.ZipFile, p: Path, file_size: int) -> _Members:
@@ -219,7 +237,7 @@ def _check_name(name: str) -> None:
                        "extracts files, and torch.save never writes such names")
 
 
-def _check_extent(fh: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> None:
+def _check_extent(fh: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> int:
     """The member's bytes must lie inside the file, and its sizes must be believable."""
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise _Refused(f"member {info.filename!r} uses compression method "
@@ -238,6 +256,7 @@ def _check_extent(fh: BinaryIO, info: zipfile.ZipInfo, file_size: int) -> None:
     start = info.header_offset + 30 + name_len + extra_len
     if start + info.compress_size > file_size:
         raise zipfile.BadZipFile(f"member {info.filename!r} runs past the end of the file")
+    return start
 
 
 def _read_pickle(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
@@ -604,27 +623,21 @@ def _ints(values: Any) -> bool:
 
 
 def _storage_itemsize(kind: _Global) -> int | None:
-    if kind.name == "UntypedStorage":
-        return 1
-    if kind.module != "torch" or not kind.name.endswith("Storage"):
-        return None
-    import torch
-    from torch.serialization import StorageType
+    from qinspect.loaders.safe_pickle import STORAGE_DTYPES
+    from qinspect.loaders.tensors import ITEMSIZE
 
-    try:
-        dtype = StorageType(kind.name).dtype
-    except (KeyError, AttributeError, RuntimeError):
+    if kind.module not in ("torch", "torch.storage") or kind.name not in STORAGE_DTYPES:
         return None
-    return torch._utils._element_size(dtype)
+    return ITEMSIZE[STORAGE_DTYPES[kind.name]]
 
 
 def _dtype_bits(value: Any) -> int | None:
+    from qinspect.loaders.tensors import ITEMSIZE
+
     if not isinstance(value, _Global) or value.module != "torch":
         return None
-    import torch
-
-    dtype = getattr(torch, value.name, None)
-    return dtype.itemsize * 8 if isinstance(dtype, torch.dtype) else None
+    size = ITEMSIZE.get(value.name)
+    return None if size is None else size * 8
 
 
 def _size(n: int) -> str:

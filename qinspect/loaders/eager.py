@@ -160,10 +160,10 @@ def _malformed(local: str, value: Any) -> str | None:
             return (f"an activation {leaf} holds one number; this one has shape "
                     f"{list(value.shape)}")
         if leaf == "zero_point" and value.is_floating_point():
-            values = value.detach().double().reshape(-1)
-            if local in ACT_QPARAMS and not bool((values == values.round()).all()):
+            values = np.asarray(T.float_values(value), dtype=np.float64).reshape(-1)
+            if local in ACT_QPARAMS and not bool((values == np.round(values)).all()):
                 return "an activation zero_point should be an integer"
-            if not bool(values.isfinite().all()) or bool((values.abs() > 2**62).any()):
+            if not bool(np.isfinite(values).all()) or bool((np.abs(values) > 2**62).any()):
                 return "a zero_point should be a finite integer within int64"
         if local in FAKE_QUANT_QPARAMS and (value.dim() > 1 or value.numel() == 0):
             return (f"a weight fake-quant {leaf} holds one number per output channel; this "
@@ -182,9 +182,7 @@ def _malformed(local: str, value: Any) -> str | None:
         if leaf != "weight" and value.is_quantized:
             return f"a {leaf} is stored in float, not quantized"
     elif local == "_packed_params.dtype":
-        import torch
-
-        if not isinstance(value, torch.dtype):
+        if not T.is_dtype(value):
             return "the packed params dtype should be a torch dtype"
     return None
 

@@ -204,13 +204,14 @@ def _pickled(archive: Archive, record: str, p: Path) -> Any:
     """A weight torch pickled (a tensor subclass): read with the no-import walker."""
     import io
 
-    from qinspect.loaders._quiet import quiet_torch_warnings
+    from qinspect.loaders.archive import printable, view_budget
     from qinspect.loaders.safe_pickle import load_pickle
 
     inner = Archive(io.BytesIO(archive.read(record)))  # type: ignore[arg-type]
-    with inner, quiet_torch_warnings():
+    with inner:
         return load_pickle(inner.read("data.pkl"), inner.storage_loader("data"),
-                           f"{p} ({record})")
+                           f"{printable(str(p))} ({printable(record)})",
+                           view_budget=view_budget(inner.file_size))
 
 
 class Builder:

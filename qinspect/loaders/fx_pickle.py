@@ -43,17 +43,21 @@ def load(path: str | Path) -> Checkpoint:
 
 
 def read_script(p: Path) -> tuple[Stub, dict, str]:
-    """(module tree, parsed forward, root name): what ``verify`` runs."""
+    """(module tree with torch tensors, parsed forward, root name): what ``verify``
+    runs."""
+    from qinspect.loaders.tensors import to_torch
+
     root, classes, _ = _read(p)
-    return root, classes, ROOT
+    return to_torch(root), classes, ROOT
 
 
 def _read(p: Path) -> tuple[Stub, dict, list[str]]:
-    from qinspect.loaders._quiet import quiet_torch_warnings
+    from qinspect.loaders.archive import printable, view_budget
 
-    with Archive(p) as archive, quiet_torch_warnings():
+    with Archive(p) as archive:
         obj = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
-                          f"{p} (data.pkl)")
+                          f"{printable(str(p))} (data.pkl)",
+                          view_budget=view_budget(archive.file_size))
     body = _body(obj)
     if body is None:
         raise UnsupportedFormatError(

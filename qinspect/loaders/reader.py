@@ -1,75 +1,50 @@
-"""Read a checkpoint file safely into plain Python objects.
+"""Read a torch.save file (zip archive or legacy stream) into plain Python objects.
 
-Only ``torch.load(weights_only=True)`` is used (with ``mmap=True`` for zip archives of at
-least :data:`MMAP_MIN_BYTES`), so no code from the file can run. The one extension:
+No byte of the file reaches torch: :mod:`qinspect.loaders.archive` first checks the
+container's structure (member names, declared sizes, tensor extents) by walking the
+pickle's opcodes symbolically; then :mod:`qinspect.loaders.safe_pickle` reads the pickle
+in ``strict`` mode (any global outside torch's weights-only allow-list is refused, as
+``weights_only=True`` would) and turns every tensor into an
+:class:`~qinspect.loaders.tensors.ArrayTensor`, a numpy view of its storage record.
 TorchScript objects inside a state_dict (dynamic-quantized LSTM/GRU keep their packed
-weights as
-``torch.ScriptObject``) are not instantiated; their pickled state is captured as
-plain data by :class:`ScriptObjectState`, so no C++ custom class sees the file's bytes.
+weights as ``torch.ScriptObject``) are kept as their pickled state
+(:class:`ScriptObjectState`). :func:`_screen` then checks what came back once, so the rest
+of qinspect only meets dense tensors it can read: any other entry is set aside with a
+reason.
 
-Before torch sees the file, :mod:`qinspect.loaders.archive` checks its structure (member
-names, declared sizes, tensor extents) without executing it; after torch has read it,
-:func:`_screen` checks what came back once, so the rest of qinspect only meets dense CPU
-tensors it can read: any other entry is set aside with a reason.
+:func:`read_checkpoint` imports no torch. :func:`read_file` is the same with torch
+tensors rebuilt by torch's own rebuild functions, for ``verify --model``, which runs them.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import pickle
-import re
 import stat
-import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qinspect.errors import LoadError, UnsafeCheckpointError, UnsupportedFormatError
+import numpy as np
+
+from qinspect.errors import LoadError, UnsupportedFormatError
 from qinspect.loaders import archive
+from qinspect.loaders import tensors as T
 from qinspect.loaders.archive import printable
+from qinspect.loaders.safe_pickle import Reader, ScriptObjectState
+from qinspect.loaders.tensors import ArrayTensor, Storage
+from qinspect.loaders.zipread import Archive
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
-#: zip archives this large are memory-mapped (copy-on-write, read-only file); smaller
-#: ones are read into memory. qinspect touches every byte either way, so the peak RSS is
-#: the same; a mapping lets the kernel drop clean pages of huge files, but if another
-#: process truncates the file while it is mapped, the next read of a lost page kills the
-#: process with SIGBUS. Read into memory, a truncation is at worst a clean read error.
+#: storages of zip files this large are memory-mapped (private, read-only), not read:
+#: see :data:`qinspect.loaders.zipread.MMAP_MIN_BYTES`
 MMAP_MIN_BYTES = 1 << 30
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
-
-
-class ScriptObjectState:
-    """Stand-in for ``torch.ScriptObject`` while unpickling: keeps the state, runs nothing.
-
-    torch pickles a ScriptObject as ``NEWOBJ`` + ``BUILD(state)``; the weights-only
-    unpickler calls ``__setstate__`` on the allow-listed class, which here only stores
-    the state (a tuple of tensors, numbers, strings and nested stand-ins).
-    """
-
-    state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __repr__(self) -> str:
-        kind = self.class_name or "?"
-        return f"ScriptObjectState({kind})"
-
-    @property
-    def class_name(self) -> str | None:
-        """The TorchScript class named by the state, e.g. ``...rnn.CellParamsBase``."""
-        if isinstance(self.state, tuple) and len(self.state) == 2 and isinstance(
-            self.state[1], str
-        ):
-            return self.state[1]
-        return None
-
-    @property
-    def payload(self) -> Any:
-        return self.state[0] if self.class_name is not None else self.state
+__all__ = ["MMAP_MIN_BYTES", "RawCheckpoint", "ScriptObjectState", "read_checkpoint",
+           "read_file"]
 
 
 @dataclass(frozen=True)
@@ -87,18 +62,67 @@ class RawCheckpoint:
     rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def read_file(path: str | os.PathLike[str]) -> RawCheckpoint:
-    """Load ``path`` without executing code and return its entries in file order."""
+def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
+    """Read ``path`` without executing code or importing torch; entries in file order."""
     p = Path(path)
     file_size = _check_path(p)
     head = _read_head(p)
     container = _sniff(p, head)
     if container == "zip":
         archive.check_zip(p, file_size)
+        obj = _read_zip(p, file_size)
     else:
         archive.check_legacy(p, file_size)
-    obj = _torch_load(p, mmap=container == "zip" and file_size >= MMAP_MIN_BYTES)
+        obj = _read_legacy(p, file_size)
     return _screen(_unwrap(str(p), file_size, container, obj))
+
+
+def read_file(path: str | os.PathLike[str]) -> RawCheckpoint:
+    """:func:`read_checkpoint` with torch tensors (rebuilt by torch's rebuild functions
+    from the same bytes; no torch.load), for code that runs torch kernels."""
+    from dataclasses import replace
+
+    raw = read_checkpoint(path)
+    return replace(raw, entries=T.to_torch(raw.entries), extras=T.to_torch(raw.extras))
+
+
+def _read_zip(p: Path, file_size: int) -> Any:
+    with Archive(p, file_size, mmap_min=MMAP_MIN_BYTES) as zf:
+        reader = Reader(zf.storage_loader("data"), printable(p), strict=True,
+                        view_budget=archive.view_budget(file_size))
+        data = zf.read("data.pkl")
+        return reader.load(io.BytesIO(data), len(data))
+
+
+def _read_legacy(p: Path, file_size: int) -> Any:
+    """The pre-1.6 stream (torch/serialization.py ``_legacy_load``): magic number,
+    protocol version and system info pickles, the object pickle, the list of storage
+    keys, then each storage as an int64 element count and its bytes."""
+    storages: dict[str, Storage] = {}
+
+    def declare(key: str, dtype: str, numel: int, location: str = "cpu") -> Storage:
+        if key not in storages:
+            storages[key] = Storage(key, T.DTYPES[dtype], numel, None, location)
+        return storages[key]
+
+    with p.open("rb") as fh:
+        head = io.BytesIO(fh.read(min(file_size, 2 * archive.MAX_PICKLE_BYTES + 16384)))
+        plain = Reader(None, printable(p), strict=True)
+        for _ in range(3):
+            plain.load(head, archive.MAX_PICKLE_BYTES)
+        reader = Reader(declare, printable(p), strict=True,
+                        view_budget=archive.view_budget(file_size))
+        obj = reader.load(head, archive.MAX_PICKLE_BYTES)
+        keys = plain.load(head, archive.MAX_PICKLE_BYTES)
+        offset = head.tell()
+        for key in keys:  # archive.check_legacy checked every count and extent
+            storage = storages[str(key)]
+            fh.seek(offset + 8)
+            data = bytearray(storage.nbytes)  # this process's own, writable copy
+            fh.readinto(data)
+            storage.data = np.frombuffer(data, dtype=np.uint8)
+            offset += 8 + storage.nbytes
+    return obj
 
 
 def _check_path(p: Path) -> int:
@@ -197,69 +221,6 @@ def _looks_like_text(head: bytes) -> bool:
     return all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
-def _torch_load(p: Path, mmap: bool) -> Any:
-    import torch
-
-    from qinspect.loaders._quiet import quiet_torch_warnings
-
-    allowed = [(ScriptObjectState, "torch.ScriptObject")]
-    try:
-        with quiet_torch_warnings(), torch.serialization.safe_globals(allowed), _private_mmap():
-            # torch's load-time warnings (pickle protocol, storage deprecations) speak of
-            # its internals, not of the user's file: the error or the result says it all
-            warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise _unpickling_error(p, exc) from exc
-    except MemoryError as exc:
-        raise LoadError(f"{printable(p)}: ran out of memory while torch read it; the file "
-                        "declares more data than this machine can hold") from exc
-    except Exception as exc:  # noqa: BLE001 - whatever torch raises on a bad file
-        raise LoadError(
-            f"{printable(p)}: torch could not read it ({printable(_first_line(exc))}); the "
-            "file is probably truncated or corrupt: re-export it"
-        ) from exc
-
-
-def _private_mmap() -> Any:
-    """Map the file copy-on-write, whatever the process default: the file, opened
-    read-only, is never written through the mapping."""
-    import contextlib
-    import mmap
-
-    import torch
-
-    setter = getattr(torch.serialization, "set_default_mmap_options", None)
-    flag = getattr(mmap, "MAP_PRIVATE", None)
-    if setter is None or flag is None:  # pragma: no cover - Windows or torch < 2.5
-        return contextlib.nullcontext()
-    return setter(flag)
-
-
-def _unpickling_error(p: Path, exc: Exception) -> LoadError:
-    text = str(exc)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found:
-        name = found.group(1)
-        return UnsafeCheckpointError(
-            f"{printable(p)}: refused: loading it would call {name}, and weights-only loading "
-            "allows "
-            "no code from the file (a pickle can run any program). If you trust the file, "
-            "re-save only its tensors with torch.save(model.state_dict(), path)"
-        )
-    if "Trying to call reduce for unrecognized function" in text or "Can only" in text:
-        return UnsafeCheckpointError(
-            f"{printable(p)}: refused: its pickle asks to build objects outside the weights-only "
-            f"allow-list ({printable(_first_line(exc))}); qinspect never runs code from a file. "
-            "If you "
-            "trust it, re-save only its tensors with torch.save(model.state_dict(), path)"
-        )
-    return LoadError(
-        f"{printable(p)}: the pickle inside is corrupt ({printable(_first_line(exc))}); "
-        "re-export the checkpoint"
-    )
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     for line in text.splitlines():
@@ -299,9 +260,7 @@ def _unwrap(path: str, size: int, container: str, obj: Any) -> RawCheckpoint:
 
 
 def _has_tensor(m: Mapping[Any, Any]) -> bool:
-    import torch
-
-    return any(isinstance(v, (torch.Tensor, tuple, ScriptObjectState)) for v in m.values())
+    return any(isinstance(v, (ArrayTensor, tuple, ScriptObjectState)) for v in m.values())
 
 
 # --- what torch returned -----------------------------------------------------------------
@@ -346,16 +305,14 @@ def _screen(raw: RawCheckpoint) -> RawCheckpoint:
 def _inspect_value(value: Any) -> tuple[str | None, int]:
     """(why the entry cannot be read, or None; bytes of tensor values it holds).
 
-    Walks tuples, lists, dicts and TorchScript stand-ins without recursion (a hostile
-    file may nest them a million deep) and visits each object once."""
-    import torch
-
+    Walks tuples, lists, dicts and TorchScript stand-ins without recursion and visits
+    each object once."""
     todo = [value]
     seen: set[int] = set()
     nbytes = 0
     while todo:
         item = todo.pop()
-        if isinstance(item, torch.Tensor):
+        if isinstance(item, ArrayTensor):
             problem = _tensor_problem(item)
             if problem is not None:
                 return problem, 0
@@ -376,21 +333,13 @@ def _inspect_value(value: Any) -> tuple[str | None, int]:
     return None, nbytes
 
 
-def _tensor_problem(t: Any) -> str | None:
-    import torch
-
-    if type(t) not in (torch.Tensor, torch.nn.Parameter):
-        return f"a tensor subclass ({type(t).__name__}); qinspect reads plain tensors"
-    extra = vars(t) if hasattr(t, "__dict__") else {}
-    if extra:
-        names = ", ".join(sorted(str(k) for k in extra)[:3])
+def _tensor_problem(t: ArrayTensor) -> str | None:
+    if t.problem is not None:
+        return t.problem
+    if t.attrs:
+        names = ", ".join(sorted(str(k) for k in t.attrs)[:3])
         return (f"a tensor carrying Python attributes ({printable(names)}); a state_dict "
                 "from torch.save has none")
-    if t.layout != torch.strided or t.is_nested:
-        return f"a {str(t.layout).removeprefix('torch.')} tensor; qinspect reads dense tensors"
-    if t.device.type != "cpu":
-        return f"a tensor on device '{t.device.type}', which holds no readable values"
-    dtype = str(t.dtype).removeprefix("torch.")
-    if dtype not in READABLE_DTYPES:
-        return f"dtype {dtype}: qinspect cannot read its values yet"
+    if t.dtype.name not in READABLE_DTYPES:
+        return f"dtype {t.dtype.name}: qinspect cannot read its values yet"
     return None

@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qinspect.errors import LoadError, UnsupportedFormatError
+from qinspect.errors import UnsupportedFormatError
 from qinspect.loaders.archive import printable
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -88,27 +88,23 @@ def _looks_like_known_text_or_safetensors(head: bytes) -> bool:
 
 def _sniff_zip(p: Path) -> Sniffed:
     from qinspect.loaders.safe_pickle import scan_globals
-    from qinspect.loaders.zipread import Archive
+    from qinspect.loaders.zipread import Archive, member_names
 
-    try:
-        archive = Archive(p)
-    except LoadError:
-        raise
-    with archive:
-        names = archive.names
-        if "constants.pkl" in names or any(n.startswith("code/") for n in names):
-            return Sniffed(TORCHSCRIPT)
-        if "archive_format" in names or any(
-                n.startswith("models/") and n.endswith(".json") for n in names):
-            return Sniffed(EXPORT)
-        if "data.pkl" not in names:
-            shown = printable(", ".join(sorted(names)[:6]) + (", ..." if len(names) > 6 else ""))
-            kind = "a NumPy .npz archive" if names and all(
-                n.endswith(".npy") for n in names) else "a zip archive"
-            raise UnsupportedFormatError(
-                f"{printable(str(p))}: {kind} without data.pkl, code/ or models/, so not "
-                f"written by torch (it holds {shown or 'nothing'}); qinspect reads "
-                "torch.save, TorchScript and torch.export files")
+    names = member_names(p)
+    if "constants.pkl" in names or any(n.startswith("code/") for n in names):
+        return Sniffed(TORCHSCRIPT)
+    if "archive_format" in names or any(
+            n.startswith("models/") and n.endswith(".json") for n in names):
+        return Sniffed(EXPORT)
+    if "data.pkl" not in names:
+        shown = printable(", ".join(sorted(names)[:6]) + (", ..." if len(names) > 6 else ""))
+        kind = "a NumPy .npz archive" if names and all(
+            n.endswith(".npy") for n in names) else "a zip archive"
+        raise UnsupportedFormatError(
+            f"{printable(str(p))}: {kind} without data.pkl, code/ or models/, so not "
+            f"written by torch (it holds {shown or 'nothing'}); qinspect reads "
+            "torch.save, TorchScript and torch.export files")
+    with Archive(p) as archive:  # checks every member before reading data.pkl
         globs = tuple(scan_globals(archive.read("data.pkl")))
     if any(g in GRAPH_MODULE_REDUCERS for g in globs):
         return Sniffed(FX_PICKLE, globs)

@@ -48,12 +48,13 @@ INT_DTYPES = {"int8": "int8", "uint8": "uint8", "int4": "int4", "uint4": "uint4"
 
 
 def load(path: str | Path) -> Checkpoint:
-    from qinspect.loaders._quiet import quiet_torch_warnings
+    from qinspect.loaders.archive import printable, view_budget
 
     p = Path(path)
-    with Archive(p) as archive, quiet_torch_warnings():
+    with Archive(p) as archive:
         obj = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
-                          f"{p} (data.pkl)")
+                          f"{printable(str(p))} (data.pkl)",
+                          view_budget=view_budget(archive.file_size))
     entries, wrapper, extras = _unwrap(obj, p)
     return build(str(p), p.stat().st_size, entries, wrapper, extras)
 
@@ -126,9 +127,9 @@ def _layer(module: str, key: str, value: WrapperSubclass, bias_key: str | None,
     target = state.get("target_dtype")
     stored = T.dtype_name(qdata.dtype)
     dtype = INT_DTYPES.get(T.dtype_name(target), stored) if target is not None else stored
-    values = qdata.detach().numpy()
+    values = T.int_values(qdata) if T.is_quantized(qdata) else T.float_values(qdata)
     scale_np = T.float_values(scale).astype(np.float64).reshape(-1)
-    zp_np = (zp.detach().numpy().astype(np.int64).reshape(-1) if T.is_tensor(zp)
+    zp_np = (T.float_values(zp).astype(np.int64).reshape(-1) if T.is_tensor(zp)
              else np.zeros_like(scale_np, dtype=np.int64))
     shape = tuple(int(d) for d in qdata.shape)
     granularity, axis = _granularity(shape, block)

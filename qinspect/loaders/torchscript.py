@@ -25,6 +25,7 @@ from typing import Any
 from qinspect.errors import LoadError, UnsupportedFormatError
 from qinspect.loaders import eager, fx
 from qinspect.loaders import tensors as T
+from qinspect.loaders.archive import view_budget
 from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
 from qinspect.loaders.safe_pickle import Stub, load_pickle
 from qinspect.loaders.sniff import printable
@@ -64,17 +65,17 @@ def load(path: str | Path) -> Checkpoint:
 
 
 def read_script(p: Path) -> tuple[Stub, dict, str]:
-    """(module tree, parsed classes, root class name): what ``verify`` runs."""
+    """(module tree with torch tensors, parsed classes, root class name): what ``verify``
+    runs."""
     root, classes, _ = _read(p)
-    return root, classes, root.qualname
+    return T.to_torch(root), classes, root.qualname
 
 
 def _read(p: Path) -> tuple[Stub, dict, list[str]]:
-    from qinspect.loaders._quiet import quiet_torch_warnings
-
-    with Archive(p) as archive, quiet_torch_warnings():
+    with Archive(p) as archive:
         root = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
-                           f"{p} (data.pkl)")
+                           f"{printable(str(p))} (data.pkl)",
+                           view_budget=view_budget(archive.file_size))
         sources = {n: archive.read(n).decode("utf-8", "replace") for n in archive.names
                    if n.startswith("code/") and n.endswith(".py")}
     if not isinstance(root, Stub) or not root.qualname.startswith("__torch__."):
@@ -227,9 +228,7 @@ class Flattener:
 
 
 def _is_torch_dtype(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.dtype)
+    return T.is_dtype(value)
 
 
 def _script_object(value: Stub) -> Stub:
@@ -253,16 +252,11 @@ def _version(qualname: str) -> int | None:
 
 
 def _scalar_tensor(value: float | int, name: str) -> Any:
-    import torch
-
-    dtype = torch.float32 if name == "scale" else torch.int64
-    return torch.tensor(value, dtype=dtype)
+    return T.scalar(value, "float32" if name == "scale" else "int64")
 
 
 def _dtype(code: int) -> Any:
-    import torch
-
-    return getattr(torch, DTYPE_CODES.get(code, "qint8"))
+    return T.DTYPES[DTYPE_CODES.get(code, "qint8")]
 
 
 def _exact_kind(layer: Layer, modules: dict[str, str]) -> Layer:

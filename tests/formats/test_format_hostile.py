@@ -103,3 +103,67 @@ def test_the_pickle_walker_imports_nothing_the_file_names():
     value = load_pickle(data, None, "test")
     assert isinstance(value, Stub) and value.qualname == "antigravity.fly"
     assert "antigravity" not in sys.modules
+
+
+# --- the one pickle reader: bounded memory, no calls (issue 18) ------------------------
+
+
+def _refused(data: bytes, *needles: str, strict: bool = False) -> str:
+    from qinspect.errors import LoadError
+    from qinspect.loaders.safe_pickle import load_pickle
+
+    with pytest.raises(LoadError) as info:
+        load_pickle(data, None, "test", strict=strict)
+    text = str(info.value)
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def test_a_memo_index_beyond_the_pickle_is_refused_without_allocating():
+    import struct
+    import tracemalloc
+
+    tracemalloc.start()
+    _refused(b"\x80\x02]r" + struct.pack("<I", 2**30) + b".", "memo entry 1073741824")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20, peak  # C unpicklers allocate 2x the index (16 GiB here)
+
+
+def test_memo_indices_within_the_pickle_are_read():
+    import pickle
+
+    from qinspect.loaders.safe_pickle import load_pickle
+
+    value = {"a": [1, 2], "b": "x" * 10}
+    value["c"] = value["a"]
+    out = load_pickle(pickle.dumps(value, protocol=2), None, "test")
+    assert out == value and out["c"] is out["a"]
+
+
+def test_setitem_on_a_list_and_build_on_a_list_are_corrupt():
+    _refused(b"\x80\x02]K\x01K\x02s.", "SETITEM on a list")
+    _refused(b"\x80\x02]}b.", "BUILD on a list")
+
+
+def test_nesting_is_bounded():
+    _refused(b"\x80\x02" + b"]" * 2000 + b"a" * 1999 + b".", "nests containers")
+
+
+def test_objects_are_charged_to_a_budget_of_the_pickles_length():
+    from qinspect.loaders import safe_pickle
+
+    count = 3_000_000  # 3 MB of EMPTY_LIST makes ~250 MB of lists in a C unpickler
+    _refused(b"\x80\x02(" + b"]" * count + b"l.", "builds more objects")
+    assert safe_pickle.BUDGET_FACTOR * (count + 5) + safe_pickle.BUDGET_SLACK < \
+        count * safe_pickle.COST_CONTAINER
+
+
+def test_strict_mode_refuses_any_global_outside_the_allow_list():
+    from qinspect.errors import UnsafeCheckpointError
+    from qinspect.loaders.safe_pickle import load_pickle
+
+    with pytest.raises(UnsafeCheckpointError, match="would call os.system"):
+        load_pickle(b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85R.", None,
+                    "test", strict=True)
