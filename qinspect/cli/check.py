@@ -48,7 +48,7 @@ def check(
     ] = False,
 ) -> None:
     """Gate a quantized checkpoint on its calibrated values (exit 0 pass, 1 fail, 2 error)."""
-    from qinspect.analyse.check import check as run
+    from qinspect.check.engine import check as run
     from qinspect.errors import InputError
     from qinspect.render.atomic import write_atomic
     from qinspect.render.check import render_check, render_text

@@ -17,8 +17,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from qinspect.analyse.check import CHECK_SCHEMA, Case, CheckResult, Finding, Status
-from qinspect.analyse.rules import Rule, Severity, display
+from qinspect.check.catalogue import Rule, Severity
+from qinspect.check.report import CHECK_SCHEMA, Case, CheckResult, Finding, Status
+from qinspect.check.rules import display
 from qinspect.render.text import safe, text
 
 FORMATS = ("human", "json", "junit", "github")

@@ -8,7 +8,13 @@ import json
 import pytest
 import torch_models as tm
 
-from qinspect.config import CheckConfig, load_config, parse, parse_assignment, with_assignments
+from qinspect.check.config import (
+    CheckConfig,
+    load_config,
+    parse,
+    parse_assignment,
+    with_assignments,
+)
 from qinspect.errors import InputError
 
 
