@@ -119,7 +119,7 @@ def test_clean_flow_passes_with_every_format(cli, tmp_path, mlp_sd):
     doc = json.loads(cli("check", path, "--format", "json").out)
     jsonschema.validate(doc, SCHEMA)
     assert doc["passed"] is True and doc["findings"] == []
-    assert {c["rule"] for c in doc["checks"]} == {"QI001", "QI002", "QI003", "QI004"}
+    assert {c["rule"] for c in doc["checks"]} == {"QI001", "QI002", "QI003", "QI004", "QI005"}
     assert cli("check", path, "--format", "github").out.startswith("::notice ")
 
 

@@ -72,7 +72,13 @@ RULES: tuple[Rule, ...] = (
          "no static layer keeps torch's initial qparams (scale 1.0, zero point 0) or an "
          "observer that never saw data (min/max still +inf/-inf)",
          "run calibration data through every quantized module before convert (a module not "
-         "used in forward() is never calibrated)"),
+         "used in forward() is never calibrated); a FloatFunctional/QFunctional at 1.0/0 "
+         "only warns: it may simply be unused"),
+    Rule("QI005", "loadable", E, Group.ALWAYS,
+         "every recognised layer has each key torch's own module reads when loading "
+         "(its _load_from_state_dict): load_state_dict(strict=True) fails without it",
+         "the export dropped or renamed keys: save model.state_dict() of the converted "
+         "model unchanged; `qinspect show` says what the layer has"),
     Rule("QI100", "quantized", E, Group.CONFIG,
          "layers matched by require_quantized (and not allow_float) are quantized",
          "give the module a qconfig before prepare/convert, or list it in allow_float"),

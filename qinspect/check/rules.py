@@ -316,10 +316,7 @@ def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Probl
     if act is not None:
         checked = True
         if act.scale == UNCALIBRATED_SCALE and act.zero_point == UNCALIBRATED_ZERO_POINT:
-            out.append(Problem(
-                f"{name}: output scale = 1.0 and zero point = 0 ({_act_keys(act)}), torch's "
-                "initial values: this activation was never calibrated", key=act.keys[0],
-                value=act.scale))
+            out.append(_initial_qparams(layer, act))
     w = layer.weight
     if layer.mode is Mode.QAT_PREPARED and w is not None and w.quant is not None:
         checked = True
@@ -342,6 +339,34 @@ def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Probl
                                f"in {keys}): it never saw data", key=obs.keys[0] if obs.keys
                                else None))
     return out if checked else None
+
+
+@layer_rule("QI005")
+def check_loadable(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """No key torch's module needs is missing (the loader records them per layer)."""
+    if not layer.missing_keys:
+        return None if layer.mode is Mode.FLOAT else []
+    keys = ", ".join(layer.missing_keys)
+    return [Problem(f"{display(layer.name)}: {keys} missing: torch's "
+                    f"load_state_dict(strict=True) raises {layer.missing_error}",
+                    key=layer.missing_keys[0])]
+
+
+def _initial_qparams(layer: Layer, act: ActQuant) -> Problem:
+    """1.0 / 0 output qparams: an error, except on a QFunctional, whose state_dict cannot
+    say whether it was never calibrated or never called (torchvision's MobileNet blocks
+    register a ``skip_add`` in every block and call it only in residual ones)."""
+    name = display(layer.name)
+    head = (f"{name}: output scale = 1.0 and zero point = 0 ({_act_keys(act)}), torch's "
+            "initial values")
+    if not layer.kind.startswith("QFunctional"):
+        return Problem(f"{head}: this activation was never calibrated", key=act.keys[0],
+                       value=act.scale)
+    return Problem(f"{head}: this FloatFunctional was either never calibrated (an error) or "
+                   "never called by forward() (harmless: it is unused); a state_dict cannot "
+                   "tell which. A TorchScript or .pt2 export of the model, or `qinspect verify "
+                   "--model`, shows whether forward() calls it", key=act.keys[0],
+                   value=act.scale, severity=Severity.WARNING)
 
 
 # --- QI1xx: configurable ----------------------------------------------------------------
