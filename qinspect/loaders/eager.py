@@ -66,6 +66,7 @@ class Fields:
         self.present = frozenset(items)
         self.expected: list[str] = []
         self.by_hand = False
+        self.ambiguous = False
         self.quantized_file = quantized_file
 
     def expect(self, *local: str, by_hand: bool = False) -> None:
@@ -391,8 +392,7 @@ def _dynamic_rnn(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognise
                                   else "_all_weight_values", set())
         count = max([cells[-1][0] + 1] + [int(c) + 1 for c in listed if c.isdigit()])
         f.expect(*(f"_all_weight_values.{i}.param" for i in range(count)), by_hand=True)
-        missing, error = _missing(f)
-        layers[0] = replace(layers[0], missing_keys=missing, missing_error=error)
+        layers[0] = _incomplete(layers[0], *_missing(f))
     return layers, bad + f.leftovers("dynamic RNN")
 
 
@@ -645,6 +645,7 @@ def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
         f.expect("weight", "bias")
         if not f.has("weight"):
             kind = "quantized Conv or LayerNorm/GroupNorm/InstanceNorm (weight missing)"
+            f.ambiguous = True
     if f.has("weight") and T.is_tensor(f.value("weight")):
         w = f.take("weight", Role.PARAM)
         weight = Weight(f"{f.module}.weight", tuple(w.shape), T.dtype_name(w.dtype),
@@ -655,10 +656,6 @@ def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
     output = _output_qparams(f, Mode.STATIC)
     layer = _finish(Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight,
                           bias=bias, output=output, extras=extras), f)
-    if kind.endswith("(weight missing)"):
-        key = layer.missing_keys[0]
-        layer = replace(layer, missing_error=f"KeyError: {key!r} (a quantized Conv) or "
-                        f"RuntimeError: Missing key(s) in state_dict: \"{key}\" (a norm)")
     return [layer], f.leftovers(kind)
 
 
@@ -712,8 +709,7 @@ def _float_rnn(f: Fields) -> tuple[list[Layer], list[Unrecognised]]:
         ))
     if layers:
         f.expect(*_rnn_expected(f.present))
-        missing, error = _missing(f)
-        layers[0] = replace(layers[0], missing_keys=missing, missing_error=error)
+        layers[0] = _incomplete(layers[0], *_missing(f))
     return layers, f.leftovers("RNN")
 
 
@@ -741,9 +737,17 @@ def _float_rnn_kind(f: Fields, local: str, w: Any) -> str:
 
 def _finish(layer: Layer, f: Fields) -> Layer:
     notes = layer.notes + tuple(_impossible_values(layer))
-    missing, error = _missing(f)
-    return replace(layer, keys=tuple(f.refs), notes=notes, missing_keys=missing,
-                   missing_error=error)
+    return _incomplete(replace(layer, keys=tuple(f.refs), notes=notes), *_missing(f))
+
+
+def _incomplete(layer: Layer, missing: tuple[str, ...], error: str) -> Layer:
+    """Record the keys torch's module needs and the file lacks (and say so in a note)."""
+    if not missing:
+        return layer
+    note = Note(Level.WARNING, f"incomplete: {', '.join(missing)} missing; torch's "
+                f"load_state_dict(strict=True) raises {error}")
+    return replace(layer, missing_keys=missing, missing_error=error,
+                   notes=(*layer.notes, note))
 
 
 FAKE_QUANT_FIELDS = ("fake_quant_enabled", "observer_enabled", "scale", "zero_point")
@@ -760,10 +764,13 @@ def _missing(f: Fields) -> tuple[tuple[str, ...], str]:
     keys = tuple(f"{f.module}.{local}" if f.module else local for local in absent)
     if not keys:
         return (), ""
+    listed = ", ".join(f'"{k}"' for k in keys)
+    generic = f"RuntimeError: Missing key(s) in state_dict: {listed}."
+    if f.ambiguous:  # a quantized conv reads its keys by hand, a norm's are parameters
+        return keys, f"KeyError: {keys[0]!r} (a quantized Conv), or {generic} (a norm)"
     if f.by_hand and not _prepared_expected(f.present):
         return keys, f"KeyError: {keys[0]!r}"
-    listed = ", ".join(f'"{k}"' for k in keys)
-    return keys, f"RuntimeError: Missing key(s) in state_dict: {listed}."
+    return keys, generic
 
 
 def _prepared_expected(present: frozenset[str]) -> list[str]:
