@@ -581,7 +581,11 @@ def test_several_checkpoints_for_pre_commit(cli, tmp_path, mlp_sd):
     assert "::notice file=" in r.out and "::error file=" in r.out and "bad.pt" in r.out
     assert cli("check", good, good).code == 0
     r = cli("check", good, bad, "--format", "json")
-    assert r.code == 2 and "several checkpoints" in r.err
+    assert r.code == 1
+    doc = json.loads(r.out)
+    assert [(f["file"], f["exit_code"]) for f in doc["files"]] == [(good, 0), (bad, 1)]
+    r = cli("check", good, bad, "--reference", good)
+    assert r.code == 2 and "run once per file" in r.err
 
 
 def test_output_in_a_missing_folder_is_a_usage_error(cli, tmp_path, mlp_sd):

@@ -140,12 +140,20 @@ def check(
     ``KEY=VALUE`` strings (the CLI's ``--set``) and keyword arguments are single settings,
     both applied on top of the file.
     """
-    from qinspect.check.config import (
-        from_mapping,
-        load_config,
-        with_assignments,
-    )
     from qinspect.loaders import load
+
+    cfg = resolve_config(config, settings, overrides)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
+    base = read_baseline(baseline) if baseline is not None else None
+    measured = measure(ckpt, reference, input)
+    return run_check(ckpt, cfg, measured=measured, baseline=base,
+                     reference=_str(reference), input=_str(input))
+
+
+def resolve_config(config: Any = "auto", settings: list[str] | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> CheckConfig:
+    """The configuration ``check()`` runs with (see its docstring for ``config``)."""
+    from qinspect.check.config import from_mapping, load_config, with_assignments
 
     if config is None:
         cfg = CheckConfig()
@@ -158,13 +166,7 @@ def check(
     else:
         cfg = load_config(config)
     cfg = with_assignments(cfg, list(settings or []))
-    if overrides:
-        cfg = _with_keywords(cfg, overrides)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
-    base = read_baseline(baseline) if baseline is not None else None
-    measured = measure(ckpt, reference, input)
-    return run_check(ckpt, cfg, measured=measured, baseline=base,
-                     reference=_str(reference), input=_str(input))
+    return _with_keywords(cfg, overrides) if overrides else cfg
 
 
 def _str(value: Any) -> str | None:
