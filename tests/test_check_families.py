@@ -159,3 +159,17 @@ def test_extra_key_is_a_warning(tmp_path):
     sd = dict(tm.mlp_qat("fbgemm")[2].state_dict(), **{"fc1.extra": torch.zeros(1)})
     result = qinspect.check(_save(sd, tmp_path), config=None)
     assert result and [(f.rule.id, f.key) for f in result.warnings] == [("QI003", "fc1.extra")]
+
+
+@pytest.mark.parametrize("how", ["trace", "script"])
+@pytest.mark.parametrize("name", ["mlp", "resnet", "mobilenet_v3", "googlenet"])
+def test_torchscript_exports_pass_too(families, tmp_path, name, how):
+    """A TorchScript archive keeps the state its code uses (a traced Linear's scale is a
+    constant of the graph): loadability by load_state_dict does not apply to it."""
+    model, example = cf.FAMILIES[name]()
+    exported = torch.jit.trace(model, example) if how == "trace" else torch.jit.script(model)
+    path = tmp_path / f"{name}_{how}.pt"
+    torch.jit.save(exported, str(path))
+    result = qinspect.check(path, config=None)
+    assert result, [f.message for f in result.errors]
+    assert all(not lay.missing_keys for lay in qinspect.load(path).layers)

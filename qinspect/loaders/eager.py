@@ -68,6 +68,7 @@ class Fields:
         self.by_hand = False
         self.ambiguous = False
         self.quantized_file = quantized_file
+        self.state_dict = True
 
     def expect(self, *local: str, by_hand: bool = False) -> None:
         """Keys torch's module of this type needs to load; ``by_hand``: it reads them
@@ -121,8 +122,13 @@ class Context:
     remainder of an activation's qparams, not a float model's own parameter."""
 
 
-def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], bool]:
-    """Group, classify and connect. Returns (layers, unrecognised, module_order_known)."""
+def build_layers(raw: RawCheckpoint, state_dict: bool = True
+                 ) -> tuple[list[Layer], list[Unrecognised], bool]:
+    """Group, classify and connect. Returns (layers, unrecognised, module_order_known).
+
+    ``state_dict``: the entries are loaded with ``load_state_dict``, so a layer missing a
+    key its torch module reads is incomplete (``Layer.missing_keys``); False for module
+    state read from elsewhere (a TorchScript archive keeps what its code uses)."""
     groups, malformed = _group(raw.entries)
     order_known = raw.metadata is not None
     ordered = _order(groups, raw.metadata)
@@ -131,6 +137,7 @@ def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], b
     layers: list[Layer] = []
     for module in ordered:
         fields = Fields(module, groups[module], ctx.quantized_file)
+        fields.state_dict = state_dict
         built, leftovers = classify(fields, ctx)
         layers.extend(built)
         ctx.unrecognised.extend(leftovers)
@@ -761,6 +768,8 @@ def _missing(f: Fields) -> tuple[tuple[str, ...], str]:
     """The keys torch's module needs that ``f`` lacks, and what torch raises for them."""
     expected = list(f.expected) + _prepared_expected(f.present)
     absent = [local for local in dict.fromkeys(expected) if local not in f.present]
+    if not f.state_dict:
+        return (), ""
     keys = tuple(f"{f.module}.{local}" if f.module else local for local in absent)
     if not keys:
         return (), ""
