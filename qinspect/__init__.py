@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import qinspect.check as _check_package  # noqa: F401 - before def check(): see its docstring
 from qinspect.errors import (
     InputError,
     LoadError,
@@ -27,7 +26,7 @@ if TYPE_CHECKING:
     from qinspect.analyse.diff import DiffReport
     from qinspect.analyse.summary import Summary
     from qinspect.analyse.verify import Progress, VerifyReport
-    from qinspect.check.report import CheckResult
+    from qinspect.gate.report import CheckResult
     from qinspect.model import Checkpoint
 
 __version__ = "0.1.0"
@@ -81,7 +80,7 @@ def check(
     settings, ``None`` uses the defaults. ``settings`` are ``KEY=VALUE`` strings (``--set``);
     keyword arguments set single config keys on top.
     """
-    from qinspect.check.engine import check as _check
+    from qinspect.gate.engine import check as _check
 
     return _check(checkpoint, reference=reference, input=input, baseline=baseline,
                   config=config, settings=settings, **overrides)

@@ -453,8 +453,8 @@ def test_baseline_output_sqnr_regression(cli, tmp_path, narrow):
 def test_kernel_agreement_and_unverified_layers(narrow):
     """A file cannot make torch's kernel disagree with verify's reference on a consistent
     platform, so these two rules are exercised on measurements handed to the engine."""
-    from qinspect.check.engine import Measurements, run_check
-    from qinspect.check.rules import LayerMetrics
+    from qinspect.gate.engine import Measurements, run_check
+    from qinspect.gate.rules import LayerMetrics
 
     clean = qinspect.load(narrow[0])
     measured = Measurements(

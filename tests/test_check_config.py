@@ -8,14 +8,14 @@ import json
 import pytest
 import torch_models as tm
 
-from qinspect.check.config import (
+from qinspect.errors import InputError
+from qinspect.gate.config import (
     CheckConfig,
     load_config,
     parse,
     parse_assignment,
     with_assignments,
 )
-from qinspect.errors import InputError
 
 
 @pytest.fixture(scope="module")

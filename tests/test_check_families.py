@@ -13,8 +13,8 @@ import torch
 import torch_models as tm
 
 import qinspect
-from qinspect.check.catalogue import RULES, Group
-from qinspect.check.rules import FILE_CHECKS, LAYER_CHECKS
+from qinspect.gate.catalogue import RULES, Group
+from qinspect.gate.rules import FILE_CHECKS, LAYER_CHECKS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -47,7 +47,7 @@ def test_every_rule_has_one_check():
 
 
 def test_public_check_is_the_function_not_the_package():
-    import qinspect.check.engine  # noqa: F401 - importing submodules must not rebind it
+    import qinspect.gate.engine  # noqa: F401 - importing submodules must not rebind it
 
     assert callable(qinspect.check) and qinspect.check.__module__ == "qinspect"
 

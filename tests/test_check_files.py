@@ -15,7 +15,7 @@ import torch
 import torch_models as tm
 from referencing import Registry, Resource
 
-from qinspect.check.files import find_checkpoints
+from qinspect.gate.files import find_checkpoints
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SCHEMAS = resources.files("qinspect").joinpath("schemas")

@@ -54,10 +54,10 @@ def check(
     ] = False,
 ) -> None:
     """Gate quantized checkpoints on their calibrated values (exit 0 pass, 1 fail, 2 error)."""
-    from qinspect.check.engine import check as run
-    from qinspect.check.engine import resolve_config
-    from qinspect.check.files import check_files
     from qinspect.errors import InputError
+    from qinspect.gate.engine import check as run
+    from qinspect.gate.engine import resolve_config
+    from qinspect.gate.files import check_files
     from qinspect.render.atomic import write_atomic
     from qinspect.render.check import render_check, render_run, render_run_text, render_text
 

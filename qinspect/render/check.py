@@ -22,10 +22,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from qinspect.check.catalogue import Rule, Severity
-from qinspect.check.files import CheckRun, Outcome
-from qinspect.check.report import CHECK_SCHEMA, Case, CheckResult, Finding, Status
-from qinspect.check.rules import display
+from qinspect.gate.catalogue import Rule, Severity
+from qinspect.gate.files import CheckRun, Outcome
+from qinspect.gate.report import CHECK_SCHEMA, Case, CheckResult, Finding, Status
+from qinspect.gate.rules import display
 from qinspect.render.text import safe, text
 
 FORMATS = ("human", "json", "junit", "github", "markdown")

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qinspect.check.report import CHECK_SCHEMA
-from qinspect.check.rules import Baseline, BaselineLayer
 from qinspect.errors import InputError
+from qinspect.gate.report import CHECK_SCHEMA
+from qinspect.gate.rules import Baseline, BaselineLayer
 
 
 def read_baseline(path: str | os.PathLike[str]) -> Baseline:

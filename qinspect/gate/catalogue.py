@@ -1,7 +1,7 @@
 """The catalogue of ``qinspect check`` rules, as data: id, name, severity, group, text.
 
 Pure data (no numpy, no torch): the config validates ``ignore`` lists against it, the
-reports and docs list it, and :mod:`qinspect.check.rules` registers one check function
+reports and docs list it, and :mod:`qinspect.gate.rules` registers one check function
 per id (a test asserts that every rule has exactly one). Ids are stable: ``QI0xx``
 always on, ``QI1xx`` configurable, ``QI2xx`` need ``--reference``, ``QI3xx`` need
 ``--input``, ``QI4xx`` need ``--baseline``.

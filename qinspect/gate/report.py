@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from qinspect.check.catalogue import Group, Rule, Severity
-from qinspect.check.config import CheckConfig
-from qinspect.check.rules import LayerMetrics
+from qinspect.gate.catalogue import Group, Rule, Severity
+from qinspect.gate.config import CheckConfig
+from qinspect.gate.rules import LayerMetrics
 
 CHECK_SCHEMA = "qinspect.check/1"
 

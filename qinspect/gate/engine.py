@@ -1,4 +1,4 @@
-"""Checkpoint (+ measurements) -> :class:`~qinspect.check.report.CheckResult`.
+"""Checkpoint (+ measurements) -> :class:`~qinspect.gate.report.CheckResult`.
 
 The engine evaluates every catalogue rule whose inputs are available (the file alone,
 ``--reference``, ``--input``, ``--baseline``), with the check function registered for
@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qinspect.analyse.health import WeightHealth, weight_health
-from qinspect.check.baseline import read_baseline
-from qinspect.check.catalogue import RULES, Group, Rule, Severity
-from qinspect.check.config import CheckConfig
-from qinspect.check.report import Case, CheckResult, Finding, LayerReport, NotRun, Status
-from qinspect.check.rules import (
+from qinspect.errors import InputError
+from qinspect.gate.baseline import read_baseline
+from qinspect.gate.catalogue import RULES, Group, Rule, Severity
+from qinspect.gate.config import CheckConfig
+from qinspect.gate.report import Case, CheckResult, Finding, LayerReport, NotRun, Status
+from qinspect.gate.rules import (
     FILE_CHECKS,
     LAYER_CHECKS,
     Baseline,
@@ -25,7 +26,6 @@ from qinspect.check.rules import (
     LayerMetrics,
     Problem,
 )
-from qinspect.errors import InputError
 from qinspect.model import Checkpoint, Layer, Mode
 
 
@@ -153,7 +153,7 @@ def check(
 def resolve_config(config: Any = "auto", settings: list[str] | None = None,
                    overrides: Mapping[str, Any] | None = None) -> CheckConfig:
     """The configuration ``check()`` runs with (see its docstring for ``config``)."""
-    from qinspect.check.config import from_mapping, load_config, with_assignments
+    from qinspect.gate.config import from_mapping, load_config, with_assignments
 
     if config is None:
         cfg = CheckConfig()
@@ -176,7 +176,7 @@ def _str(value: Any) -> str | None:
 
 
 def _with_keywords(cfg: CheckConfig, values: Mapping[str, Any]) -> CheckConfig:
-    from qinspect.check.config import FILE_KEYS, LAYER_KEYS, TOP_KEYS, _unknown
+    from qinspect.gate.config import FILE_KEYS, LAYER_KEYS, TOP_KEYS, _unknown
 
     layer_values, file_values = {}, {}
     for key, value in values.items():

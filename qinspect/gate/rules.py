@@ -4,22 +4,22 @@ Each is a small pure function registered under its rule id. Layer rules
 (``@layer_rule``) take ``(layer, settings, ctx)`` and return ``None`` when the rule does
 not concern that layer, else a list of :class:`Problem` (empty = passed). File rules
 (``@file_rule``) take ``ctx`` and return ``[(target, problems), ...]``, one entry per
-thing they examined. The engine (:mod:`qinspect.check.engine`) turns problems into
+thing they examined. The engine (:mod:`qinspect.gate.engine`) turns problems into
 findings with the rule's id and severity (a problem may lower or raise its own).
-Ids, names, severities and texts live in :mod:`qinspect.check.catalogue`.
+Ids, names, severities and texts live in :mod:`qinspect.gate.catalogue`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from qinspect.analyse.health import FLOAT32_TINY, WeightHealth
-from qinspect.check.catalogue import RULES, Severity
-from qinspect.check.config import CheckConfig, LayerSettings
+from qinspect.gate.catalogue import RULES, Severity
+from qinspect.gate.config import CheckConfig, LayerSettings
 from qinspect.model import ActQuant, Checkpoint, Layer, Mode, ObserverStats, Role
 from qinspect.quant.dtypes import qdtype
 
@@ -107,29 +107,27 @@ LAYER_CHECKS: dict[str, LayerCheck] = {}
 """Rule id -> check called once per layer (``None``: the rule does not concern it)."""
 FILE_CHECKS: dict[str, FileCheck] = {}
 """Rule id -> check called once per file, returning ``[(target, problems), ...]``."""
+Check = TypeVar("Check", LayerCheck, FileCheck)
 
 
 def layer_rule(rule_id: str) -> Callable[[LayerCheck], LayerCheck]:
-    """Register ``fn`` as the per-layer check of catalogue rule ``rule_id``."""
-    def register(fn: LayerCheck) -> LayerCheck:
-        _claim(rule_id)
-        LAYER_CHECKS[rule_id] = fn
-        return fn
-    return register
+    """Register the decorated function as the per-layer check of catalogue rule ``rule_id``."""
+    return _registrar(LAYER_CHECKS, rule_id)
 
 
 def file_rule(rule_id: str) -> Callable[[FileCheck], FileCheck]:
-    """Register ``fn`` as the per-file check of catalogue rule ``rule_id``."""
-    def register(fn: FileCheck) -> FileCheck:
-        _claim(rule_id)
-        FILE_CHECKS[rule_id] = fn
+    """Register the decorated function as the per-file check of catalogue rule ``rule_id``."""
+    return _registrar(FILE_CHECKS, rule_id)
+
+
+def _registrar(table: dict[str, Check], rule_id: str) -> Callable[[Check], Check]:
+    assert rule_id in {r.id for r in RULES}, f"{rule_id} is not in the catalogue"
+
+    def register(fn: Check) -> Check:
+        assert rule_id not in LAYER_CHECKS and rule_id not in FILE_CHECKS, f"{rule_id} twice"
+        table[rule_id] = fn
         return fn
     return register
-
-
-def _claim(rule_id: str) -> None:
-    assert rule_id in {r.id for r in RULES}, f"{rule_id} is not in the catalogue"
-    assert rule_id not in LAYER_CHECKS and rule_id not in FILE_CHECKS, f"{rule_id} twice"
 
 
 def display(name: str) -> str:

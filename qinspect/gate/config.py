@@ -36,8 +36,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from qinspect.check.catalogue import rule_by_ref
 from qinspect.errors import InputError
+from qinspect.gate.catalogue import rule_by_ref
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from qinspect.check.config import CheckConfig
-from qinspect.check.report import CheckResult
 from qinspect.errors import InputError, QInspectError
+from qinspect.gate.config import CheckConfig
+from qinspect.gate.report import CheckResult
 
 HEAD_BYTES = 64
 PICKLE_PROTO = b"\x80"
@@ -107,7 +107,7 @@ def looks_like_checkpoint(path: Path) -> bool:
 
 def check_one(path: str, config: CheckConfig) -> Outcome:
     """Check one file; a file qinspect cannot read is an outcome with the error."""
-    from qinspect.check.engine import check
+    from qinspect.gate.engine import check
 
     try:
         return Outcome(path, check(path, config=config))
