@@ -173,3 +173,28 @@ def test_torchscript_exports_pass_too(families, tmp_path, name, how):
     result = qinspect.check(path, config=None)
     assert result, [f.message for f in result.errors]
     assert all(not lay.missing_keys for lay in qinspect.load(path).layers)
+
+
+@pytest.mark.parametrize("qat", [False, True])
+def test_prepared_mobilenet_with_unused_adds_passes_with_warnings(tmp_path, qat):
+    """Before convert: the unused skip_add's observer saw nothing while the others did."""
+    torch.manual_seed(0)
+    model = cf.MobileNetShaped(v3=True)
+    tq = torch.ao.quantization
+    if qat:
+        model.train()
+        model.qconfig = tq.get_default_qat_qconfig("x86")
+        prepare = tq.prepare_qat
+    else:
+        model.eval()
+        cf._fuse_conv_bn(model)
+        model.qconfig = tq.get_default_qconfig("x86")
+        prepare = tq.prepare
+    with tm.engine("x86"):
+        prepared = prepare(model)
+        for _ in range(2):
+            prepared(torch.randn(2, 3, 16, 16))
+    result = qinspect.check(_save(prepared.state_dict(), tmp_path), config=None)
+    assert result, [f.message for f in result.errors]
+    assert {f.layer for f in result.warnings} == {"features.2.skip_add", "features.4.skip_add"}
+    assert all(f.rule.id == "QI004" for f in result.warnings)

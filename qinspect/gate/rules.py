@@ -314,7 +314,7 @@ def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Probl
     if act is not None:
         checked = True
         if act.scale == UNCALIBRATED_SCALE and act.zero_point == UNCALIBRATED_ZERO_POINT:
-            out.append(_initial_qparams(layer, act))
+            out.append(_initial_qparams(layer, act, ctx))
     w = layer.weight
     if layer.mode is Mode.QAT_PREPARED and w is not None and w.quant is not None:
         checked = True
@@ -333,9 +333,13 @@ def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Probl
                 f"min_val = {_fmt(float(np.min(obs.min_val)))}, "
                 f"max_val = {_fmt(float(np.max(obs.max_val)))}")
             keys = ", ".join(obs.keys[-2:]) if obs.keys else "observer"
-            out.append(Problem(f"{name}: {what} observer still at its initial state ({shown} "
-                               f"in {keys}): it never saw data", key=obs.keys[0] if obs.keys
-                               else None))
+            head = f"{name}: {what} observer still at its initial state ({shown} in {keys})"
+            key = obs.keys[0] if obs.keys else None
+            if what == "output" and _maybe_unused(layer, ctx):
+                out.append(Problem(f"{head}: {MAYBE_UNUSED}", key=key,
+                                   severity=Severity.WARNING))
+            else:
+                out.append(Problem(f"{head}: it never saw data", key=key))
     return out if checked else None
 
 
@@ -350,21 +354,36 @@ def check_loadable(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem
                     key=layer.missing_keys[0])]
 
 
-def _initial_qparams(layer: Layer, act: ActQuant) -> Problem:
-    """1.0 / 0 output qparams: an error, except on a QFunctional, whose state_dict cannot
-    say whether it was never calibrated or never called (torchvision's MobileNet blocks
-    register a ``skip_add`` in every block and call it only in residual ones)."""
+MAYBE_UNUSED = ("this FloatFunctional was either never calibrated (an error) or never "
+                "called by forward() (harmless: it is unused); a state_dict cannot tell "
+                "which. A TorchScript or .pt2 export of the model, or `qinspect verify "
+                "--model`, shows whether forward() calls it")
+
+
+def _initial_qparams(layer: Layer, act: ActQuant, ctx: Context) -> Problem:
+    """1.0 / 0 output qparams: an error, except where the module may just be unused."""
     name = display(layer.name)
     head = (f"{name}: output scale = 1.0 and zero point = 0 ({_act_keys(act)}), torch's "
             "initial values")
-    if not layer.kind.startswith("QFunctional"):
+    if not _maybe_unused(layer, ctx):
         return Problem(f"{head}: this activation was never calibrated", key=act.keys[0],
                        value=act.scale)
-    return Problem(f"{head}: this FloatFunctional was either never calibrated (an error) or "
-                   "never called by forward() (harmless: it is unused); a state_dict cannot "
-                   "tell which. A TorchScript or .pt2 export of the model, or `qinspect verify "
-                   "--model`, shows whether forward() calls it", key=act.keys[0],
-                   value=act.scale, severity=Severity.WARNING)
+    return Problem(f"{head}: {MAYBE_UNUSED}", key=act.keys[0], value=act.scale,
+                   severity=Severity.WARNING)
+
+
+def _maybe_unused(layer: Layer, ctx: Context) -> bool:
+    """A FloatFunctional a state_dict cannot tell unused from uncalibrated (torchvision's
+    MobileNet blocks register a ``skip_add`` in every block and call it only in residual
+    ones): a QFunctional after convert; before convert, a module with only an output
+    observer (FloatFunctional, QuantStub or activation: the keys are the same) that saw
+    nothing while other observers of the file did (so calibration did run)."""
+    if layer.kind.startswith("QFunctional"):
+        return True
+    if layer.mode not in (Mode.PTQ_PREPARED, Mode.QAT_PREPARED) or layer.weight is not None:
+        return False
+    return any(other.output_observer is not None and not _never_observed(other.output_observer)
+               for other in ctx.checkpoint.layers if other.weight is not None)
 
 
 # --- QI1xx: configurable ----------------------------------------------------------------
