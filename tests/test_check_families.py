@@ -198,3 +198,11 @@ def test_prepared_mobilenet_with_unused_adds_passes_with_warnings(tmp_path, qat)
     assert result, [f.message for f in result.errors]
     assert {f.layer for f in result.warnings} == {"features.2.skip_add", "features.4.skip_add"}
     assert all(f.rule.id == "QI004" for f in result.warnings)
+
+
+def test_a_huge_layer_number_does_not_list_millions_of_missing_keys(tmp_path):
+    sd = tm.dynamic(torch.float16)[1].state_dict()
+    sd["lstm.weight_ih_l999999999"] = torch.zeros(24, 8)
+    layer = next(lay for lay in qinspect.load(_save(sd, tmp_path)).layers if lay.missing_keys)
+    assert layer.missing_keys == ("lstm.weight_hh_l999999999", "lstm.bias_ih_l999999999",
+                                  "lstm.bias_hh_l999999999")

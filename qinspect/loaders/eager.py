@@ -38,6 +38,10 @@ MARKERS = ("_packed_params", "_all_weight_values", "weight_fake_quant", "activat
 ACTIVATION_DTYPE = "quint8"
 ASSUMED_WEIGHT_DTYPE = "qint8"
 OBSERVER_FIELDS = ("min_val", "max_val", "eps", "histogram")
+MAX_GAP = 64
+"""Most RNN layers/cells a gap in the numbering may stand for (``_l9999999`` in a hostile
+file must not make qinspect list ten million missing keys); beyond it only the numbers
+present are completed."""
 RNN_FLOAT = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 RNN_CELL = re.compile(r"^_all_weight_values\.(\d+)\.param$")
 CONV_KINDS = {3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
@@ -398,7 +402,8 @@ def _dynamic_rnn(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognise
         listed = ctx.children.get(f"{f.module}._all_weight_values" if f.module
                                   else "_all_weight_values", set())
         count = max([cells[-1][0] + 1] + [int(c) + 1 for c in listed if c.isdigit()])
-        f.expect(*(f"_all_weight_values.{i}.param" for i in range(count)), by_hand=True)
+        indices = range(count) if count <= len(cells) + MAX_GAP else [i for i, _ in cells]
+        f.expect(*(f"_all_weight_values.{i}.param" for i in indices), by_hand=True)
         layers[0] = _incomplete(layers[0], *_missing(f))
     return layers, bad + f.leftovers("dynamic RNN")
 
@@ -724,10 +729,12 @@ def _rnn_expected(present: frozenset[str]) -> list[str]:
     """nn.RNN/LSTM/GRU parameters: ih and hh weights for every layer up to the last one
     stored, in each direction stored, and both biases everywhere when any is stored."""
     found = [m for m in map(RNN_FLOAT.match, sorted(present)) if m]
-    depth = 1 + max(int(m.group(0).rsplit("_l", 1)[1].split("_")[0]) for m in found)
+    layers = {int(m.group(0).rsplit("_l", 1)[1].split("_")[0]) for m in found}
+    depth = 1 + max(layers)
+    indices = range(depth) if depth <= len(layers) + MAX_GAP else sorted(layers)
     directions = sorted({"_reverse" if m.group(3) else "" for m in found})
     kinds = ["weight"] + (["bias"] if any(m.group(1) == "bias" for m in found) else [])
-    return [f"{kind}_{gate}_l{i}{d}" for i in range(depth) for d in directions
+    return [f"{kind}_{gate}_l{i}{d}" for i in indices for d in directions
             for kind in kinds for gate in ("ih", "hh")]
 
 
