@@ -156,3 +156,13 @@ def test_empty_folder_and_bad_jobs_are_usage_errors(cli, tmp_path):
     assert r.code == 2 and "no checkpoint file" in r.err
     r = cli("check", SAMPLES / "mlp_int8_fbgemm.pt", SAMPLES, "--jobs", "0")
     assert r.code == 2
+
+
+def test_a_hugging_face_model_folder_is_one_checkpoint(cli):
+    hf = SAMPLES / "hf"
+    found = find_checkpoints([hf])
+    assert found and all(p.is_dir() and p.parent == hf for p in found)
+    assert len(found) == len([d for d in hf.iterdir() if (d / "config.json").is_file()])
+    one = next(p for p in found if p.name == "ct_w4a16_sharded")
+    r = cli("check", one, "--format", "json")  # a model folder alone: a single report
+    assert r.code == 0 and json.loads(r.out)["schema"] == "qinspect.check/1"

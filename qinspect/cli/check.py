@@ -57,7 +57,7 @@ def check(
     from qinspect.errors import InputError
     from qinspect.gate.engine import check as run
     from qinspect.gate.engine import resolve_config
-    from qinspect.gate.files import check_files
+    from qinspect.gate.files import check_files, is_model_folder
     from qinspect.render.atomic import write_atomic
     from qinspect.render.check import render_check, render_run, render_run_text, render_text
 
@@ -67,7 +67,7 @@ def check(
                              "pass one of them")
         fmt = Format.json
     inputs = [p for p in (*paths, reference, input) if p is not None and not p.is_dir()]
-    if len(paths) == 1 and not paths[0].is_dir():
+    if len(paths) == 1 and (not paths[0].is_dir() or is_model_folder(paths[0])):
         with progress_bar("check", quiet):
             result = run(paths[0], reference=reference, input=input, baseline=baseline,
                          config=config if config is not None else "auto", settings=settings)

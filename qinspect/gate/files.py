@@ -65,7 +65,7 @@ def find_checkpoints(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     out: list[Path] = []
     for given in paths:
         path = Path(given)
-        if not path.is_dir():
+        if not path.is_dir() or is_model_folder(path):
             out.append(path)
             continue
         found = [f for f in _walk(path) if looks_like_checkpoint(f)]
@@ -77,14 +77,27 @@ def find_checkpoints(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _walk(folder: Path) -> Iterator[Path]:
+    """Files in name order; a Hugging Face model folder is one checkpoint, not its shards."""
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(root)
+        models = [d for d in sorted(dirs) if not d.startswith(".") and is_model_folder(here / d)]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in models)
+        yield from (here / d for d in models)
         for name in sorted(files):
-            yield Path(root) / name
+            yield here / name
+
+
+def is_model_folder(path: Path) -> bool:
+    """A folder the Hugging Face reader loads as one checkpoint: it has a ``config.json``
+    or a safetensors index beside its ``*.safetensors`` shards."""
+    return path.is_dir() and any(path.glob("*.safetensors*")) and (
+        (path / "config.json").is_file() or any(path.glob("*.safetensors.index.json")))
 
 
 def looks_like_checkpoint(path: Path) -> bool:
-    """Whether a file found in a folder is a checkpoint qinspect reads, from its bytes."""
+    """Whether a path found in a folder is a checkpoint qinspect reads, from its bytes."""
+    if path.is_dir():
+        return True  # a model folder (see _walk)
     try:
         with path.open("rb") as fh:
             head = fh.read(HEAD_BYTES)
