@@ -23,10 +23,10 @@ from qinspect.errors import (
 )
 
 if TYPE_CHECKING:
-    from qinspect.analyse.check import CheckResult
     from qinspect.analyse.diff import DiffReport
     from qinspect.analyse.summary import Summary
     from qinspect.analyse.verify import Progress, VerifyReport
+    from qinspect.gate.report import CheckResult
     from qinspect.model import Checkpoint
 
 __version__ = "0.1.0"
@@ -80,7 +80,7 @@ def check(
     settings, ``None`` uses the defaults. ``settings`` are ``KEY=VALUE`` strings (``--set``);
     keyword arguments set single config keys on top.
     """
-    from qinspect.analyse.check import check as _check
+    from qinspect.gate.engine import check as _check
 
     return _check(checkpoint, reference=reference, input=input, baseline=baseline,
                   config=config, settings=settings, **overrides)

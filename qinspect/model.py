@@ -226,6 +226,13 @@ class Layer:
     ``running_mean`` / ``running_var`` of a BatchNorm (role NORM_STATS), and
     ``weight_fake_quant.observer_enabled`` / ``weight_fake_quant.fake_quant_enabled``
     of a QAT layer (role FAKE_QUANT_FLAGS)."""
+    missing_keys: tuple[str, ...] = ()
+    """Keys torch's own module of this type needs to load (its ``_load_from_state_dict``)
+    that the file lacks: ``load_state_dict(strict=True)`` fails on them."""
+    missing_error: str = ""
+    """What torch raises for the first missing key, e.g. ``KeyError: 'fc1.zero_point'``
+    (modules that read their keys by hand) or ``RuntimeError: ... Missing key(s) in
+    state_dict: "bn.weight"`` (parameters and buffers); "" when nothing is missing."""
 
     packed: PackedWeight | None = None
     """A packed / float-coded weight (Hugging Face formats); ``weight`` is None then."""

@@ -119,7 +119,7 @@ def test_clean_flow_passes_with_every_format(cli, tmp_path, mlp_sd):
     doc = json.loads(cli("check", path, "--format", "json").out)
     jsonschema.validate(doc, SCHEMA)
     assert doc["passed"] is True and doc["findings"] == []
-    assert {c["rule"] for c in doc["checks"]} == {"QI001", "QI002", "QI003", "QI004"}
+    assert {c["rule"] for c in doc["checks"]} == {"QI001", "QI002", "QI003", "QI004", "QI005"}
     assert cli("check", path, "--format", "github").out.startswith("::notice ")
 
 
@@ -453,8 +453,8 @@ def test_baseline_output_sqnr_regression(cli, tmp_path, narrow):
 def test_kernel_agreement_and_unverified_layers(narrow):
     """A file cannot make torch's kernel disagree with verify's reference on a consistent
     platform, so these two rules are exercised on measurements handed to the engine."""
-    from qinspect.analyse.check import Measurements, run_check
-    from qinspect.analyse.rules import LayerMetrics
+    from qinspect.gate.engine import Measurements, run_check
+    from qinspect.gate.rules import LayerMetrics
 
     clean = qinspect.load(narrow[0])
     measured = Measurements(
@@ -581,7 +581,11 @@ def test_several_checkpoints_for_pre_commit(cli, tmp_path, mlp_sd):
     assert "::notice file=" in r.out and "::error file=" in r.out and "bad.pt" in r.out
     assert cli("check", good, good).code == 0
     r = cli("check", good, bad, "--format", "json")
-    assert r.code == 2 and "several checkpoints" in r.err
+    assert r.code == 1
+    doc = json.loads(r.out)
+    assert [(f["file"], f["exit_code"]) for f in doc["files"]] == [(good, 0), (bad, 1)]
+    r = cli("check", good, bad, "--reference", good)
+    assert r.code == 2 and "run once per file" in r.err
 
 
 def test_output_in_a_missing_folder_is_a_usage_error(cli, tmp_path, mlp_sd):

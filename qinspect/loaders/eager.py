@@ -38,6 +38,10 @@ MARKERS = ("_packed_params", "_all_weight_values", "weight_fake_quant", "activat
 ACTIVATION_DTYPE = "quint8"
 ASSUMED_WEIGHT_DTYPE = "qint8"
 OBSERVER_FIELDS = ("min_val", "max_val", "eps", "histogram")
+MAX_GAP = 64
+"""Most RNN layers/cells a gap in the numbering may stand for (``_l9999999`` in a hostile
+file must not make qinspect list ten million missing keys); beyond it only the numbers
+present are completed."""
 RNN_FLOAT = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 RNN_CELL = re.compile(r"^_all_weight_values\.(\d+)\.param$")
 CONV_KINDS = {3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
@@ -58,10 +62,24 @@ def split_key(key: str) -> tuple[str, str]:
 class Fields:
     """The keys one module owns; tracks which were attributed so the rest is reported."""
 
-    def __init__(self, module: str, items: dict[str, tuple[str, Any]]) -> None:
+    def __init__(self, module: str, items: dict[str, tuple[str, Any]],
+                 quantized_file: bool = False) -> None:
         self.module = module
         self.items = items
         self.refs: list[KeyRef] = []
+        self.present = frozenset(items)
+        self.expected: list[str] = []
+        self.by_hand = False
+        self.ambiguous = False
+        self.quantized_file = quantized_file
+        self.state_dict = True
+
+    def expect(self, *local: str, by_hand: bool = False) -> None:
+        """Keys torch's module of this type needs to load; ``by_hand``: it reads them
+        itself in ``_load_from_state_dict`` (a missing one is a KeyError), else they are
+        parameters/buffers (strict loading lists them as missing keys)."""
+        self.expected.extend(k for k in local if k not in self.expected)
+        self.by_hand = self.by_hand or by_hand
 
     def has(self, local: str) -> bool:
         return local in self.items
@@ -103,10 +121,18 @@ class Context:
     children: dict[str, set[str]]
     has_quantize: bool
     unrecognised: list[Unrecognised] = field(default_factory=list)
+    quantized_file: bool = False
+    """Some module holds quantized modules' keys: a lone scale/zero_point is then the
+    remainder of an activation's qparams, not a float model's own parameter."""
 
 
-def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], bool]:
-    """Group, classify and connect. Returns (layers, unrecognised, module_order_known)."""
+def build_layers(raw: RawCheckpoint, state_dict: bool = True
+                 ) -> tuple[list[Layer], list[Unrecognised], bool]:
+    """Group, classify and connect. Returns (layers, unrecognised, module_order_known).
+
+    ``state_dict``: the entries are loaded with ``load_state_dict``, so a layer missing a
+    key its torch module reads is incomplete (``Layer.missing_keys``); False for module
+    state read from elsewhere (a TorchScript archive keeps what its code uses)."""
     groups, malformed = _group(raw.entries)
     order_known = raw.metadata is not None
     ordered = _order(groups, raw.metadata)
@@ -114,7 +140,8 @@ def build_layers(raw: RawCheckpoint) -> tuple[list[Layer], list[Unrecognised], b
     ctx.unrecognised.extend(malformed)
     layers: list[Layer] = []
     for module in ordered:
-        fields = Fields(module, groups[module])
+        fields = Fields(module, groups[module], ctx.quantized_file)
+        fields.state_dict = state_dict
         built, leftovers = classify(fields, ctx)
         layers.extend(built)
         ctx.unrecognised.extend(leftovers)
@@ -205,7 +232,11 @@ def _context(groups: dict[str, Any], metadata: dict[str, Any] | None) -> Context
             parent, _, child = name.rpartition(".")
             children.setdefault(parent, set()).add(child)
     has_quantize = any(_is_quantize_stub(items) for items in groups.values())
-    return Context(versions, children, has_quantize)
+    quantized_file = any(
+        any(local.startswith(("_packed_params.", "_all_weight_values.")) or T.is_quantized(v)
+            for local, (_, v) in items.items()) or {"scale", "zero_point"} <= set(items)
+        for items in groups.values())
+    return Context(versions, children, has_quantize, quantized_file=quantized_file)
 
 
 def _is_quantize_stub(items: dict[str, tuple[str, Any]]) -> bool:
@@ -236,6 +267,8 @@ def _packed_linear(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogni
         )
         f.items.pop("_packed_params._packed_params")
         return [], [bad, *f.leftovers("packed Linear")]
+    f.expect("scale", "zero_point", "_packed_params.dtype", "_packed_params._packed_params",
+             by_hand=True)  # torch.ao.nn.quantized.Linear + LinearPackedParams
     w, b = f.take("_packed_params._packed_params", Role.WEIGHT)
     f.refs[-1] = KeyRef(f.refs[-1].key, Role.WEIGHT)
     declared = None
@@ -282,6 +315,9 @@ def _is_placeholder(f: Fields) -> bool:
 
 def _output_qparams(f: Fields, mode: Mode) -> ActQuant | None:
     if not (f.has("scale") and f.has("zero_point")):
+        for local in ("scale", "zero_point"):  # the other is missing (see missing_keys)
+            if f.has(local) and T.is_tensor(f.value(local)):
+                f.take(local, Role.UNUSED if mode is Mode.DYNAMIC else Role.OUTPUT_QPARAMS)
         return None
     if mode is Mode.DYNAMIC:
         f.take("scale", Role.UNUSED)
@@ -332,6 +368,7 @@ def _embedding(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]
                            "embedding packed weight should be a 2-D quantized tensor")
         f.items.pop("_packed_params._packed_weight")
         return [], [bad, *f.leftovers("Embedding")]
+    f.expect("_packed_params.dtype", "_packed_params._packed_weight", by_hand=True)
     f.take("_packed_params._packed_weight", Role.WEIGHT)
     key = f.refs[-1].key
     declared = None
@@ -359,6 +396,13 @@ def _dynamic_rnn(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognise
                                     "dynamic RNN cell state not in the expected layout"))
             continue
         layers.extend(_cell_layers(f.module, index, key, parsed))
+    if cells and layers:  # torch reads every cell by hand: a gap, or one the metadata lists
+        listed = ctx.children.get(f"{f.module}._all_weight_values" if f.module
+                                  else "_all_weight_values", set())
+        count = max([cells[-1][0] + 1] + [int(c) + 1 for c in listed if c.isdigit()])
+        indices = range(count) if count <= len(cells) + MAX_GAP else [i for i, _ in cells]
+        f.expect(*(f"_all_weight_values.{i}.param" for i in indices), by_hand=True)
+        layers[0] = _incomplete(layers[0], *_missing(f))
     return layers, bad + f.leftovers("dynamic RNN")
 
 
@@ -405,6 +449,7 @@ def _cell_layers(module: str, index: int, key: str, parsed: list) -> list[Layer]
 
 
 def _qat_layer(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    f.expect("weight")
     w = f.take("weight", Role.WEIGHT) if f.has("weight") else None
     fq = f.take_prefixed("weight_fake_quant.", Role.WEIGHT_QPARAMS)
     _reassign_roles(f, "weight_fake_quant.")
@@ -532,7 +577,11 @@ def _converts(module: str, kind: str, has_output: bool, weight: Weight | None) -
 def _observed(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
     """A prepared module with an output observer / fake-quant but no weight fake-quant."""
     w = f.take("weight", Role.PARAM) if f.has("weight") and T.is_tensor(f.value("weight")) else None
-    bias = _take_bias(f) if w is not None else None
+    if f.has("bias") or any(f.has(stat) for stat in NORM_STATS):
+        f.expect("weight", "bias")  # no torch module has a bias (or BN stats) but no weight
+    if any(f.has(stat) for stat in NORM_STATS):
+        f.expect(*NORM_STATS)
+    bias = _take_bias(f) if w is not None or f.has("bias") else None
     extras = _take_norm_stats(f)
     output, obs, mode = _prepared_output(f, default=Mode.QAT_PREPARED)
     weight = None
@@ -554,6 +603,7 @@ def _observed(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]
 
 
 def _quantized_conv(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    f.expect("weight", "bias", "scale", "zero_point", by_hand=True)  # _ConvNd, bias may be None
     t = f.take("weight", Role.WEIGHT)
     key = f.refs[-1].key
     notes: list[Note] = []
@@ -574,6 +624,7 @@ def _quantized_conv(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogn
 
 
 def _quantize_stub(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    f.expect("scale", "zero_point")
     keys = (f.key("scale"), f.key("zero_point"))
     scale = f.take("scale", Role.INPUT_QPARAMS)
     zp = f.take("zero_point", Role.INPUT_QPARAMS)
@@ -589,15 +640,22 @@ def _quantize_stub(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogni
 def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
     """scale/zero_point (+ maybe norm params): activations, QFunctional, norms."""
     kind = "quantized activation (Hardswish, ELU, LeakyReLU, Sigmoid, ...)"
+    f.expect("scale", "zero_point")
     if "activation_post_process" in ctx.children.get(f.module, set()):
         kind = "QFunctional (FloatFunctional add/mul/cat after convert)"
+        f.expect(by_hand=True)  # QFunctional reads scale/zero_point itself
     weight = None
     extras: dict[str, np.ndarray] = {}
-    if f.has("running_mean"):
+    if any(f.has(stat) for stat in NORM_STATS):
         kind = "BatchNorm"
+        f.expect("weight", "bias", *NORM_STATS)
         extras = _take_norm_stats(f)
     elif f.has("weight") or f.has("bias"):
         kind = "LayerNorm, GroupNorm or InstanceNorm"
+        f.expect("weight", "bias")
+        if not f.has("weight"):
+            kind = "quantized Conv or LayerNorm/GroupNorm/InstanceNorm (weight missing)"
+            f.ambiguous = True
     if f.has("weight") and T.is_tensor(f.value("weight")):
         w = f.take("weight", Role.PARAM)
         weight = Weight(f"{f.module}.weight", tuple(w.shape), T.dtype_name(w.dtype),
@@ -606,9 +664,9 @@ def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
     if bias is not None:
         f.refs[-1] = KeyRef(f.refs[-1].key, Role.PARAM)
     output = _output_qparams(f, Mode.STATIC)
-    layer = Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight,
-                  bias=bias, output=output, extras=extras)
-    return [_finish(layer, f)], f.leftovers(kind)
+    layer = _finish(Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight,
+                          bias=bias, output=output, extras=extras), f)
+    return [layer], f.leftovers(kind)
 
 
 def _float_module(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
@@ -631,6 +689,8 @@ def _float_module(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
         f.take("weight", role)
         weight = Weight(f"{f.module}.weight" if f.module else "weight", tuple(w.shape),
                         T.dtype_name(w.dtype), T.float_values(w))
+    if f.quantized_file and f.has("bias") and w is None:
+        f.expect("weight", "bias")  # e.g. the conv inside a prepared fused ConvReLU
     bias = _take_bias(f)
     extras = _take_norm_stats(f)
     layer = Layer(name=f.module, kind=kind, mode=Mode.FLOAT, keys=(), weight=weight, bias=bias,
@@ -657,7 +717,23 @@ def _float_rnn(f: Fields) -> tuple[list[Layer], list[Unrecognised]]:
             weight=Weight(name, tuple(w.shape), T.dtype_name(w.dtype), T.float_values(w)),
             bias=bias, bias_key=refs[1].key if bias is not None else None,
         ))
+    if layers:
+        f.expect(*_rnn_expected(f.present))
+        layers[0] = _incomplete(layers[0], *_missing(f))
     return layers, f.leftovers("RNN")
+
+
+def _rnn_expected(present: frozenset[str]) -> list[str]:
+    """nn.RNN/LSTM/GRU parameters: ih and hh weights for every layer up to the last one
+    stored, in each direction stored, and both biases everywhere when any is stored."""
+    found = [m for m in map(RNN_FLOAT.match, sorted(present)) if m]
+    layers = {int(m.group(0).rsplit("_l", 1)[1].split("_")[0]) for m in found}
+    depth = 1 + max(layers)
+    indices = range(depth) if depth <= len(layers) + MAX_GAP else sorted(layers)
+    directions = sorted({"_reverse" if m.group(3) else "" for m in found})
+    kinds = ["weight"] + (["bias"] if any(m.group(1) == "bias" for m in found) else [])
+    return [f"{kind}_{gate}_l{i}{d}" for i in indices for d in directions
+            for kind in kinds for gate in ("ih", "hh")]
 
 
 def _float_rnn_kind(f: Fields, local: str, w: Any) -> str:
@@ -673,7 +749,57 @@ def _float_rnn_kind(f: Fields, local: str, w: Any) -> str:
 
 def _finish(layer: Layer, f: Fields) -> Layer:
     notes = layer.notes + tuple(_impossible_values(layer))
-    return replace(layer, keys=tuple(f.refs), notes=notes)
+    return _incomplete(replace(layer, keys=tuple(f.refs), notes=notes), *_missing(f))
+
+
+def _incomplete(layer: Layer, missing: tuple[str, ...], error: str) -> Layer:
+    """Record the keys torch's module needs and the file lacks (and say so in a note)."""
+    if not missing:
+        return layer
+    note = Note(Level.WARNING, f"incomplete: {', '.join(missing)} missing; torch's "
+                f"load_state_dict(strict=True) raises {error}")
+    return replace(layer, missing_keys=missing, missing_error=error,
+                   notes=(*layer.notes, note))
+
+
+FAKE_QUANT_FIELDS = ("fake_quant_enabled", "observer_enabled", "scale", "zero_point")
+"""Buffers of every torch FakeQuantize (FakeQuantizeBase + its scale/zero_point)."""
+OBSERVER_BUFFERS = ("min_val", "max_val")
+"""Buffers every min/max or histogram observer loads strictly (a per-channel observer
+loads without its ``eps``, a histogram one needs ``histogram``: not required here)."""
+
+
+def _missing(f: Fields) -> tuple[tuple[str, ...], str]:
+    """The keys torch's module needs that ``f`` lacks, and what torch raises for them."""
+    expected = list(f.expected) + _prepared_expected(f.present)
+    absent = [local for local in dict.fromkeys(expected) if local not in f.present]
+    if not f.state_dict:
+        return (), ""
+    keys = tuple(f"{f.module}.{local}" if f.module else local for local in absent)
+    if not keys:
+        return (), ""
+    listed = ", ".join(f'"{k}"' for k in keys)
+    generic = f"RuntimeError: Missing key(s) in state_dict: {listed}."
+    if f.ambiguous:  # a quantized conv reads its keys by hand, a norm's are parameters
+        return keys, f"KeyError: {keys[0]!r} (a quantized Conv), or {generic} (a norm)"
+    if f.by_hand and not _prepared_expected(f.present):
+        return keys, f"KeyError: {keys[0]!r}"
+    return keys, generic
+
+
+def _prepared_expected(present: frozenset[str]) -> list[str]:
+    """Prepared modules: a fake-quant's flags bring its four buffers, an observer's
+    statistics its three (torch registers them together, so strict loading needs all)."""
+    out: list[str] = []
+    for local in sorted(present):
+        prefix, _, leaf = local.rpartition(".")
+        if prefix.split(".")[-1] not in ("weight_fake_quant", "activation_post_process"):
+            continue
+        if leaf in ("fake_quant_enabled", "observer_enabled"):
+            out.extend(f"{prefix}.{k}" for k in FAKE_QUANT_FIELDS)
+        elif leaf in (*OBSERVER_BUFFERS, "eps", "histogram"):
+            out.extend(f"{prefix}.{k}" for k in OBSERVER_BUFFERS)
+    return out
 
 
 def _impossible_values(layer: Layer) -> list[Note]:
@@ -708,13 +834,39 @@ def _quantized_weight(f: Fields) -> bool:
 
 
 def _has_scale_zp(f: Fields) -> bool:
-    return f.has("scale") and f.has("zero_point") and T.is_tensor(f.value("scale"))
+    if f.has("scale") and f.has("zero_point"):
+        return T.is_tensor(f.value("scale"))
+    # one of the pair lost: in a quantized file, still an activation's qparams (incomplete)
+    lone = "scale" if f.has("scale") else "zero_point" if f.has("zero_point") else None
+    return (lone is not None and f.quantized_file and T.is_tensor(f.value(lone))
+            and f.value(lone).numel() == 1)
+
+
+def _packed_without_payload(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
+    """``_packed_params.dtype`` without the packed tensors: a Linear (it also stores
+    scale/zero_point) or an embedding whose weight was dropped."""
+    linear = f.has("scale") or f.has("zero_point")
+    if linear:
+        f.expect("scale", "zero_point", "_packed_params.dtype",
+                 "_packed_params._packed_params", by_hand=True)
+    else:
+        f.expect("_packed_params.dtype", "_packed_params._packed_weight", by_hand=True)
+    declared = T.dtype_name(f.take("_packed_params.dtype", Role.PACKED_DTYPE))
+    version = ctx.versions.get(f.module)
+    dynamic = declared == "float16" or version == 4
+    mode = (Mode.DYNAMIC if dynamic else Mode.STATIC) if linear else Mode.WEIGHT_ONLY
+    output = _output_qparams(f, mode) if linear else None
+    kind = "Linear" if linear else "Embedding or EmbeddingBag"
+    layer = Layer(name=f.module, kind=kind, mode=mode, keys=(), output=output,
+                  input_source=DYNAMIC_SOURCE if mode is Mode.DYNAMIC else None)
+    return [_finish(layer, f)], f.leftovers(kind)
 
 
 CLASSIFIERS: list[tuple[Callable[[Fields], bool], Callable]] = [
     (lambda f: f.has("_packed_params._packed_params"), _packed_linear),
     (lambda f: f.has("_packed_params._packed_weight"), _embedding),
     (lambda f: any(RNN_CELL.match(n) for n in f.items), _dynamic_rnn),
+    (lambda f: f.has("_packed_params.dtype"), _packed_without_payload),
     (lambda f: any(n.startswith("weight_fake_quant.") for n in f.items), _qat_layer),
     (lambda f: any(n.startswith("activation_post_process.") for n in f.items), _observed),
     (_quantized_weight, _quantized_conv),

@@ -95,7 +95,7 @@ def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
     metadata = OrderedDict((m, {"version": v} if v else {}) for m, v in flat.versions.items())
     rest, fx_root = fx.split_root(entries)
     raw = RawCheckpoint(str(p), p.stat().st_size, "zip", rest, dict(metadata), None, {})
-    layers, unrecognised, _ = eager.build_layers(raw)
+    layers, unrecognised, _ = eager.build_layers(raw, state_dict=False)
     layers = [_exact_kind(layer, modules) for layer in layers]
     quantizers, ops, packed, bad = fx.root_layers(fx_root)
     unrecognised += bad + flat.unrecognised

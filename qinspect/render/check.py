@@ -1,10 +1,15 @@
-"""CheckResult -> human table, JSON (schema ``qinspect.check/1``), JUnit XML, GitHub lines.
+"""CheckResult / CheckRun -> human table, JSON, JUnit XML, GitHub lines, Markdown.
+
+One file: JSON schema ``qinspect.check/1`` (what ``--baseline`` reads back). Several files
+(or a folder): ``qinspect.check-files/1``, one ``check/1`` report per file; JUnit has one
+``<testsuite>`` per file; GitHub lines and Markdown cover every file.
 
 Names from the file (layers, keys) are escaped for each format: ``safe()`` + rich
 ``Text`` for humans; JSON keeps them exact (``json`` escapes control characters, and
 ``--baseline`` compares names); JUnit runs ``safe()`` (XML 1.0 cannot hold most
 control characters) and then XML escaping; GitHub runs ``safe()`` and then the
-workflow-command escaping (``%``, ``\\r``, ``\\n``; plus ``:`` and ``,`` in properties).
+workflow-command escaping (``%``, ``\\r``, ``\\n``; plus ``:`` and ``,`` in properties);
+Markdown runs ``safe()``, then HTML-escapes and backslash-escapes Markdown punctuation.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from qinspect.analyse.check import CHECK_SCHEMA, Case, CheckResult, Finding, Status
-from qinspect.analyse.rules import Rule, Severity, display
+from qinspect.gate.catalogue import Rule, Severity
+from qinspect.gate.files import CheckRun, Outcome
+from qinspect.gate.report import CHECK_SCHEMA, Case, CheckResult, Finding, Status
+from qinspect.gate.rules import display
 from qinspect.render.text import safe, text
 
-FORMATS = ("human", "json", "junit", "github")
+FORMATS = ("human", "json", "junit", "github", "markdown")
+FILES_SCHEMA = "qinspect.check-files/1"
 STATUS_STYLE = {Status.FAILED: ("FAIL", "bold red"), Status.WARNING: ("WARN", "yellow"),
                 Status.SKIPPED: ("SKIP", "dim"), Status.PASSED: ("ok", "green")}
 
@@ -184,13 +192,42 @@ def junit_xml(result: CheckResult) -> str:
     Warnings do not fail a run, so they are passing test cases with the finding in
     ``<system-out>``; ignored rules are ``<skipped>``.
     """
-    failed = result.count(Status.FAILED)
-    skipped = result.count(Status.SKIPPED)
-    attrs = {"name": "qinspect check", "tests": str(len(result.cases)),
-             "failures": str(failed), "errors": "0", "skipped": str(skipped)}
+    return junit_run(CheckRun((Outcome(result.path, result),)))
+
+
+def junit_run(run: CheckRun) -> str:
+    """One ``<testsuite>`` per file; a file that could not be read is one ``<error>``."""
+    results = [o.result for o in run.outcomes if o.result is not None]
+    unread = sum(1 for o in run.outcomes if o.result is None)
+    attrs = {"name": "qinspect check",
+             "tests": str(sum(len(r.cases) for r in results) + unread),
+             "failures": str(sum(r.count(Status.FAILED) for r in results)),
+             "errors": str(unread),
+             "skipped": str(sum(r.count(Status.SKIPPED) for r in results))}
     suites = ET.Element("testsuites", attrs)
-    suite = ET.SubElement(suites, "testsuite", {**attrs, "name": f"qinspect check "
-                                                f"{safe(result.path)}"})
+    for outcome in run.outcomes:
+        if outcome.result is None:
+            _junit_unread(suites, outcome)
+        else:
+            _junit_suite(suites, outcome.result)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")
+
+
+def _junit_unread(suites: ET.Element, outcome: Outcome) -> None:
+    suite = ET.SubElement(suites, "testsuite", {
+        "name": f"qinspect check {safe(outcome.path)}", "tests": "1", "failures": "0",
+        "errors": "1", "skipped": "0"})
+    tc = ET.SubElement(suite, "testcase", {"classname": "qinspect.check.load",
+                                           "name": "load", "file": safe(outcome.path)})
+    ET.SubElement(tc, "error", {"type": "load", "message": safe(outcome.error or "")})
+
+
+def _junit_suite(suites: ET.Element, result: CheckResult) -> None:
+    suite = ET.SubElement(suites, "testsuite", {
+        "name": f"qinspect check {safe(result.path)}", "tests": str(len(result.cases)),
+        "failures": str(result.count(Status.FAILED)), "errors": "0",
+        "skipped": str(result.count(Status.SKIPPED))})
     props = ET.SubElement(suite, "properties")
     for name, value in (("file", result.path), ("config", result.config.source),
                         ("reference", result.reference), ("input", result.input),
@@ -206,7 +243,7 @@ def junit_xml(result: CheckResult) -> str:
         })
         messages = "\n".join(safe(f.message) for f in case.findings)
         if case.status is Status.FAILED:
-            first = case.findings[0]
+            first = next(f for f in case.findings if f.severity is Severity.ERROR)
             failure = ET.SubElement(tc, "failure", {
                 "type": case.rule.id, "message": f"{case.rule.id} {safe(first.message)}"})
             failure.text = f"{messages}\nhint: {case.rule.hint}"
@@ -215,8 +252,6 @@ def junit_xml(result: CheckResult) -> str:
         elif case.status is Status.WARNING:
             out = ET.SubElement(tc, "system-out")
             out.text = f"warning {case.rule.id}: {messages}\nhint: {case.rule.hint}"
-    ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")
 
 
 # --- GitHub -----------------------------------------------------------------------------
@@ -245,7 +280,131 @@ def github_lines(result: CheckResult) -> str:
     return "\n".join(lines)
 
 
+def github_run(run: CheckRun) -> str:
+    """Every file's lines; a file that could not be read is one ``::error``."""
+    out = []
+    for o in run.outcomes:
+        if o.result is not None:
+            out.append(github_lines(o.result))
+        else:
+            out.append(f"::error file={_gh_property(o.path)},title=qinspect check (unreadable)::"
+                       f"{_gh_data(o.error or '')}")
+    return "\n".join(out)
+
+
+# --- Markdown (GitHub job summary, PR comments) ----------------------------------------
+
+MD_SPECIAL = "\\`*_{}[]()#+-.!|~"
+
+
+def _md(value: object) -> str:
+    """Text from a file, inert in GitHub Markdown: no HTML, no markup, no table breaks."""
+    out = safe(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return "".join(f"\\{ch}" if ch in MD_SPECIAL else ch for ch in out)
+
+
+def _md_verdict(o: Outcome) -> str:
+    if o.result is None:
+        return "ERROR"
+    return "PASSED" if o.result.passed else "FAILED"
+
+
+def markdown_run(run: CheckRun) -> str:
+    """A job summary: one table row per file, then the findings of each file."""
+    failed = sum(1 for o in run.outcomes if o.exit_code)
+    total = len(run.outcomes)
+    head = "PASSED" if run.passed else f"FAILED ({failed} of {total} files)"
+    lines = [f"## qinspect check: {head}", "",
+             "| result | file | errors | warnings | checks |",
+             "|---|---|---:|---:|---:|"]
+    for o in run.outcomes:
+        r = o.result
+        counts = ("-", "-", "-") if r is None else (len(r.errors), len(r.warnings), len(r.cases))
+        lines.append(f"| {_md_verdict(o)} | {_md(o.path)} | {counts[0]} | {counts[1]} | "
+                     f"{counts[2]} |")
+    for o in run.outcomes:
+        if o.result is None:
+            lines += ["", f"### {_md(o.path)}", "", f"Not checked: {_md(o.error or '')}"]
+        elif o.result.findings:
+            lines += ["", f"### {_md(o.path)}", "", "| severity | rule | layer | finding |",
+                      "|---|---|---|---|"]
+            for f in o.result.findings:
+                where = _md(display(f.layer)) if f.layer else "(file)"
+                lines.append(f"| {f.severity.value} | {f.rule.id} {f.rule.name} | {where} | "
+                             f"{_md(f.message)} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- several files: human and JSON -----------------------------------------------------
+
+
+def summary_line(o: Outcome) -> Text:
+    """One line per file: verdict, file, counts (or why it could not be checked)."""
+    if o.result is None:
+        return Text.assemble(("ERROR   ", "bold red"), text(o.path), ": ",
+                             text(o.error or ""))
+    r = o.result
+    e, w, n = len(r.errors), len(r.warnings), len(r.cases)
+    counts = f"{_plural(e, 'error')}, " if e else ""
+    counts += f"{_plural(w, 'warning')}, " if w or e else ""
+    style = "bold green" if r.passed else "bold red"
+    return Text.assemble((f"{'PASSED' if r.passed else 'FAILED':<8}", style), text(o.path),
+                         f"  ({counts}{_plural(n, 'check')})")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def render_run(run: CheckRun) -> RenderableType:
+    """One summary line per file, each file's findings under it, then the totals."""
+    parts: list[RenderableType] = []
+    for o in run.outcomes:
+        parts.append(summary_line(o))
+        findings = [c for c in (o.result.cases if o.result is not None else ())
+                    if c.status in (Status.FAILED, Status.WARNING)]
+        if findings:
+            parts.append(_findings_table(findings))
+    counts = {word: sum(1 for o in run.outcomes if _md_verdict(o) == word)
+              for word in ("PASSED", "FAILED", "ERROR")}
+    total = len(run.outcomes)
+    parts.append(Text(f"\n{'PASSED' if run.passed else 'FAILED'}: {total} file"
+                      f"{'s' if total != 1 else ''}: {counts['PASSED']} passed, "
+                      f"{counts['FAILED']} failed, {counts['ERROR']} not readable",
+                      style="bold green" if run.passed else "bold red"))
+    return Group(*parts)
+
+
+def run_json(run: CheckRun) -> dict[str, Any]:
+    from qinspect import __version__
+
+    return {
+        "schema": FILES_SCHEMA,
+        "qinspect_version": __version__,
+        "passed": run.passed,
+        "exit_code": run.exit_code,
+        "files": [{"file": o.path, "exit_code": o.exit_code, "error": o.error,
+                   "report": check_json(o.result) if o.result is not None else None}
+                  for o in run.outcomes],
+    }
+
+
 # --- writing ----------------------------------------------------------------------------
+
+
+def render_run_text(run: CheckRun, fmt: str) -> str:
+    """A several-file report as text in one format."""
+    if fmt == "json":
+        from qinspect.render.jsonout import dumps
+
+        return dumps(run_json(run))
+    if fmt == "junit":
+        return junit_run(run)
+    if fmt == "github":
+        return github_run(run)
+    if fmt == "markdown":
+        return markdown_run(run)
+    return _plain(render_run(run))
 
 
 def render_text(result: CheckResult, fmt: str) -> str:
@@ -258,10 +417,16 @@ def render_text(result: CheckResult, fmt: str) -> str:
         return junit_xml(result)
     if fmt == "github":
         return github_lines(result)
+    if fmt == "markdown":
+        return markdown_run(CheckRun((Outcome(result.path, result),)))
+    return _plain(render_check(result))
+
+
+def _plain(renderable: RenderableType) -> str:
     from rich.console import Console
 
     console = Console(width=120, record=True, file=open(os.devnull, "w"),  # noqa: SIM115
                       color_system=None, highlight=False)
-    console.print(render_check(result))
+    console.print(renderable)
     console.file.close()
     return console.export_text()

@@ -1,82 +1,32 @@
-"""Checkpoint (+ reports) -> CheckResult: run the rules of ``qinspect check``.
+"""Checkpoint (+ measurements) -> :class:`~qinspect.gate.report.CheckResult`.
 
-The engine evaluates every rule of :data:`qinspect.analyse.rules.RULES` whose inputs are
-available, on every layer it concerns, and records one :class:`Case` per (rule, target)
-it examined -- passed, failed, warning or skipped (ignored by configuration) -- so a
-JUnit report can list the passes too. A :class:`CheckResult` is truthy when no
-error-severity finding remains; its ``exit_code`` is 0 or 1.
+The engine evaluates every catalogue rule whose inputs are available (the file alone,
+``--reference``, ``--input``, ``--baseline``), with the check function registered for
+it, on every layer it concerns, and records one case per (rule, target) it examined.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from qinspect.analyse.health import WeightHealth, weight_health
-from qinspect.analyse.rules import (
-    RULES,
+from qinspect.errors import InputError
+from qinspect.gate.baseline import read_baseline
+from qinspect.gate.catalogue import RULES, Group, Rule, Severity
+from qinspect.gate.config import CheckConfig
+from qinspect.gate.report import Case, CheckResult, Finding, LayerReport, NotRun, Status
+from qinspect.gate.rules import (
+    FILE_CHECKS,
+    LAYER_CHECKS,
     Baseline,
-    BaselineLayer,
     Context,
-    Group,
     LayerMetrics,
     Problem,
-    Rule,
-    Severity,
 )
-from qinspect.config import CheckConfig
-from qinspect.errors import InputError
 from qinspect.model import Checkpoint, Layer, Mode
-
-CHECK_SCHEMA = "qinspect.check/1"
-
-
-class Status(str, Enum):
-    PASSED = "passed"
-    FAILED = "failed"
-    WARNING = "warning"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem a rule found, with the rule's id and the effective severity."""
-
-    rule: Rule
-    layer: str
-    severity: Severity
-    message: str
-    key: str | None = None
-    value: float | None = None
-    limit: float | None = None
-
-
-@dataclass(frozen=True)
-class Case:
-    """One rule evaluated on one target (a layer name, a key, or "" for the file)."""
-
-    rule: Rule
-    layer: str
-    status: Status
-    findings: tuple[Finding, ...] = ()
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    """What the JSON report records per layer (and ``--baseline`` reads back)."""
-
-    name: str
-    kind: str
-    mode: str
-    quantized: bool
-    metrics: LayerMetrics
 
 
 @dataclass(frozen=True)
@@ -92,54 +42,6 @@ class Measurements:
     overall_weight_sqnr_db: float | None = None
     weight_problems: Mapping[str, str] = field(default_factory=dict)
     not_verified: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class NotRun:
-    group: Group
-    reason: str
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of ``qinspect check``: truthy when it passed."""
-
-    path: str
-    config: CheckConfig
-    rules: tuple[Rule, ...]
-    cases: tuple[Case, ...]
-    layers: tuple[LayerReport, ...]
-    overall_weight_sqnr_db: float | None = None
-    reference: str | None = None
-    input: str | None = None
-    baseline: str | None = None
-    not_run: tuple[NotRun, ...] = ()
-
-    @property
-    def findings(self) -> tuple[Finding, ...]:
-        return tuple(f for c in self.cases if c.status is not Status.SKIPPED for f in c.findings)
-
-    @property
-    def errors(self) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.severity is Severity.ERROR)
-
-    @property
-    def warnings(self) -> tuple[Finding, ...]:
-        return tuple(f for f in self.findings if f.severity is Severity.WARNING)
-
-    @property
-    def passed(self) -> bool:
-        return not self.errors
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
-
-    def count(self, status: Status) -> int:
-        return sum(1 for c in self.cases if c.status is status)
 
 
 def run_check(
@@ -164,13 +66,14 @@ def run_check(
     active, not_run = _active_rules(reference, input, baseline)
     cases: list[Case] = []
     for rule in active:
-        if rule.per_layer:
+        layer_check = LAYER_CHECKS.get(rule.id)
+        if layer_check is not None:
             for layer in checkpoint.layers:
-                problems = rule.check(layer, config.for_layer(layer.name), ctx)
+                problems = layer_check(layer, config.for_layer(layer.name), ctx)
                 if problems is not None:
                     cases.append(_case(rule, layer.name, problems, config))
         else:
-            for target, problems in rule.check(ctx):
+            for target, problems in FILE_CHECKS[rule.id](ctx):
                 cases.append(_case(rule, target, problems, config))
     layers = tuple(_layer_report(lay, ctx.metrics) for lay in checkpoint.layers)
     return CheckResult(
@@ -202,60 +105,18 @@ def _case(rule: Rule, target: str, problems: list[Problem], config: CheckConfig)
     severity = rule.severity
     if rule.id == "QI003":
         severity = Severity(config.unrecognised_keys)
-    findings = tuple(Finding(rule, target, severity, p.message, p.key, p.value, p.limit)
-                     for p in problems)
+    findings = tuple(Finding(rule, target, p.severity or severity, p.message, p.key, p.value,
+                             p.limit) for p in problems)
     if not findings:
         return Case(rule, target, Status.PASSED)
-    status = Status.FAILED if severity is Severity.ERROR else Status.WARNING
+    failed = any(f.severity is Severity.ERROR for f in findings)
+    status = Status.FAILED if failed else Status.WARNING
     return Case(rule, target, status, findings)
 
 
 def _layer_report(layer: Layer, metrics: Mapping[str, LayerMetrics]) -> LayerReport:
     return LayerReport(layer.name, layer.kind, layer.mode.value, layer.quantized,
                        metrics.get(layer.name, LayerMetrics()))
-
-
-# --- baseline ---------------------------------------------------------------------------
-
-
-def read_baseline(path: str | os.PathLike[str]) -> Baseline:
-    """Read a ``--format json`` report of an earlier run (schema ``qinspect.check/1``)."""
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{p}: baseline report not found; create one with "
-                         "`qinspect check CKPT --format json --output FILE`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{p}: not a JSON report ({line}); pass a file written by "
-                         "`qinspect check --format json`") from exc
-    if not isinstance(doc, dict) or doc.get("schema") != CHECK_SCHEMA:
-        found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"{p}: schema is {found!r}, not {CHECK_SCHEMA!r}; pass a report "
-                         "written by `qinspect check --format json`")
-    layers = doc.get("layers")
-    if not isinstance(layers, list):
-        raise InputError(f"{p}: 'layers' is missing or not a list; the report is damaged")
-    out = []
-    for i, item in enumerate(layers):
-        if not (isinstance(item, dict) and isinstance(item.get("name"), str)
-                and isinstance(item.get("quantized"), bool)):
-            raise InputError(f"{p}: layers[{i}] lacks a string 'name' or boolean 'quantized'")
-        out.append(BaselineLayer(item["name"], item["quantized"],
-                                 _number(item.get("weight_sqnr_db"), p, i),
-                                 _number(item.get("output_sqnr_db"), p, i)))
-    return Baseline(str(p), str(doc.get("file", "")), tuple(out))
-
-
-def _number(value: Any, path: Path, index: int) -> float | None:
-    if value is None:
-        return None
-    if value in ("NaN", "Infinity", "-Infinity"):
-        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[value]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{path}: layers[{index}] has a non-numeric SQNR {value!r}")
-    return float(value)
 
 
 # --- the public entry point -------------------------------------------------------------
@@ -279,12 +140,20 @@ def check(
     ``KEY=VALUE`` strings (the CLI's ``--set``) and keyword arguments are single settings,
     both applied on top of the file.
     """
-    from qinspect.config import (
-        from_mapping,
-        load_config,
-        with_assignments,
-    )
     from qinspect.loaders import load
+
+    cfg = resolve_config(config, settings, overrides)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
+    base = read_baseline(baseline) if baseline is not None else None
+    measured = measure(ckpt, reference, input)
+    return run_check(ckpt, cfg, measured=measured, baseline=base,
+                     reference=_str(reference), input=_str(input))
+
+
+def resolve_config(config: Any = "auto", settings: list[str] | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> CheckConfig:
+    """The configuration ``check()`` runs with (see its docstring for ``config``)."""
+    from qinspect.gate.config import from_mapping, load_config, with_assignments
 
     if config is None:
         cfg = CheckConfig()
@@ -297,13 +166,7 @@ def check(
     else:
         cfg = load_config(config)
     cfg = with_assignments(cfg, list(settings or []))
-    if overrides:
-        cfg = _with_keywords(cfg, overrides)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
-    base = read_baseline(baseline) if baseline is not None else None
-    measured = measure(ckpt, reference, input)
-    return run_check(ckpt, cfg, measured=measured, baseline=base,
-                     reference=_str(reference), input=_str(input))
+    return _with_keywords(cfg, overrides) if overrides else cfg
 
 
 def _str(value: Any) -> str | None:
@@ -313,9 +176,7 @@ def _str(value: Any) -> str | None:
 
 
 def _with_keywords(cfg: CheckConfig, values: Mapping[str, Any]) -> CheckConfig:
-    from dataclasses import replace
-
-    from qinspect.config import FILE_KEYS, LAYER_KEYS, TOP_KEYS, _unknown
+    from qinspect.gate.config import FILE_KEYS, LAYER_KEYS, TOP_KEYS, _unknown
 
     layer_values, file_values = {}, {}
     for key, value in values.items():

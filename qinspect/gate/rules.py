@@ -1,26 +1,25 @@
-"""The rules of ``qinspect check``, as data: one frozen :class:`Rule` per check.
+"""The check functions of ``qinspect check``, one per rule of the catalogue.
 
-A rule's ``check`` is a small pure function. Layer rules take
-``(layer, settings, ctx)`` and return ``None`` when the rule does not concern that
-layer, else a list of :class:`Problem` (empty = passed). File rules take ``ctx`` and
-return ``[(target, problems), ...]``, one entry per thing they examined. The engine
-(:mod:`qinspect.analyse.check`) turns problems into findings with the rule's id and
-severity. Ids are stable: ``QI0xx`` always on, ``QI1xx`` configurable, ``QI2xx`` need
-``--reference``, ``QI3xx`` need ``--input``, ``QI4xx`` need ``--baseline``.
+Each is a small pure function registered under its rule id. Layer rules
+(``@layer_rule``) take ``(layer, settings, ctx)`` and return ``None`` when the rule does
+not concern that layer, else a list of :class:`Problem` (empty = passed). File rules
+(``@file_rule``) take ``ctx`` and return ``[(target, problems), ...]``, one entry per
+thing they examined. The engine (:mod:`qinspect.gate.engine`) turns problems into
+findings with the rule's id and severity (a problem may lower or raise its own).
+Ids, names, severities and texts live in :mod:`qinspect.gate.catalogue`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from qinspect.analyse.health import FLOAT32_TINY, WeightHealth
-from qinspect.config import CheckConfig, LayerSettings
-from qinspect.errors import InputError
+from qinspect.gate.catalogue import RULES, Severity
+from qinspect.gate.config import CheckConfig, LayerSettings
 from qinspect.model import ActQuant, Checkpoint, Layer, Mode, ObserverStats, Role
 from qinspect.quant.dtypes import qdtype
 
@@ -44,19 +43,6 @@ MEASURED_INPUTS = ("user", "chained", "model")
 """verify inputs that come from the user's data; synthetic ones say nothing about it."""
 
 
-class Severity(str, Enum):
-    ERROR = "error"
-    WARNING = "warning"
-
-
-class Group(str, Enum):
-    ALWAYS = "always"
-    CONFIG = "config"
-    REFERENCE = "reference"
-    INPUT = "input"
-    BASELINE = "baseline"
-
-
 @dataclass(frozen=True)
 class Problem:
     """What a rule found wrong: a one-line message naming the layer and the numbers."""
@@ -65,6 +51,9 @@ class Problem:
     key: str | None = None
     value: float | None = None
     limit: float | None = None
+    severity: Severity | None = None
+    """None: the rule's severity; set when one finding is milder (or graver) than the
+    rule's default, e.g. an unused FloatFunctional at its initial qparams."""
 
 
 @dataclass(frozen=True)
@@ -114,22 +103,31 @@ class Context:
 
 LayerCheck = Callable[[Layer, LayerSettings, Context], "list[Problem] | None"]
 FileCheck = Callable[[Context], "list[tuple[str, list[Problem]]]"]
+LAYER_CHECKS: dict[str, LayerCheck] = {}
+"""Rule id -> check called once per layer (``None``: the rule does not concern it)."""
+FILE_CHECKS: dict[str, FileCheck] = {}
+"""Rule id -> check called once per file, returning ``[(target, problems), ...]``."""
+Check = TypeVar("Check", LayerCheck, FileCheck)
 
 
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    name: str
-    severity: Severity
-    group: Group
-    description: str
-    hint: str
-    check: Any = field(repr=False, compare=False)
-    per_layer: bool = True
+def layer_rule(rule_id: str) -> Callable[[LayerCheck], LayerCheck]:
+    """Register the decorated function as the per-layer check of catalogue rule ``rule_id``."""
+    return _registrar(LAYER_CHECKS, rule_id)
 
-    @property
-    def label(self) -> str:
-        return f"{self.id} {self.name}"
+
+def file_rule(rule_id: str) -> Callable[[FileCheck], FileCheck]:
+    """Register the decorated function as the per-file check of catalogue rule ``rule_id``."""
+    return _registrar(FILE_CHECKS, rule_id)
+
+
+def _registrar(table: dict[str, Check], rule_id: str) -> Callable[[Check], Check]:
+    assert rule_id in {r.id for r in RULES}, f"{rule_id} is not in the catalogue"
+
+    def register(fn: Check) -> Check:
+        assert rule_id not in LAYER_CHECKS and rule_id not in FILE_CHECKS, f"{rule_id} twice"
+        table[rule_id] = fn
+        return fn
+    return register
 
 
 def display(name: str) -> str:
@@ -208,6 +206,7 @@ def _is_compute_layer(layer: Layer) -> bool:
 # --- QI0xx: always on -------------------------------------------------------------------
 
 
+@layer_rule("QI001")
 def check_scales(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Weight and output scales are finite, > 0 and invertible in float32."""
     name = display(layer.name)
@@ -234,6 +233,7 @@ def check_scales(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] 
     return out if checked else None
 
 
+@layer_rule("QI002")
 def check_zero_points(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Zero points lie inside the dtype's integer range (float zero points are finite)."""
     name = display(layer.name)
@@ -280,6 +280,7 @@ def _dtype_or_none(name: str) -> Any:
         return None
 
 
+@file_rule("QI003")
 def check_unrecognised(ctx: Context) -> list[tuple[str, list[Problem]]]:
     """Every key of the file is attributed to a layer."""
     items = ctx.checkpoint.unrecognised
@@ -301,6 +302,7 @@ def _never_observed(obs: ObserverStats | None) -> bool:
 CALIBRATED_MODES = (Mode.STATIC, Mode.QUANTIZE, Mode.QAT_PREPARED, Mode.PTQ_PREPARED)
 
 
+@layer_rule("QI004")
 def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """No layer keeps torch's initial qparams (1.0 / 0) or an observer that saw nothing."""
     if layer.mode not in CALIBRATED_MODES:
@@ -312,10 +314,7 @@ def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Probl
     if act is not None:
         checked = True
         if act.scale == UNCALIBRATED_SCALE and act.zero_point == UNCALIBRATED_ZERO_POINT:
-            out.append(Problem(
-                f"{name}: output scale = 1.0 and zero point = 0 ({_act_keys(act)}), torch's "
-                "initial values: this activation was never calibrated", key=act.keys[0],
-                value=act.scale))
+            out.append(_initial_qparams(layer, act, ctx))
     w = layer.weight
     if layer.mode is Mode.QAT_PREPARED and w is not None and w.quant is not None:
         checked = True
@@ -334,15 +333,63 @@ def check_calibrated(layer: Layer, s: LayerSettings, ctx: Context) -> list[Probl
                 f"min_val = {_fmt(float(np.min(obs.min_val)))}, "
                 f"max_val = {_fmt(float(np.max(obs.max_val)))}")
             keys = ", ".join(obs.keys[-2:]) if obs.keys else "observer"
-            out.append(Problem(f"{name}: {what} observer still at its initial state ({shown} "
-                               f"in {keys}): it never saw data", key=obs.keys[0] if obs.keys
-                               else None))
+            head = f"{name}: {what} observer still at its initial state ({shown} in {keys})"
+            key = obs.keys[0] if obs.keys else None
+            if what == "output" and _maybe_unused(layer, ctx):
+                out.append(Problem(f"{head}: {MAYBE_UNUSED}", key=key,
+                                   severity=Severity.WARNING))
+            else:
+                out.append(Problem(f"{head}: it never saw data", key=key))
     return out if checked else None
+
+
+@layer_rule("QI005")
+def check_loadable(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    """No key torch's module needs is missing (the loader records them per layer)."""
+    if not layer.missing_keys:
+        return None if layer.mode is Mode.FLOAT else []
+    keys = ", ".join(layer.missing_keys)
+    return [Problem(f"{display(layer.name)}: {keys} missing: torch's "
+                    f"load_state_dict(strict=True) raises {layer.missing_error}",
+                    key=layer.missing_keys[0])]
+
+
+MAYBE_UNUSED = ("this FloatFunctional was either never calibrated (an error) or never "
+                "called by forward() (harmless: it is unused); a state_dict cannot tell "
+                "which. A TorchScript or .pt2 export of the model, or `qinspect verify "
+                "--model`, shows whether forward() calls it")
+
+
+def _initial_qparams(layer: Layer, act: ActQuant, ctx: Context) -> Problem:
+    """1.0 / 0 output qparams: an error, except where the module may just be unused."""
+    name = display(layer.name)
+    head = (f"{name}: output scale = 1.0 and zero point = 0 ({_act_keys(act)}), torch's "
+            "initial values")
+    if not _maybe_unused(layer, ctx):
+        return Problem(f"{head}: this activation was never calibrated", key=act.keys[0],
+                       value=act.scale)
+    return Problem(f"{head}: {MAYBE_UNUSED}", key=act.keys[0], value=act.scale,
+                   severity=Severity.WARNING)
+
+
+def _maybe_unused(layer: Layer, ctx: Context) -> bool:
+    """A FloatFunctional a state_dict cannot tell unused from uncalibrated (torchvision's
+    MobileNet blocks register a ``skip_add`` in every block and call it only in residual
+    ones): a QFunctional after convert; before convert, a module with only an output
+    observer (FloatFunctional, QuantStub or activation: the keys are the same) that saw
+    nothing while other observers of the file did (so calibration did run)."""
+    if layer.kind.startswith("QFunctional"):
+        return True
+    if layer.mode not in (Mode.PTQ_PREPARED, Mode.QAT_PREPARED) or layer.weight is not None:
+        return False
+    return any(other.output_observer is not None and not _never_observed(other.output_observer)
+               for other in ctx.checkpoint.layers if other.weight is not None)
 
 
 # --- QI1xx: configurable ----------------------------------------------------------------
 
 
+@layer_rule("QI100")
 def check_quantized_required(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Layers matched by ``require_quantized`` (and not by ``allow_float``) are quantized."""
     if not _is_compute_layer(layer) or not ctx.config.must_be_quantized(layer.name):
@@ -357,6 +404,7 @@ def check_quantized_required(layer: Layer, s: LayerSettings, ctx: Context) -> li
                     "matches it and allow_float does not", key=w.key)]
 
 
+@layer_rule("QI101")
 def check_per_channel(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Quantized weights use a per-channel scheme when ``require_per_channel`` is set."""
     w = layer.weight
@@ -382,6 +430,7 @@ def _weight_dtype(layer: Layer) -> tuple[str, bool] | None:
     return None
 
 
+@layer_rule("QI102")
 def check_weight_dtype(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Quantized weights use one of ``weight_dtypes``."""
     found = _weight_dtype(layer)
@@ -396,6 +445,7 @@ def check_weight_dtype(layer: Layer, s: LayerSettings, ctx: Context) -> list[Pro
                     else None)]
 
 
+@layer_rule("QI103")
 def check_activation_dtype(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Output activations use one of ``activation_dtypes``."""
     act = layer.output
@@ -408,6 +458,7 @@ def check_activation_dtype(layer: Layer, s: LayerSettings, ctx: Context) -> list
                     key=act.keys[0])]
 
 
+@layer_rule("QI104")
 def check_saturation(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """At most ``max_saturated_fraction`` of a weight's ints are clipped at qmin/qmax.
 
@@ -427,6 +478,7 @@ def check_saturation(layer: Layer, s: LayerSettings, ctx: Context) -> list[Probl
                     key=layer.weight.key, value=excess, limit=s.max_saturated_fraction)]
 
 
+@layer_rule("QI105")
 def check_range_used(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """A weight uses at least ``min_range_used`` of its integer range."""
     h = ctx.health.get(layer.name)
@@ -449,6 +501,7 @@ def _metric(ctx: Context, layer: Layer, attr: str) -> float | None:
     return getattr(m, attr) if m is not None else None
 
 
+@layer_rule("QI200")
 def check_weight_sqnr(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Per-layer weight SQNR against the float reference (``--reference``)."""
     value = _metric(ctx, layer, "weight_sqnr_db")
@@ -466,6 +519,7 @@ def check_weight_sqnr(layer: Layer, s: LayerSettings, ctx: Context) -> list[Prob
                     f"below min_weight_sqnr_db {limit:g} dB", value=value, limit=limit)]
 
 
+@file_rule("QI201")
 def check_overall_weight_sqnr(ctx: Context) -> list[tuple[str, list[Problem]]]:
     """Weight SQNR over all quantized weights (``--reference``)."""
     value = ctx.overall_weight_sqnr_db
@@ -486,6 +540,7 @@ def _on_real_input(ctx: Context, layer: Layer) -> bool:
     return m is not None and m.verify_input in MEASURED_INPUTS
 
 
+@layer_rule("QI300")
 def check_output_sqnr(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Per-layer output SQNR of the quantized layer against float (``--input``)."""
     value = _metric(ctx, layer, "output_sqnr_db")
@@ -499,6 +554,7 @@ def check_output_sqnr(layer: Layer, s: LayerSettings, ctx: Context) -> list[Prob
                     f"min_output_sqnr_db {limit:g} dB", value=value, limit=limit)]
 
 
+@layer_rule("QI301")
 def check_clipping(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Share of outputs clipped at the output range (``--input``)."""
     value = _metric(ctx, layer, "clipping_fraction")
@@ -518,6 +574,7 @@ def check_clipping(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem
                     value=value, limit=limit)]
 
 
+@layer_rule("QI302")
 def check_kernel_agreement(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Share of outputs where torch's kernel and qinspect's reference agree (``--input``)."""
     value = _metric(ctx, layer, "kernel_agreement")
@@ -532,6 +589,7 @@ def check_kernel_agreement(layer: Layer, s: LayerSettings, ctx: Context) -> list
                     value=value, limit=limit)]
 
 
+@layer_rule("QI303")
 def check_verified(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
     """Every quantized layer could be run on the input (``--input``)."""
     why = ctx.not_verified.get(layer.name)
@@ -543,6 +601,7 @@ def check_verified(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem
 # --- QI4xx: baseline --------------------------------------------------------------------
 
 
+@file_rule("QI400")
 def check_sqnr_regression(ctx: Context) -> list[tuple[str, list[Problem]]]:
     """No layer's SQNR dropped more than ``max_sqnr_drop_db`` since the baseline."""
     if ctx.baseline is None:
@@ -576,6 +635,7 @@ def check_sqnr_regression(ctx: Context) -> list[tuple[str, list[Problem]]]:
     return out
 
 
+@file_rule("QI401")
 def check_layer_missing(ctx: Context) -> list[tuple[str, list[Problem]]]:
     """Every layer of the baseline still exists."""
     if ctx.baseline is None:
@@ -586,6 +646,7 @@ def check_layer_missing(ctx: Context) -> list[tuple[str, list[Problem]]]:
         for old in ctx.baseline.layers]
 
 
+@file_rule("QI402")
 def check_still_quantized(ctx: Context) -> list[tuple[str, list[Problem]]]:
     """A layer quantized in the baseline is still quantized."""
     if ctx.baseline is None:
@@ -600,99 +661,3 @@ def check_still_quantized(ctx: Context) -> list[tuple[str, list[Problem]]]:
             f"{display(old.name)}: quantized in the baseline, float in this checkpoint")]
         out.append((old.name, problems))
     return out
-
-
-# --- the catalogue ----------------------------------------------------------------------
-
-E, W = Severity.ERROR, Severity.WARNING
-
-RULES: tuple[Rule, ...] = (
-    Rule("QI001", "scale-finite", E, Group.ALWAYS,
-         "weight and activation scales are finite, > 0 and invertible in float32",
-         "a NaN/inf/zero/negative scale makes every dequantized value wrong; re-run "
-         "calibration or fix the export that wrote it", check_scales),
-    Rule("QI002", "zero-point-range", E, Group.ALWAYS,
-         "zero points lie inside the dtype's integer range",
-         "an out-of-range zero point cannot come from a torch observer: the file was edited "
-         "or written by a broken exporter", check_zero_points),
-    Rule("QI003", "keys-attributed", W, Group.ALWAYS,
-         "every key of the file is attributed to a layer",
-         "run `qinspect show` to see the key; set unrecognised_keys = \"error\" to make this "
-         "fail the check, or ignore it for that key in an override", check_unrecognised,
-         per_layer=False),
-    Rule("QI004", "calibrated", E, Group.ALWAYS,
-         "no static layer keeps torch's initial qparams (scale 1.0, zero point 0) or an "
-         "observer that never saw data (min/max still +inf/-inf)",
-         "run calibration data through every quantized module before convert (a module not "
-         "used in forward() is never calibrated)", check_calibrated),
-    Rule("QI100", "quantized", E, Group.CONFIG,
-         "layers matched by require_quantized (and not allow_float) are quantized",
-         "give the module a qconfig before prepare/convert, or list it in allow_float",
-         check_quantized_required),
-    Rule("QI101", "per-channel", E, Group.CONFIG,
-         "quantized weights are per-channel (require_per_channel)",
-         "use a per-channel weight observer (the fbgemm/x86 default qconfig), or override "
-         "require_per_channel for layers torch only quantizes per-tensor (ConvTranspose)",
-         check_per_channel),
-    Rule("QI102", "weight-dtype", E, Group.CONFIG,
-         "quantized weights use one of weight_dtypes",
-         "change the weight observer's dtype in the qconfig", check_weight_dtype),
-    Rule("QI103", "activation-dtype", E, Group.CONFIG,
-         "output activations use one of activation_dtypes",
-         "change the activation observer's dtype in the qconfig", check_activation_dtype),
-    Rule("QI104", "weight-saturation", E, Group.CONFIG,
-         "at most max_saturated_fraction of a weight's ints sit at qmin/qmax",
-         "the weight range is clipped: use a min/max (not percentile) weight observer, or "
-         "per-channel weights", check_saturation),
-    Rule("QI105", "range-used", E, Group.CONFIG,
-         "each quantized weight uses at least min_range_used of its integer range",
-         "the weight scale is too large for the values (outliers or a stale scale): "
-         "recalibrate, or use per-channel weights", check_range_used),
-    Rule("QI200", "weight-sqnr", E, Group.REFERENCE,
-         "per-layer weight SQNR against the float reference is at least min_weight_sqnr_db",
-         "run `qinspect diff` on the two files to see the layer; check its scale and scheme",
-         check_weight_sqnr),
-    Rule("QI201", "weight-sqnr-overall", E, Group.REFERENCE,
-         "weight SQNR over the whole model is at least min_overall_weight_sqnr_db",
-         "run `qinspect diff` to find the layers that pull it down",
-         check_overall_weight_sqnr, per_layer=False),
-    Rule("QI300", "output-sqnr", E, Group.INPUT,
-         "per-layer output SQNR on the input is at least min_output_sqnr_db (layers verify "
-         "fed synthetic inputs are not gated)",
-         "run `qinspect verify` on the input to see where the error comes from",
-         check_output_sqnr),
-    Rule("QI301", "output-clipping", E, Group.INPUT,
-         "at most max_clipping_fraction of a layer's outputs clip at its output range",
-         "the output range is too narrow for this input: calibrate on representative data",
-         check_clipping),
-    Rule("QI302", "kernel-agreement", E, Group.INPUT,
-         "torch's quantized kernel and qinspect's reference agree on at least "
-         "min_kernel_agreement of the outputs",
-         "a disagreement means the engine computes something else than the file says: "
-         "report it with `qinspect verify` output", check_kernel_agreement),
-    Rule("QI303", "verified", W, Group.INPUT,
-         "every quantized layer could be run on the input",
-         "the layer's SQNR, clipping and kernel agreement are unknown; see `qinspect verify`",
-         check_verified),
-    Rule("QI400", "sqnr-regression", E, Group.BASELINE,
-         "no layer's SQNR dropped more than max_sqnr_drop_db since the baseline report",
-         "compare the two exports with `qinspect diff`; if the drop is intended, regenerate "
-         "the baseline with --format json", check_sqnr_regression, per_layer=False),
-    Rule("QI401", "layer-missing", E, Group.BASELINE,
-         "every layer of the baseline report still exists",
-         "a renamed or removed module; if intended, regenerate the baseline",
-         check_layer_missing, per_layer=False),
-    Rule("QI402", "still-quantized", E, Group.BASELINE,
-         "layers quantized in the baseline are still quantized",
-         "the module lost its qconfig; if intended, regenerate the baseline",
-         check_still_quantized, per_layer=False),
-)
-
-
-def rule_by_ref(ref: str, where: str = "rule") -> Rule:
-    """Look a rule up by id (``QI001``) or name (``scale-finite``)."""
-    for rule in RULES:
-        if ref.upper() == rule.id or ref == rule.name:
-            return rule
-    known = ", ".join(f"{r.id}/{r.name}" for r in RULES)
-    raise InputError(f"{where}: unknown rule {ref!r}; known rules: {known}")

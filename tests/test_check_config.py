@@ -8,8 +8,14 @@ import json
 import pytest
 import torch_models as tm
 
-from qinspect.config import CheckConfig, load_config, parse, parse_assignment, with_assignments
 from qinspect.errors import InputError
+from qinspect.gate.config import (
+    CheckConfig,
+    load_config,
+    parse,
+    parse_assignment,
+    with_assignments,
+)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from qinspect.errors import InputError
+from qinspect.gate.catalogue import rule_by_ref
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -178,8 +179,6 @@ def _severity(where: str, value: Any) -> str:
 
 
 def _rule_refs(where: str, value: Any) -> tuple[str, ...]:
-    from qinspect.analyse.rules import rule_by_ref
-
     refs = _strings(where, value)
     for ref in refs:
         rule_by_ref(ref, where)
