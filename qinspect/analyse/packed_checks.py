@@ -17,7 +17,7 @@ QKV = ("q_proj", "k_proj", "v_proj")
 SHOWN = 3
 
 
-def _global_refs(layer: Layer) -> list[str]:
+def global_refs(layer: Layer) -> list[str]:
     pw = layer.packed
     if pw is None:
         return []
@@ -45,7 +45,7 @@ def global_scale_problems(layer: Layer) -> list[str]:
     0, which inverts to infinity), and input global scales likewise."""
     out = []
     pw = layer.packed
-    keys = _global_refs(layer)
+    keys = global_refs(layer)
     if pw is not None:
         for key in keys:
             src = pw.source

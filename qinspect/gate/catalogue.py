@@ -79,6 +79,44 @@ RULES: tuple[Rule, ...] = (
          "(its _load_from_state_dict): load_state_dict(strict=True) fails without it",
          "the export dropped or renamed keys: save model.state_dict() of the converted "
          "model unchanged; `qinspect show` says what the layer has"),
+    # Hugging Face safetensors checkpoints (issue 11); see qinspect/gate/hf_rules.py
+    Rule("QI010", "packed-scales", E, Group.ALWAYS,
+         "the scales of packed weights (per group, channel, block) are finite and > 0",
+         "a module that was never calibrated exports uninitialised scales (compressed-tensors "
+         "#832: NaN scales pack to normal-looking 0x88888888 words); re-run calibration"),
+    Rule("QI011", "global-scales", E, Group.ALWAYS,
+         "NVFP4 global scales (weight and input) are finite and non-zero",
+         "an expert that saw no calibration tokens stores 0, which inverts to infinity "
+         "(TensorRT-LLM #16447); calibrate every expert or fall back to the layer's max"),
+    Rule("QI012", "config-vs-tensors", E, Group.ALWAYS,
+         "every Linear the quantization config targets is stored quantized, and no module "
+         "the config ignores is",
+         "a targeted module stored in float loads with NaN scales (vLLM #52501); fix the "
+         "config's ignore list or re-export the module"),
+    Rule("QI013", "packed-shapes", E, Group.ALWAYS,
+         "packed codes and scales have the shapes the bits, group size and block size imply",
+         "a truncated or mis-sized scale tensor (ModelOpt #2038) dequantizes garbage; "
+         "re-export the checkpoint"),
+    Rule("QI014", "gptq-v1-zero-overflow", E, Group.ALWAYS,
+         "no GPTQ v1 zero point carries the -1 overflow signature",
+         "an asymmetric zero point 0 stored as -1 overwrote the rest of its int32 word "
+         "(AutoGPTQ #293, GPTQModel #2350); re-export with checkpoint_format gptq_v2"),
+    Rule("QI015", "g-idx", E, Group.ALWAYS,
+         "act-order group indices lie in range, fill each group, and are monotonic unless "
+         "act-order is on",
+         "an out-of-range g_idx makes kernels read outside the scales (vLLM #47255); "
+         "re-export the checkpoint"),
+    Rule("QI016", "input-scale-calibrated", E, Group.ALWAYS,
+         "static input scales are finite, > 0 and not exactly 1.0 (the uncalibrated value)",
+         "run calibration data through the model before export"),
+    Rule("QI017", "qkv-input-scales", W, Group.ALWAYS,
+         "the q/k/v projections of one attention block have equal static input scales",
+         "they quantize the same input and fused kernels use the largest; calibrate them "
+         "together (llm-compressor does) or accept the extra clipping headroom"),
+    Rule("QI018", "bnb-weight-format", E, Group.ALWAYS,
+         "bitsandbytes int8 weights are row-major (weight_format 0)",
+         "other layouts are GPU tiles that bitsandbytes >= 0.45 cannot load; re-save on a "
+         "current bitsandbytes"),
     Rule("QI100", "quantized", E, Group.CONFIG,
          "layers matched by require_quantized (and not allow_float) are quantized",
          "give the module a qconfig before prepare/convert, or list it in allow_float"),

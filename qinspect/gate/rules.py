@@ -20,7 +20,18 @@ import numpy as np
 from qinspect.analyse.health import FLOAT32_TINY, WeightHealth
 from qinspect.gate.catalogue import RULES, Severity
 from qinspect.gate.config import CheckConfig, LayerSettings
-from qinspect.model import ActQuant, Checkpoint, Layer, Mode, ObserverStats, Role
+from qinspect.analyse import packed_checks as P
+from qinspect.model import (
+    ActQuant,
+    Checkpoint,
+    Layer,
+    Level,
+    Mode,
+    ObserverStats,
+    Role,
+    ScaleOp,
+    SourceKind,
+)
 from qinspect.quant.dtypes import qdtype
 
 UNCALIBRATED_SCALE = 1.0
@@ -661,3 +672,75 @@ def check_still_quantized(ctx: Context) -> list[tuple[str, list[Problem]]]:
             f"{display(old.name)}: quantized in the baseline, float in this checkpoint")]
         out.append((old.name, problems))
     return out
+
+
+# --- Hugging Face safetensors checkpoints (QI010-QI018) --------------------------------
+# Thin wrappers over the pure checks of qinspect.analyse.packed_checks, which know the
+# formats; layers without a packed weight or a static input scale are not concerned.
+
+PackedCheck = Callable[[Layer], list[str]]
+
+
+
+def _packed(check: PackedCheck, applies: Callable[[Layer], bool] = lambda lay: True
+            ) -> Callable[[Layer, LayerSettings, Context], list[Problem] | None]:
+    def run(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+        if layer.packed is None or not applies(layer):
+            return None
+        return [Problem(f"{layer.name}: {m}") for m in check(layer)]
+    return run
+
+
+def _format(prefix: str) -> Callable[[Layer], bool]:
+    return lambda lay: lay.packed is not None and lay.packed.quant.format.startswith(prefix)
+
+
+def _has_g_idx(layer: Layer) -> bool:
+    return layer.packed is not None and any(t.key.endswith("g_idx")
+                                            for t in layer.packed.quant.tensors)
+
+
+layer_rule("QI010")(_packed(P.scale_problems))
+layer_rule("QI013")(_packed(P.shape_problems))
+layer_rule("QI014")(_packed(P.gptq_v1_overflow, _format("GPTQ v1")))
+layer_rule("QI015")(_packed(P.g_idx_problems, _has_g_idx))
+layer_rule("QI018")(_packed(P.bnb_weight_format, _format("bitsandbytes LLM.int8")))
+
+
+@layer_rule("QI011")
+def check_global_scales(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    has_global = bool(P.global_refs(layer)) or (
+        layer.input is not None and layer.input.op is ScaleOp.DIVIDE)
+    if ctx.checkpoint.hf is None or not has_global:
+        return None
+    return [Problem(f"{layer.name}: {m}") for m in P.global_scale_problems(layer)]
+
+
+@layer_rule("QI012")
+def check_config_vs_tensors(layer: Layer, s: LayerSettings, ctx: Context
+                            ) -> list[Problem] | None:
+    if ctx.checkpoint.hf is None or ctx.checkpoint.hf.method is None:
+        return None
+    if layer.packed is None and not any(n.level is Level.WARNING for n in layer.notes):
+        return None
+    return [Problem(f"{layer.name}: {m}") for m in P.config_problems(layer)]
+
+
+@layer_rule("QI016")
+def check_input_scale(layer: Layer, s: LayerSettings, ctx: Context) -> list[Problem] | None:
+    src = layer.input_source
+    if ctx.checkpoint.hf is None or src is None or src.kind is not SourceKind.OWN_SCALE:
+        return None
+    return [Problem(f"{layer.name}: {m}") for m in P.input_scale_problems(layer)]
+
+
+@file_rule("QI017")
+def check_qkv_input_scales(ctx: Context) -> list[tuple[str, list[Problem]]]:
+    if ctx.checkpoint.hf is None:
+        return []
+    found = P.qkv_input_scales(ctx.checkpoint)
+    parents = {lay.name.rpartition(".")[0] for lay in ctx.checkpoint.layers
+               if lay.name.rpartition(".")[2] in P.QKV and lay.input is not None}
+    bad = dict(found)
+    return [(parent, [Problem(f"{parent}: {bad[parent]}")] if parent in bad else [])
+            for parent in sorted(parents)]
