@@ -99,7 +99,7 @@ def diff(
     weight SQNR, max/mean error, error in LSB, clipping, cosine, qparam changes and (QAT
     vs converted) bit-exactness. ``sort``: ``"sqnr"`` (worst first), ``"error"``,
     ``"name"``; ``fold_bn=False`` compares unfused float conv weights as they are."""
-    from qinspect.analyse.diff import diff as _diff
+    from qinspect.analyse.compare import compare as _diff
 
     ckpt_a = a if not isinstance(a, (str, os.PathLike)) else load(a)
     ckpt_b = b if not isinstance(b, (str, os.PathLike)) else load(b)

@@ -279,10 +279,6 @@ def diff(a: Checkpoint, b: Checkpoint, layer_glob: str | None = None, sort: str 
     ``progress(what, done, total)`` is called before each pair (the CLI draws a bar)."""
     if sort not in SORTS:
         raise InputError(f"unknown sort {sort!r}; use one of: {', '.join(SORTS)}")
-    if a.hf is not None or b.hf is not None:
-        from qinspect.analyse.diff_packed import diff_packed
-
-        return diff_packed(a, b, layer_glob, sort, progress)
     pairing = pair_layers(a, b, fold_bn)
     listed = [p for p in pairing.pairs if _listed(p, layer_glob)]
     compared = []

@@ -239,7 +239,7 @@ def _weight_sqnr(
     checkpoint: Checkpoint, reference: str | os.PathLike[str] | Checkpoint
 ) -> tuple[dict[str, float], dict[str, str], float | None]:
     """Weight SQNR of every quantized weight against the float reference (``diff``)."""
-    from qinspect.analyse.diff import diff
+    from qinspect.analyse.compare import compare as diff
     from qinspect.loaders import load
 
     ref = reference if isinstance(reference, Checkpoint) else load(reference)
