@@ -512,7 +512,7 @@ def _synthetic(path: str, weight) -> qinspect.model.Checkpoint:
 
 
 def test_pt2e_int8_weights_dequantize_like_the_decomposed_ops(tmp_path):
-    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers the ops
+    import torch.ao.quantization.fx._decomposed  # registers the ops
 
     from qinspect.model import TensorQuant, Weight
 

@@ -52,7 +52,7 @@ def is_torchao(ckpt: Checkpoint) -> bool:
     return ckpt.format == FORMAT
 
 
-def verify_torchao(ckpt: Checkpoint, input: str | os.PathLike[str] | None,  # noqa: A002
+def verify_torchao(ckpt: Checkpoint, input: str | os.PathLike[str] | None,
                    reference: str | os.PathLike[str] | None, model: str | None,
                    layer_glob: str | None, seed: int, batch: int | None) -> V.VerifyReport:
     """Verify every quantized Linear of a torchao state_dict (see the module docstring)."""
@@ -157,7 +157,7 @@ def _spec(layer: Layer) -> _Spec | str:
                  q.dtype)
 
 
-def _torchao_weight(layer: Layer, spec: _Spec):  # noqa: ANN202 - a torchao tensor
+def _torchao_weight(layer: Layer, spec: _Spec):  # a torchao tensor
     """The layer's torchao tensor subclass, rebuilt from the file's arrays."""
     import torch
 
@@ -218,7 +218,7 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
         with torch.no_grad():
             kern = F.linear(torch.from_numpy(x2.copy()), weight,
                             None if bias is None else torch.from_numpy(bias)).numpy()
-    except Exception as exc:  # noqa: BLE001 - torchao refuses: report, keep the others
+    except Exception as exc:  # torchao refuses: report, keep the others
         return V.not_verified(layer, f"torchao's kernel refused the layer: "
                               f"{type(exc).__name__}: {exc}")
     if dynamic:

@@ -138,7 +138,7 @@ class Interpreter:
             raise VerifyError(f"the graph calls {target!r}; verify runs only aten and "
                               "quantized_decomposed operators")
         if "quantized_decomposed" in target:
-            import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers the ops
+            import torch.ao.quantization.fx._decomposed  # registers the ops
         fn: Any = torch.ops
         for part in target.removeprefix("torch.ops.").split("."):
             fn = getattr(fn, part, None)
@@ -330,7 +330,7 @@ def _end_to_end(quant: list[Any], floats: list[Any]) -> EndToEnd | None:
                     elements=int(q.size), outputs=len(quant))
 
 
-def verify_graph(ckpt: Checkpoint, input: Any, layer_glob: str | None,  # noqa: A002
+def verify_graph(ckpt: Checkpoint, input: Any, layer_glob: str | None,
                  batch: int | None) -> VerifyReport:
     """``verify`` entry for .pt2 files: read the input, run, filter by ``layer_glob``."""
     from dataclasses import replace

@@ -80,7 +80,7 @@ class _Return(Exception):
         self.value = value
 
 
-def verify_script(ckpt: Checkpoint, kind: str, input: Any,  # noqa: A002
+def verify_script(ckpt: Checkpoint, kind: str, input: Any,
                   reference: Any, layer_glob: str | None, batch: int | None,
                   engine: str | None) -> V.VerifyReport:
     """``verify`` for TorchScript archives and pickled GraphModules (see the docstring)."""

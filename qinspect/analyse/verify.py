@@ -192,7 +192,7 @@ class VerifyReport:
 def verify(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     *,
-    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    input: str | os.PathLike[str] | None = None,  # mirrors --input
     reference: str | os.PathLike[str] | None = None,
     model: str | None = None,
     engine: str | None = None,

@@ -26,7 +26,7 @@ def check(
         "format only, as a pre-commit hook passes them).")],
     reference: Annotated[OptPath, typer.Option(
         help="Float checkpoint: enables the weight-SQNR rules (QI2xx).")] = None,
-    input: Annotated[OptPath, typer.Option(  # noqa: A002
+    input: Annotated[OptPath, typer.Option(
         help="Sample input (.npy): enables the output SQNR/clipping rules (QI3xx).")] = None,
     baseline: Annotated[OptPath, typer.Option(
         help="JSON report of an earlier run: fail on regressions (QI4xx).")] = None,

@@ -214,7 +214,7 @@ def _torch_load(p: Path, mmap: bool) -> Any:
     except MemoryError as exc:
         raise LoadError(f"{printable(p)}: ran out of memory while torch read it; the file "
                         "declares more data than this machine can hold") from exc
-    except Exception as exc:  # noqa: BLE001 - whatever torch raises on a bad file
+    except Exception as exc:  # whatever torch raises on a bad file
         raise LoadError(
             f"{printable(p)}: torch could not read it ({printable(_first_line(exc))}); the "
             "file is probably truncated or corrupt: re-export it"

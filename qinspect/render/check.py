@@ -260,7 +260,7 @@ def render_text(result: CheckResult, fmt: str) -> str:
         return github_lines(result)
     from rich.console import Console
 
-    console = Console(width=120, record=True, file=open(os.devnull, "w"),  # noqa: SIM115
+    console = Console(width=120, record=True, file=open(os.devnull, "w"),
                       color_system=None, highlight=False)
     console.print(render_check(result))
     console.file.close()
