@@ -23,7 +23,7 @@ from qinspect.analyse.diff import (
 )
 from qinspect.model import Checkpoint
 from qinspect.render.show import short_kind
-from qinspect.render.table import Column, FitTable, Line, atom, joined, name, words
+from qinspect.render.table import Column, FitTable, Line, atom, joined, label, name, words
 from qinspect.render.text import num, safe, size, text
 
 DIFF_SCHEMA = "qinspect.diff/1"
@@ -123,7 +123,7 @@ def _layer_cell(row: LayerDiff) -> list[Line]:
     if row.name_b != row.name:
         cell.append(joined(atom("= B "), name(row.name_b)))
     kind = row.kind_b if row.mode_b != "float" else row.kind_a
-    cell.append(words(short_kind(kind), "dim"))
+    cell.append(label(short_kind(kind), "dim"))
     cell.append(joined(atom(row.mode_a.replace("_", " "), "dim"),
                        atom(f" -> {row.mode_b}".replace("_", " "), "dim")))
     return cell

@@ -13,7 +13,7 @@ from qinspect.analyse.explain import act_range, explain_layer
 from qinspect.analyse.health import WeightHealth
 from qinspect.analyse.summary import LayerSummary, Summary
 from qinspect.model import ActQuant, Layer, Level, Weight
-from qinspect.render.table import Column, FitTable, Line, atom, joined, name, words
+from qinspect.render.table import Column, FitTable, Line, atom, joined, label, name, words
 from qinspect.render.text import num, percent, safe, size, text
 
 SHOW_SCHEMA = "qinspect.show/1"
@@ -75,7 +75,7 @@ def _table(s: Summary) -> FitTable:
     t = FitTable(SHOW_COLUMNS)
     for row in s.layers:
         lay = row.layer
-        kind = [words(short_kind(lay.kind)), atom(lay.mode.value.replace("_", " "), "dim")]
+        kind = [label(short_kind(lay.kind)), atom(lay.mode.value.replace("_", " "), "dim")]
         t.add_row([name(lay.name)], kind, _weight_cell(lay.weight), _input_cell(lay),
                   _act_cell(lay.output), _health_cell(row.health))
     return t
@@ -124,8 +124,8 @@ def _input_cell(lay: Layer) -> list[Line]:
     if lay.input is not None:
         origin = joined(atom("from "), name(src.layer or "?"),
                         words(" (inferred)") if src.inferred else [])
-        return [atom(f"scale {num(lay.input.scale)}"), atom(f"zp {lay.input.zero_point}"),
-                origin]
+        return [_range("scale", num(lay.input.scale), num(lay.input.scale)),
+                atom(f"zp {lay.input.zero_point}"), origin]
     return [words(INPUT_LABELS.get(src.kind.value, src.kind.value))]
 
 
@@ -133,7 +133,7 @@ def _act_cell(act: ActQuant | None) -> list[Line]:
     if act is None:
         return DASH
     lo, hi = act_range(act)
-    return [atom(f"scale {num(act.scale)}"), atom(f"zp {act.zero_point}"),
+    return [_range("scale", num(act.scale), num(act.scale)), atom(f"zp {act.zero_point}"),
             [(f"[{num(lo)},", ""), (f" {num(hi)}]", "")]]
 
 
@@ -141,8 +141,8 @@ def _health_cell(h: WeightHealth | None) -> list[Line]:
     if h is None:
         return DASH
     style = "yellow" if h.flags else "green"
-    lines = [[(percent(h.range_used), style), (" of range", style)],
-             [(percent(h.saturated_fraction), style), (" at edges", style)]]
+    lines = [joined(atom(percent(h.range_used), style), words(" of range", style)),
+             joined(atom(percent(h.saturated_fraction), style), words(" at edges", style))]
     if h.flags:
         lines.append(words("see below", "bold yellow"))
     return lines

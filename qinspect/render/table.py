@@ -11,7 +11,7 @@ only lays out lines that already fit, so it never folds a number across two line
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rich import box
@@ -26,7 +26,7 @@ Chunk = tuple[str, str]  # (text, style); a leading space is dropped where a lin
 Line = list[Chunk]
 
 _WORD = re.compile(r"\s*\S+")
-_NAME_PART = re.compile(r"[^._/]+[._/]*|[._/]+")
+_NAME_PART = re.compile(r"\s*[^._/\s]+[._/]*|\s*[._/]+")
 
 
 def words(value: str, style: str = "") -> Line:
@@ -38,6 +38,12 @@ def name(value: object, style: str = "") -> Line:
     """A name from a file (escaped): breaks after ``.``, ``_`` or ``/``, never inside
     ``layers.10``'s digits."""
     return [(p, style) for p in _NAME_PART.findall(safe(value))] or [("", style)]
+
+
+def label(value: object, style: str = "") -> Line:
+    """A label from a file (escaped): breaks between words and after ``_``, ``.``, ``/``."""
+    return [(p, style) for w in _WORD.findall(safe(value)) for p in _NAME_PART.findall(w)] \
+        or [("", style)]
 
 
 def atom(value: str, style: str = "") -> Line:
@@ -90,19 +96,37 @@ class FitTable:
                                         for line in row[i]])
                  for i, c in enumerate(self.columns)]
         room = max_width - _overhead(console, console.options, self.columns)
-        return shrink(natural, least, room)
+        cache: dict[tuple[int, int], list[int]] = {}
+
+        def lines(col: int, width: int) -> list[int]:
+            if (col, width) not in cache:
+                cache[col, width] = [sum(len(wrap(line, width)) for line in row[col])
+                                     for row in self.rows]
+            return cache[col, width]
+        return shrink(natural, least, room, lines if self.rows else None)
 
 
-def shrink(natural: list[int], least: list[int], room: int) -> list[int]:
-    """Take width from the widest column that can still give some, one character at a
-    time, until the total fits ``room`` (never below ``least``)."""
+def shrink(natural: list[int], least: list[int], room: int,
+           lines: Callable[[int, int], list[int]] | None = None) -> list[int]:
+    """Take width, one character at a time, from the column where it costs the fewest
+    extra table lines (ties: the widest), until the total fits ``room``; never below
+    ``least``. ``lines(column, width)``: each row's line count in that column."""
     widths = list(natural)
     excess = sum(widths) - room
     while excess > 0:
         can = [k for k in range(len(widths)) if widths[k] > least[k]]
         if not can:
             break
-        i = max(can, key=lambda k: (widths[k], k))
+        if lines is None:
+            i = max(can, key=lambda k: (widths[k], k))
+        else:
+            per_col = [lines(k, widths[k]) for k in range(len(widths))]
+
+            def height(k: int, cols: list[list[int]] = per_col) -> int:
+                trial = [lines(k, widths[k] - 1) if c == k else cols[c]
+                         for c in range(len(cols))]
+                return sum(max(row) for row in zip(*trial, strict=True))
+            i = min(can, key=lambda k: (height(k), -widths[k], -k))
         widths[i] -= 1
         excess -= 1
     return widths
