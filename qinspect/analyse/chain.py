@@ -129,10 +129,10 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> V.VerifyRepor
                     flow.real = None if flow.real is None else flow.real[None]
             first_consumer_done = True
         try:
-            if how == "lstm" and layer.name.endswith(".ih"):
+            if how == "lstm" and layer.kind.endswith("(ih)"):
                 hh = _sibling(layers, layer)
                 if hh is None:
-                    rows.append(V.not_verified(layer, "its hidden-to-hidden gates (.hh) are "
+                    rows.append(V.not_verified(layer, "its hidden-to-hidden gates (weight_hh) are "
                                                       "missing from the file"))
                     flow = None
                     continue
@@ -372,7 +372,7 @@ def _dynamic(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify
 
 
 def _sibling(layers: list[Layer], ih: Layer) -> Layer | None:
-    name = ih.name[: -len(".ih")] + ".hh"
+    name = ih.name.replace("weight_ih_", "weight_hh_")
     return next((lay for lay in layers if lay.name == name), None)
 
 
