@@ -23,7 +23,17 @@ from qinspect.analyse.diff import (
 )
 from qinspect.model import Checkpoint
 from qinspect.render.show import short_kind
-from qinspect.render.table import Column, FitTable, Line, atom, joined, label, name, words
+from qinspect.render.table import (
+    Column,
+    FitTable,
+    Line,
+    atom,
+    detail_lines,
+    joined,
+    label,
+    name,
+    words,
+)
 from qinspect.render.text import num, safe, size, text
 
 DIFF_SCHEMA = "qinspect.diff/1"
@@ -249,17 +259,17 @@ def _only(items: tuple[SideOnly, ...], side: str, ckpt: Checkpoint) -> list[Rend
         return []
     title = f"\nOnly in {side} ({len(items)} layer(s)"
     title += f", {len(unrec)} unrecognised key(s))" if unrec else ")"
-    parts: list[RenderableType] = [Text(title, style="bold")]
+    lines: list[Text] = []
     for item in items:
         keys = ", ".join(safe(k) for k in item.keys[:MAX_KEYS_LISTED])
         more = f" (+{len(item.keys) - MAX_KEYS_LISTED} more)" \
             if len(item.keys) > MAX_KEYS_LISTED else ""
-        parts.append(Text.assemble("  ", text(item.name, "cyan"), f" ({safe(item.kind)}, "
-                                   f"{item.mode.replace('_', ' ')}): ", (keys + more, "dim")))
+        what = f"{short_kind(item.kind)}, {item.mode.replace('_', ' ')}"
+        lines.append(Text.assemble(text(item.name, "cyan"), f" ({what}): ", (keys + more, "dim")))
     for u in unrec:
-        parts.append(Text.assemble("  ", text(u.key, "yellow"), " (unrecognised: ",
-                                   text(u.reason), ")"))
-    return parts
+        lines.append(Text.assemble(text(u.key, "yellow"), " (unrecognised: ", text(u.reason),
+                                   ")"))
+    return [Text(title, style="bold"), detail_lines(lines)]
 
 
 # --- number formats -------------------------------------------------------------------

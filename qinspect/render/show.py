@@ -13,7 +13,18 @@ from qinspect.analyse.explain import act_range, explain_layer
 from qinspect.analyse.health import WeightHealth
 from qinspect.analyse.summary import LayerSummary, Summary
 from qinspect.model import ActQuant, Layer, Level, Weight
-from qinspect.render.table import Column, FitTable, Line, atom, joined, label, name, words
+from qinspect.render.table import (
+    Column,
+    FitTable,
+    Line,
+    atom,
+    detail_lines,
+    joined,
+    label,
+    name,
+    said,
+    words,
+)
 from qinspect.render.text import num, percent, safe, size, text
 
 SHOW_SCHEMA = "qinspect.show/1"
@@ -155,17 +166,7 @@ def _health_flags(s: Summary) -> RenderableType | None:
     if not lines:
         return None
     return Group(Text("\nWeight health flags", style="bold yellow"),
-                 _detail_lines([(n, f, "yellow") for n, f in lines]))
-
-
-def _detail_lines(lines: list[tuple[str, str, str]]) -> Table:
-    """``  name: message`` lines whose wrapped part stays indented."""
-    grid = Table.grid(padding=(0, 0))
-    grid.add_column(width=2, no_wrap=True)
-    grid.add_column(ratio=1)
-    for who, message, style in lines:
-        grid.add_row("", Text.assemble(text(who, "cyan"), ": ", text(message, style)))
-    return grid
+                 detail_lines([said(n, f, "yellow") for n, f in lines]))
 
 
 def _explanations(s: Summary) -> RenderableType:
@@ -197,11 +198,10 @@ def _dead_weights(s: Summary) -> RenderableType | None:
     parts: list[RenderableType] = [Text(f"\nDead weight: {len(dead)} stored tensors "
                                         f"({size(total)}) the graph never reads",
                                         style="bold yellow")]
-    for d in dead:
-        shape = "x".join(str(x) for x in d.shape) or "scalar"
-        parts.append(Text.assemble("  ", text(d.key, "yellow"),
-                                   f" ({safe(d.dtype)} [{shape}], {size(d.nbytes)})"))
-    return Group(*parts)
+    lines = [Text.assemble(text(d.key, "yellow"), f" ({safe(d.dtype)} "
+                           f"[{'x'.join(str(x) for x in d.shape) or 'scalar'}], "
+                           f"{size(d.nbytes)})") for d in dead]
+    return Group(*parts, detail_lines(lines))
 
 
 def _notes(s: Summary) -> RenderableType | None:
@@ -209,8 +209,8 @@ def _notes(s: Summary) -> RenderableType | None:
     lines += [(row.layer.name, n) for row in s.layers for n in row.layer.notes]
     if not lines:
         return None
-    return Group(Text("\nNotes", style="bold"), _detail_lines(
-        [(who, note.message, "yellow" if note.level is Level.WARNING else "")
+    return Group(Text("\nNotes", style="bold"), detail_lines(
+        [said(who, note.message, "yellow" if note.level is Level.WARNING else "")
          for who, note in lines]))
 
 
@@ -219,10 +219,9 @@ def _unrecognised(s: Summary) -> RenderableType:
     if not items:
         return Text("\nEvery key of the file is attributed to a layer.", style="green")
     parts: list[RenderableType] = [Text(f"\nUnrecognised keys ({len(items)})", style="bold yellow")]
-    for u in items:
-        parts.append(Text.assemble("  ", text(u.key, "yellow"), f" ({safe(u.description)}): ",
-                                   text(u.reason)))
-    return Group(*parts)
+    lines = [Text.assemble(text(u.key, "yellow"), f" ({safe(u.description)}): ", text(u.reason))
+             for u in items]
+    return Group(*parts, detail_lines(lines))
 
 
 # --- JSON -----------------------------------------------------------------------------

@@ -59,6 +59,21 @@ def joined(*lines: Line) -> Line:
     return out
 
 
+def detail_lines(lines: Sequence[Text]) -> Table:
+    """Lines indented by two spaces whose wrapped part stays indented."""
+    grid = Table.grid(padding=(0, 0))
+    grid.add_column(width=2, no_wrap=True)
+    grid.add_column(ratio=1)
+    for line in lines:
+        grid.add_row("", line)
+    return grid
+
+
+def said(who: object, message: object, style: str = "") -> Text:
+    """``who: message``, both escaped (names and messages come from files)."""
+    return Text.assemble(Text(safe(who), style="cyan"), ": ", Text(safe(message), style=style))
+
+
 @dataclass
 class Column:
     header: str
