@@ -30,8 +30,8 @@ _NAME_PART = re.compile(r"\s*[^._/\s]+[._/]*|\s*[._/]+")
 
 
 def words(value: str, style: str = "") -> Line:
-    """Prose: breaks between words only."""
-    return [(w, style) for w in _WORD.findall(value)] or [("", style)]
+    """Prose (escaped): breaks between words only."""
+    return [(w, style) for w in _WORD.findall(safe(value))] or [("", style)]
 
 
 def name(value: object, style: str = "") -> Line:
@@ -47,8 +47,8 @@ def label(value: object, style: str = "") -> Line:
 
 
 def atom(value: str, style: str = "") -> Line:
-    """A line that never breaks (a number with its unit, a short label)."""
-    return [(value, style)]
+    """A line (escaped) that never breaks: a number with its unit, a short label."""
+    return [(safe(value), style)]
 
 
 def joined(*lines: Line) -> Line:
