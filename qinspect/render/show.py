@@ -95,19 +95,19 @@ def _table(s: Summary) -> FitTable:
 def short_kind(kind: object) -> str:
     """The table's label: ``linear (int8 weight, q/dq around activations)`` -> ``linear``;
     the long form is in ``--explain`` and ``--json``."""
-    label = safe(kind).split(" (", 1)[0]
-    return SHORT_KINDS.get(label, label)
+    short = safe(kind).split(" (", 1)[0]
+    return SHORT_KINDS.get(short, short)
 
 
 SHORT_KINDS = {"Embedding or EmbeddingBag": "Embedding(Bag)"}
 DASH = [atom("-", "dim")]
 
 
-def _range(label: str, lo: str, hi: str) -> Line:
+def _range(what: str, lo: str, hi: str) -> Line:
     """``scale 0.000279..0.000282``, which may break before ``..`` (never in a number)."""
     if lo == hi:
-        return [(label, ""), (f" {lo}", "")]
-    return [(label, ""), (f" {lo}", ""), (f"..{hi}", "")]
+        return [(what, ""), (f" {lo}", "")]
+    return [(what, ""), (f" {lo}", ""), (f"..{hi}", "")]
 
 
 def _weight_cell(w: Weight | None) -> list[Line]:

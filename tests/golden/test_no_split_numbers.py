@@ -42,6 +42,21 @@ def test_no_number_is_split_at_80_columns(case):
                          f"only at {WIDE} {want - got}")
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.argv[0] in ("show", "diff")],
+                         ids=lambda c: c.id)
+def test_show_and_diff_fit_120_columns_whole(case):
+    """120 columns: every line fits, every number whole; the tables take their natural
+    width when it fits (no padding to the terminal's width)."""
+    _, mid = run(case, 120)
+    _, wide = run(case, WIDE)
+    assert all(len(line.rstrip()) <= 120 for line in mid.splitlines())
+    assert _numbers(mid) == _numbers(wide)
+    rules = [len(line) for line in wide.splitlines() if set(line) == {"─"}]
+    natural = rules[0] if rules else 0
+    if natural <= 120:
+        assert [len(line) for line in mid.splitlines() if set(line) == {"─"}][:1] == [natural]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_no_double_sign(case):
     for width in (80, WIDE):
