@@ -22,18 +22,8 @@ from qinspect.analyse.diff import (
     WeightError,
 )
 from qinspect.model import Checkpoint
+from qinspect.render import table as tb
 from qinspect.render.show import short_kind
-from qinspect.render.table import (
-    Column,
-    FitTable,
-    Line,
-    atom,
-    detail_lines,
-    joined,
-    label,
-    name,
-    words,
-)
 from qinspect.render.text import num, safe, size, text
 
 DIFF_SCHEMA = "qinspect.diff/1"
@@ -116,41 +106,41 @@ def _size_line(s: DiffSummary) -> str:
 # --- table ---------------------------------------------------------------------------
 
 
-DIFF_COLUMNS = (Column("layer"), Column("SQNR", "right", wraps=False),
-                Column("error", "right", wraps=False), Column("clipped", "right", wraps=False),
-                Column("cosine", "right", wraps=False), Column("notes"))
+DIFF_COLUMNS = (tb.Column("layer"), *(tb.Column(h, "right", wraps=False)
+                                      for h in ("SQNR", "error", "clipped", "cosine")),
+                tb.Column("notes"))
 
 
-def _table(r: DiffReport) -> FitTable:
-    t = FitTable(DIFF_COLUMNS)
+def _table(r: DiffReport) -> tb.FitTable:
+    t = tb.FitTable(DIFF_COLUMNS)
     for row in r.layers:
         t.add_row(_layer_cell(row), *_weight_cells(row.weight), _notes_cell(row))
     return t
 
 
-def _layer_cell(row: LayerDiff) -> list[Line]:
-    cell = [name(row.name)]
+def _layer_cell(row: LayerDiff) -> list[tb.Line]:
+    cell = [tb.name(row.name)]
     if row.name_b != row.name:
-        cell.append(joined(atom("= B "), name(row.name_b)))
+        cell.append(tb.joined(tb.atom("= B "), tb.name(row.name_b)))
     kind = row.kind_b if row.mode_b != "float" else row.kind_a
-    cell.append(label(short_kind(kind), "dim"))
-    cell.append(joined(atom(row.mode_a.replace("_", " "), "dim"),
-                       atom(f" -> {row.mode_b}".replace("_", " "), "dim")))
+    cell.append(tb.label(short_kind(kind), "dim"))
+    cell.append(tb.joined(tb.atom(row.mode_a.replace("_", " "), "dim"),
+                          tb.atom(f" -> {row.mode_b}".replace("_", " "), "dim")))
     return cell
 
 
-def _weight_cells(w: WeightError | None) -> list[list[Line]]:
+def _weight_cells(w: WeightError | None) -> list[list[tb.Line]]:
     if w is None:
-        return [[atom("-", "dim")] for _ in range(4)]
-    error = [atom(f"max {_num(w.max_abs_error)}"), atom(f"mean {_num(w.mean_abs_error)}")]
+        return [[tb.atom("-", "dim")] for _ in range(4)]
+    error = [tb.atom(f"max {_num(w.max_abs_error)}"), tb.atom(f"mean {_num(w.mean_abs_error)}")]
     if w.max_error_lsb is not None:
-        error.append(atom(f"max {lsb(w.max_error_lsb)}"))
-    clipped = (atom(pct(w.clipped_fraction)) if w.clipped_fraction is not None
-               else atom("-", "dim"))
-    return [[atom(db(w.sqnr_db))], error, [clipped], [atom(cosine(w.cosine_similarity))]]
+        error.append(tb.atom(f"max {lsb(w.max_error_lsb)}"))
+    clipped = (tb.atom(pct(w.clipped_fraction)) if w.clipped_fraction is not None
+               else tb.atom("-", "dim"))
+    return [[tb.atom(db(w.sqnr_db))], error, [clipped], [tb.atom(cosine(w.cosine_similarity))]]
 
 
-def _notes_cell(row: LayerDiff) -> list[Line]:
+def _notes_cell(row: LayerDiff) -> list[tb.Line]:
     lines: list[tuple[str, str]] = []
     if row.problem:
         lines.append((row.problem, "bold red"))
@@ -173,7 +163,7 @@ def _notes_cell(row: LayerDiff) -> list[Line]:
         lines.append((f"bias only in {row.bias_in.upper()}", "yellow"))
     if row.flags and row.comparison is not Comparison.SHAPE_MISMATCH:
         lines.append(("see below", "yellow"))
-    return [words(safe(line), style) for line, style in lines]
+    return [tb.words(safe(line), style) for line, style in lines]
 
 
 def _qat_cell(q: QatCheck) -> tuple[str, str]:
@@ -269,7 +259,7 @@ def _only(items: tuple[SideOnly, ...], side: str, ckpt: Checkpoint) -> list[Rend
     for u in unrec:
         lines.append(Text.assemble(text(u.key, "yellow"), " (unrecognised: ", text(u.reason),
                                    ")"))
-    return [Text(title, style="bold"), detail_lines(lines)]
+    return [Text(title, style="bold"), tb.detail_lines(lines)]
 
 
 # --- number formats -------------------------------------------------------------------
