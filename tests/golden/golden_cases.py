@@ -21,6 +21,8 @@ WIDTHS = (80, 160)
 UPDATE_ENV = "QINSPECT_UPDATE_GOLDEN"
 
 SHOW_SAMPLES = sorted(p.name for p in (ROOT / S).iterdir() if p.suffix in (".pt", ".pt2"))
+HF_SAMPLES = sorted(p.name for p in (ROOT / S / "hf").iterdir()
+                    if (p / "config.json").is_file()) if (ROOT / S / "hf").is_dir() else []
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Case:
 
 def _cases() -> list[Case]:
     cases = [Case(f"show-{name}", ("show", f"{S}/{name}")) for name in SHOW_SAMPLES]
+    cases += [Case(f"show-hf-{name}", ("show", f"{S}/hf/{name}")) for name in HF_SAMPLES]
     cases += [Case(f"show-explain-{name}", ("show", f"{S}/{name}", "--explain"))
               for name in ("mlp_int8_fbgemm.pt", "pt2e_mlp_xnnpack.pt2", "lstm_dynamic_int8.pt",
                            "embbag_4bit.pt", "torchao_int4wo_cpu.pt")]
