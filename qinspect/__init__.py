@@ -47,6 +47,11 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """``dir(qinspect)`` lists the public API, not the names this module imports."""
+    return sorted(__all__)
+
+
 def load(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint without executing code from it and normalise it."""
     from qinspect.loaders import load as _load
@@ -61,12 +66,11 @@ def summarise(checkpoint: Checkpoint, layer_glob: str | None = None) -> Summary:
     return _summarise(checkpoint, layer_glob)
 
 
-
 def check(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     *,
     reference: str | os.PathLike[str] | None = None,
-    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    input: str | os.PathLike[str] | None = None,  # mirrors --input
     baseline: str | os.PathLike[str] | None = None,
     config: Any = "auto",
     settings: list[str] | None = None,
@@ -110,7 +114,7 @@ def diff(
 def verify(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     *,
-    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    input: str | os.PathLike[str] | None = None,  # mirrors --input
     reference: str | os.PathLike[str] | None = None,
     model: str | None = None,
     engine: str | None = None,

@@ -154,7 +154,7 @@ def _read_torch(p: Path) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
         raise InputError(f"{p}: refused: the file asks to run code or build objects "
                          "(weights-only loading allows tensors only); save a tensor with "
                          "torch.save(tensor, path)") from exc
-    except Exception as exc:  # noqa: BLE001 - any torch.load failure is a bad file
+    except Exception as exc:  # any torch.load failure is a bad file
         raise InputError(f"{p}: torch could not read it ({_line(exc)}); save a tensor with "
                          "torch.save(tensor, path)") from exc
     items: list[tuple[str, Any]]

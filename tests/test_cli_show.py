@@ -43,8 +43,9 @@ def test_explain_answers_the_forum_question_with_the_files_numbers(cli, mlp):
     text = " ".join(r.out.split())
     scale, zp = q.fc1.scale, q.fc1.zero_point
     lo, hi = (0 - zp) * scale, (255 - zp) * scale
+    q_minus_zp = f"(q - {zp})" if zp > 0 else (f"(q + {-zp})" if zp < 0 else "q")
     assert (f"fc1.scale = {scale:.4g} and fc1.zero_point = {zp} are fc1's output-activation "
-            f"qparams: an output byte q means (q - {zp}) x {scale:.4g}, so fc1 can output "
+            f"qparams: an output byte q means {q_minus_zp} x {scale:.4g}, so fc1 can output "
             f"values in [{lo:.4g}, {hi:.4g}]") in text
     qs, qz = float(q.quant.scale), int(q.quant.zero_point)
     assert f"the input is quantized with scale {qs:.4g} and zero point {qz}" in text

@@ -25,11 +25,13 @@ CELL = re.compile(r"^(.*)\._all_weight_values\.(\d+)\.param$")
 # --- independent torch computations ---------------------------------------------------
 
 
-def torch_weights(path: str | Path) -> dict[str, torch.Tensor]:
+def torch_weights(path: str | Path, rnn_directions: int = 1) -> dict[str, torch.Tensor]:
     """Layer name -> weight tensor (float or quantized) straight from torch.
 
     Only for files these tests (or make_samples) wrote: dynamic RNN cells need
     ``weights_only=False`` to be rebuilt by torch, which qinspect itself never does.
+    Packed RNN cell ``i`` is named as torch names layer ``i // D``, direction ``i % D``
+    (``D`` = ``rnn_directions``, which the test knows from its model).
     """
     sd = torch.load(path, weights_only=False)
     out: dict[str, torch.Tensor] = {}
@@ -38,8 +40,9 @@ def torch_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if cell:
             packed = value.__getstate__()[0][4]
             for gate, p in zip(("ih", "hh"), packed, strict=True):
-                out[f"{cell.group(1)}.cell{cell.group(2)}.{gate}"] = (
-                    torch.ops.quantized.linear_unpack(p)[0])
+                layer, rev = divmod(int(cell.group(2)), rnn_directions)
+                name = f"{cell.group(1)}.weight_{gate}_l{layer}" + ("_reverse" if rev else "")
+                out[name] = torch.ops.quantized.linear_unpack(p)[0]
         elif key.endswith("._packed_params._packed_params"):
             out[key.removesuffix("._packed_params._packed_params")] = value[0]
         elif key.endswith("._packed_params._packed_weight"):
@@ -173,8 +176,8 @@ def test_sample_convnet_folds_batchnorm_and_is_normal_only_when_folded(cli, samp
 def test_sample_lstm_pairs_float_weights_with_dynamic_cells(cli, samples):
     doc = run_json(cli, samples / "lstm_fp32.pt", samples / "lstm_dynamic_int8.pt")
     rows = layers(doc)
-    assert rows["lstm.weight_hh_l1"]["name_b"] == "lstm.cell1.hh"
-    assert "dynamic cell" in rows["lstm.weight_ih_l0"]["paired_by"]
+    assert rows["lstm.weight_hh_l1"]["name_b"] == "lstm.weight_hh_l1"
+    assert rows["lstm.weight_ih_l0"]["paired_by"] == "same module path"
     assert rows["fc"]["name_b"] == "fc"
 
 
@@ -344,21 +347,43 @@ def test_bidirectional_lstm_cells_pair_with_their_direction(cli, tmp_path):
     int8 = tm.save(q.state_dict(), tmp_path / "int8.pt")
     doc = run_json(cli, fp32, int8)
     rows = layers(doc)
-    expected = {"lstm.weight_ih_l0": "lstm.cell0.ih", "lstm.weight_hh_l0_reverse": "lstm.cell1.hh",
-                "lstm.weight_ih_l1": "lstm.cell2.ih", "lstm.weight_hh_l1_reverse": "lstm.cell3.hh"}
-    for float_name, cell in expected.items():
-        assert rows[float_name]["name_b"] == cell
+    for float_name in ("lstm.weight_ih_l0", "lstm.weight_hh_l0_reverse", "lstm.weight_ih_l1",
+                       "lstm.weight_hh_l1_reverse"):
+        assert rows[float_name]["name_b"] == float_name
     assert len(rows) == 8 and doc["only_a"] == [] and doc["only_b"] == []
-    tb = torch_weights(int8)
+    assert q.lstm.bidirectional
+    tb = torch_weights(int8, rnn_directions=2)
     packed = torch.load(int8, weights_only=False)
     for name, row in rows.items():
         attr = name.removeprefix("lstm.")
         assert_matches_torch(row, torch_metrics(getattr(model.lstm, attr), tb[row["name_b"]]))
-        cell, gate = row["name_b"].removeprefix("lstm.cell").split(".")
+        m = re.fullmatch(r"lstm\.weight_(ih|hh)_l(\d)(_reverse)?", row["name_b"])
+        gate, cell = m.group(1), 2 * int(m.group(2)) + bool(m.group(3))
         p = packed[f"lstm._all_weight_values.{cell}.param"].__getstate__()[0][4]
         torch_bias = torch.ops.quantized.linear_unpack(p[0 if gate == "ih" else 1])[1]
         float_bias = getattr(model.lstm, attr.replace("weight", "bias"))
         assert row["bias"]["max_abs_error"] == (float_bias - torch_bias).abs().max().item()
+
+
+def test_rnn_cells_a_file_cannot_name_pair_by_cell_index(cli, tmp_path):
+    """A 1-layer bidirectional LSTM with input size = hidden size packs 2 cells that a
+    dynamic file cannot tell from 2 layers of one direction: qinspect names them l0, l1,
+    and diff still pairs the float ``_reverse`` weights with cell 1."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("lstm", torch.nn.LSTM(5, 5, bidirectional=True))
+    q = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.LSTM}, torch.qint8)
+    fp32 = tm.save(model.state_dict(), tmp_path / "fp32.pt")
+    int8 = tm.save(q.state_dict(), tmp_path / "int8.pt")
+    rows = layers(run_json(cli, fp32, int8))
+    tb = torch_weights(int8)  # one direction: cell 1 named l1, as qinspect names it
+    for gate in ("ih", "hh"):
+        row = rows[f"lstm.weight_{gate}_l0_reverse"]
+        assert row["name_b"] == f"lstm.weight_{gate}_l1"
+        assert "same packed RNN cell" in row["paired_by"]
+        assert_matches_torch(row, torch_metrics(getattr(model.lstm, f"weight_{gate}_l0_reverse"),
+                                                tb[f"lstm.weight_{gate}_l1"]))
+        assert rows[f"lstm.weight_{gate}_l0"]["name_b"] == f"lstm.weight_{gate}_l0"
 
 
 # --- general differ, unrelated and broken inputs --------------------------------------
@@ -512,7 +537,7 @@ def _synthetic(path: str, weight) -> qinspect.model.Checkpoint:
 
 
 def test_pt2e_int8_weights_dequantize_like_the_decomposed_ops(tmp_path):
-    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers the ops
+    import torch.ao.quantization.fx._decomposed  # registers the ops
 
     from qinspect.model import TensorQuant, Weight
 

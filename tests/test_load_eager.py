@@ -127,17 +127,54 @@ def test_dynamic_int8(tmp_path):
     roles = {ref.key: ref.role for ref in fc.keys}
     assert roles["fc.scale"] is Role.UNUSED
     lstm_cells = [lay for lay in ckpt.layers if lay.name.startswith("lstm.")]
+    # torch's own names, those of the float state_dict (layer l = cell l: one direction)
     assert [lay.name for lay in lstm_cells] == [
-        "lstm.cell0.ih", "lstm.cell0.hh", "lstm.cell1.ih", "lstm.cell1.hh"]
+        "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1"]
     assert all(lay.kind.startswith("LSTM") for lay in lstm_cells)
-    assert ckpt.layer("gru.cell0.ih").kind.startswith("GRU")
+    assert ckpt.layer("gru.weight_ih_l0").kind.startswith("GRU")
     # compare with the weights torch itself unpacks from the LSTM module
     for i, cell in enumerate(q.lstm._all_weight_values):
         packed_ih, packed_hh = cell.param.__getstate__()[0][4]
         ih = torch.ops.quantized.linear_unpack(packed_ih)[0]
         hh = torch.ops.quantized.linear_unpack(packed_hh)[0]
-        _assert_weight_matches(ckpt.layer(f"lstm.cell{i}.ih"), ih)
-        _assert_weight_matches(ckpt.layer(f"lstm.cell{i}.hh"), hh)
+        _assert_weight_matches(ckpt.layer(f"lstm.weight_ih_l{i}"), ih)
+        _assert_weight_matches(ckpt.layer(f"lstm.weight_hh_l{i}"), hh)
+
+
+@pytest.mark.parametrize(("input_size", "layers", "bidirectional", "decided"), [
+    (6, 2, True, True),    # cells 2, 3 read both directions: 2H input columns
+    (6, 2, False, True),   # cell 1 reads H columns, cell 0 the input's 6
+    (5, 3, False, True),   # 3 cells: odd, one direction
+    (5, 1, True, False),   # input = hidden, 2 cells: 1 bidirectional layer ...
+    (5, 2, False, False),  # ... or 2 layers of one direction: the file cannot say
+])
+def test_dynamic_rnn_weights_carry_torchs_names(tmp_path, input_size, layers, bidirectional,
+                                               decided):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("rnn", torch.nn.LSTM(input_size, 5, num_layers=layers,
+                                          bidirectional=bidirectional))
+    q = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.LSTM}, torch.qint8)
+    ckpt = _load(q.state_dict(), tmp_path)
+    names = [lay.name for lay in ckpt.layers]
+    float_names = [f"rnn.{k}" for k in model.rnn.state_dict() if k.startswith("weight")]
+    notes = [n.message for lay in ckpt.layers for n in lay.notes if "does not say" in n.message]
+    if decided:
+        assert names == float_names and not notes
+    else:  # named as one direction, with the other reading in a note of every ih weight
+        assert names == ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_ih_l1",
+                         "rnn.weight_hh_l1"]
+        assert len(notes) == 2 and "weight_{ih,hh}_l0_reverse" in notes[1]
+    # every weight is the one torch unpacks from the packed cell of that index
+    directions = 2 if bidirectional else 1
+    for i, cell in enumerate(q.rnn._all_weight_values):
+        packed_ih, packed_hh = cell.param.__getstate__()[0][4]
+        layer, rev = divmod(i, directions if decided else 1)
+        suffix = f"l{layer}" + ("_reverse" if rev else "")
+        _assert_weight_matches(ckpt.layer(f"rnn.weight_ih_{suffix}"),
+                               torch.ops.quantized.linear_unpack(packed_ih)[0])
+        _assert_weight_matches(ckpt.layer(f"rnn.weight_hh_{suffix}"),
+                               torch.ops.quantized.linear_unpack(packed_hh)[0])
 
 
 def test_dynamic_fp16_records_float16_but_stores_float32(tmp_path):

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
-import make_samples  # noqa: E402  (sample_checkpoints/ is put on sys.path by conftest)
+import make_samples  # sample_checkpoints/ is put on sys.path by conftest
 import numpy as np
 import pytest
 import torch

@@ -249,8 +249,8 @@ def test_lstm_chain_output_equals_the_real_quantized_model(samples):
     report = qinspect.verify(samples / "lstm_dynamic_int8.pt", input=samples / "lstm_sample.npy")
     with flows.quant_engine(report.engine), torch.no_grad():
         want = flows.lstm_dynamic().converted_model(torch.from_numpy(x)).numpy()
-    assert report.chain == ("lstm.cell0.ih", "lstm.cell0.hh", "lstm.cell1.ih",
-                            "lstm.cell1.hh", "fc")
+    assert report.chain == ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1",
+                            "lstm.weight_hh_l1", "fc")
     np.testing.assert_array_equal(report.chain_output.values, want)
 
 

@@ -15,6 +15,23 @@ def fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def shifted(var: str, zero_point: int) -> str:
+    """``var`` minus a zero point, signed as a person writes it: ``(q + 128)``, ``(q - 59)``,
+    and plain ``q`` for a zero point of 0 (never ``q - -128`` or ``q - 0``)."""
+    if zero_point == 0:
+        return var
+    sign = "-" if zero_point > 0 else "+"
+    return f"({var} {sign} {abs(zero_point)})"
+
+
+def plus(expr: str, zero_point: int) -> str:
+    """``expr`` plus a zero point: ``round(x / s) + 59``, ``round(x / s) - 128``, or
+    ``round(x / s)`` alone for 0."""
+    if zero_point == 0:
+        return expr
+    return f"{expr} {'+' if zero_point > 0 else '-'} {abs(zero_point)}"
+
+
 def act_range(act: ActQuant) -> tuple[float, float]:
     info = qdtype(act.dtype)
     return act.real_range(info.qmin, info.qmax)
@@ -55,7 +72,7 @@ def _explain_stub(layer: Layer) -> str:
     lo, hi = act_range(out)
     keys = _qparam_keys(out)
     return (f"{keys} quantize the model's float input (the QuantStub): a real input x becomes "
-            f"the byte round(x / {fmt(out.scale)}) + {out.zero_point}, clamped to "
+            f"the byte {plus(f'round(x / {fmt(out.scale)})', out.zero_point)}, clamped to "
             f"[{qdtype(out.dtype).qmin}, {qdtype(out.dtype).qmax}], so inputs outside "
             f"[{fmt(lo)}, {fmt(hi)}] are clipped; this is the input scale of the first layer")
 
@@ -116,5 +133,5 @@ def _explain_output(layer: Layer) -> str:
     keys = _qparam_keys(out)
     assumed = " (quint8 assumed: the file does not record it)" if out.dtype_assumed else ""
     return (f"{keys} are {layer.name}'s output-activation qparams: an output byte q means "
-            f"(q - {out.zero_point}) x {fmt(out.scale)}, so {layer.name} can output values "
-            f"in [{fmt(lo)}, {fmt(hi)}]{assumed}")
+            f"{shifted('q', out.zero_point)} x {fmt(out.scale)}, so {layer.name} can output "
+            f"values in [{fmt(lo)}, {fmt(hi)}]{assumed}")

@@ -4,9 +4,11 @@ Most layers pair by name: ``fc1`` (float ``fc1.weight``) with ``fc1`` (int8
 ``fc1._packed_params._packed_params``), a float ``emb.weight`` with a weight-only ``emb``.
 Two layouts need more:
 
-* RNNs: a float LSTM/GRU loads as ``lstm.weight_ih_l0``, ``lstm.weight_hh_l0_reverse``...
-  and a dynamic one as cells ``lstm.cell{i}.ih`` / ``.hh``; cell ``i`` is layer
-  ``i // D``, direction ``i % D`` (``D`` = 2 when the float side has ``_reverse`` weights);
+* RNNs: float and dynamic LSTM/GRU weights both load under torch's names
+  (``lstm.weight_ih_l0``, ``lstm.weight_hh_l0_reverse``...), but a dynamic file packs
+  cells ``i`` = layer x ``D`` + direction and cannot always say ``D`` (2 cells of a
+  1-layer bidirectional RNN look like 2 layers of a unidirectional one): weights pair
+  by cell index, each side's ``D`` being 2 when it has ``_reverse`` names;
 * fused BatchNorm: ``fuse_modules`` folds a BatchNorm into the conv/Linear before it
   (its sibling in a Sequential, ``features.0`` + ``features.1``) or, in QAT-fused modules,
   its child (``features.0.bn``). A BatchNorm that exists on one side only and sits right
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from qinspect.analyse.fold import BatchNorm, batchnorm_of, foldable
 from qinspect.model import Checkpoint, Layer
 
-FLOAT_RNN = re.compile(
+RNN_WEIGHT = re.compile(
     r"^(?P<module>.*?)\.?weight_(?P<gate>ih|hh)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
 
 
@@ -74,34 +76,31 @@ def pair_layers(a: Checkpoint, b: Checkpoint, fold_bn: bool = True) -> Pairing:
 
 
 def _canonical(layers: tuple[Layer, ...]) -> list[str]:
-    """Names under which layers pair: float RNN weights are renamed to dynamic cells."""
+    """Names under which layers pair: RNN weights by packed cell index."""
     directions: dict[str, int] = {}
     for layer in layers:
-        m = FLOAT_RNN.match(layer.name)
+        m = RNN_WEIGHT.match(layer.name)
         if m and m.group("rev"):
             directions[m.group("module")] = 2
     out = []
     for layer in layers:
-        m = FLOAT_RNN.match(layer.name)
+        m = RNN_WEIGHT.match(layer.name)
         if m is None or layer.weight is None:
             out.append(layer.name)
             continue
         d = directions.get(m.group("module"), 1)
         cell = int(m.group("layer")) * d + (1 if m.group("rev") else 0)
         prefix = f"{m.group('module')}." if m.group("module") else ""
-        out.append(f"{prefix}cell{cell}.{m.group('gate')}")
+        out.append(f"{prefix}<cell {cell}>.{m.group('gate')}")
     return out
 
 
 def _how(a: Layer, b: Layer) -> str:
     if a.name == b.name:
         return "same module path"
-    rnn, cell = (a, b) if FLOAT_RNN.match(a.name) else (b, a)
-    m = FLOAT_RNN.match(rnn.name)
-    direction = "reverse direction" if m and m.group("rev") else "forward direction"
-    layer = m.group("layer") if m else "?"
-    return (f"float RNN weights {rnn.name} (layer {layer}, {direction}) paired with dynamic "
-            f"cell {cell.name}: torch packs cell i = layer x directions + direction")
+    return (f"{a.name} and {b.name} are the same packed RNN cell (torch numbers cells "
+            "layer x directions + direction; one of the files does not say how many "
+            "directions there are)")
 
 
 def _attach_folds(pairs: list[Pair], layers: tuple[Layer, ...], unpaired: list[Layer],

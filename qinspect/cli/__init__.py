@@ -10,6 +10,7 @@ import sys
 import warnings
 
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from qinspect.cli import check as _check
 from qinspect.cli import diff as _diff
@@ -25,10 +26,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.command("show", no_args_is_help=True)(_show.show)
-app.command("check", no_args_is_help=True)(_check.check)
-app.command("diff", no_args_is_help=True)(_diff.diff)
-app.command("verify", no_args_is_help=True)(_verify.verify)
+
+
+class _Command(TyperCommand):
+    """Usage lines as users expect them, ``qinspect diff [OPTIONS] A B`` and
+    ``qinspect check [OPTIONS] CKPT...`` (typer writes ``{A} {B}`` and ``{CKPT}...``)."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or (param.name or "ARG").upper()
+                many = param.nargs != 1 and not name.endswith("...")
+                pieces.append(name + ("..." if many else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+app.command("show", cls=_Command, no_args_is_help=True)(_show.show)
+app.command("check", cls=_Command, no_args_is_help=True)(_check.check)
+app.command("diff", cls=_Command, no_args_is_help=True)(_diff.diff)
+app.command("verify", cls=_Command, no_args_is_help=True)(_verify.verify)
 
 
 def _version(value: bool) -> None:
@@ -70,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("qinspect: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+    except Exception as exc:  # the last line of defence for users
         if _debug():
             raise
         line = str(exc).splitlines()[0][:300] if str(exc) else ""

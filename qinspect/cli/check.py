@@ -27,7 +27,7 @@ def check(
         "checkpoint files of every supported format.")],
     reference: Annotated[OptPath, typer.Option(
         help="Float checkpoint: enables the weight-SQNR rules (QI2xx); one file only.")] = None,
-    input: Annotated[OptPath, typer.Option(  # noqa: A002
+    input: Annotated[OptPath, typer.Option(
         help="Sample input (.npy): enables the output SQNR/clipping rules (QI3xx); one "
         "file only.")] = None,
     baseline: Annotated[OptPath, typer.Option(

@@ -1,4 +1,4 @@
-"""`qinspect show PATH`."""
+"""`qinspect show CKPT`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from qinspect.cli._console import print_json, progress_bar, stdout_console
 
 
 def show(
-    path: Annotated[Path, typer.Argument(help="Checkpoint file (.pt/.pth) to explain.")],
+    path: Annotated[Path, typer.Argument(
+        metavar="CKPT", help="Checkpoint file (.pt/.pth/.pt2) to explain.")],
     layer: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
         "--layer", help="Only layers whose name matches this glob, e.g. 'fc*'.")] = None,
     explain: Annotated[bool, typer.Option(

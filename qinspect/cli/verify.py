@@ -21,7 +21,7 @@ class Engine(str, Enum):
 
 def verify(
     path: Annotated[Path, typer.Argument(metavar="CKPT", help="Quantized checkpoint to run.")],
-    input: Annotated[OptPath, typer.Option(  # noqa: A002
+    input: Annotated[OptPath, typer.Option(
         help="Sample input: .npy, .npz (one array per model input) or a .pt tensor. "
              "Without it every layer runs on synthetic input.")] = None,
     reference: Annotated[OptPath, typer.Option(

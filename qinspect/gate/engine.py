@@ -51,7 +51,7 @@ def run_check(
     measured: Measurements | None = None,
     baseline: Baseline | None = None,
     reference: str | None = None,
-    input: str | None = None,  # noqa: A002 - mirrors --input
+    input: str | None = None,  # mirrors --input
 ) -> CheckResult:
     """Evaluate the rules on a loaded checkpoint and the measurements already made."""
     config = config or CheckConfig()
@@ -126,7 +126,7 @@ def check(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     *,
     reference: str | os.PathLike[str] | Checkpoint | None = None,
-    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    input: str | os.PathLike[str] | None = None,  # mirrors --input
     baseline: str | os.PathLike[str] | None = None,
     config: Any = "auto",
     settings: list[str] | None = None,

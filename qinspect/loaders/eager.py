@@ -384,23 +384,27 @@ def _embedding(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]
 
 
 def _dynamic_rnn(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
-    layers: list[Layer] = []
     bad: list[Unrecognised] = []
-    cells = sorted((int(RNN_CELL.match(n).group(1)), n) for n in list(f.items)
+    names = sorted((int(RNN_CELL.match(n).group(1)), n) for n in list(f.items)
                    if RNN_CELL.match(n))
-    for index, local in cells:
+    cells: list[tuple[int, str, list[tuple[str, Any, Any]]]] = []
+    for index, local in names:
         key, value = f.items.pop(local)
         parsed = _parse_cell(value)
         if parsed is None:
             bad.append(Unrecognised(key, T.describe(value),
                                     "dynamic RNN cell state not in the expected layout"))
             continue
-        layers.extend(_cell_layers(f.module, index, key, parsed))
-    if cells and layers:  # torch reads every cell by hand: a gap, or one the metadata lists
+        cells.append((index, key, parsed))
+    directions, known = _rnn_directions([c[2] for c in cells])
+    layers: list[Layer] = []
+    for index, key, parsed in cells:
+        layers.extend(_cell_layers(f.module, index, key, parsed, directions, known))
+    if names and layers:  # torch reads every cell by hand: a gap, or one the metadata lists
         listed = ctx.children.get(f"{f.module}._all_weight_values" if f.module
                                   else "_all_weight_values", set())
-        count = max([cells[-1][0] + 1] + [int(c) + 1 for c in listed if c.isdigit()])
-        indices = range(count) if count <= len(cells) + MAX_GAP else [i for i, _ in cells]
+        count = max([names[-1][0] + 1] + [int(c) + 1 for c in listed if c.isdigit()])
+        indices = range(count) if count <= len(names) + MAX_GAP else [i for i, _ in names]
         f.expect(*(f"_all_weight_values.{i}.param" for i in indices), by_hand=True)
         layers[0] = _incomplete(layers[0], *_missing(f))
     return layers, bad + f.leftovers("dynamic RNN")
@@ -425,24 +429,54 @@ def _parse_cell(value: Any) -> list[tuple[str, Any, Any]] | None:
     return out
 
 
-def _cell_layers(module: str, index: int, key: str, parsed: list) -> list[Layer]:
+def _rnn_directions(cells: list[list[tuple[str, Any, Any]]]) -> tuple[int, bool]:
+    """1 or 2 directions, and whether the shapes decide it.
+
+    torch packs cell ``i`` = layer ``i // D``, direction ``i % D``. Unidirectional: cell
+    ``i >= 1`` reads the hidden state (``H`` input columns); bidirectional: cells 0 and 1
+    read the input, cells ``>= 2`` both directions (``2H``). Only 2 cells whose input size
+    equals the hidden size fit both (a 2-layer RNN or a 1-layer bidirectional one)."""
+    if not cells:
+        return 1, True
+    cols = [int(c[0][1].shape[1]) for c in cells]
+    hidden = int(cells[0][1][1].shape[1])
+    uni = all(c == hidden for c in cols[1:])
+    bi = (len(cols) % 2 == 0 and cols[1] == cols[0]
+          and all(c == 2 * hidden for c in cols[2:]))
+    if bi and not uni:
+        return 2, True
+    return 1, not bi
+
+
+def rnn_weight_name(module: str, gate: str, layer: int, reverse: bool) -> str:
+    """torch's own name: ``lstm.weight_ih_l0``, ``lstm.weight_hh_l1_reverse``."""
+    leaf = f"weight_{gate}_l{layer}" + ("_reverse" if reverse else "")
+    return f"{module}.{leaf}" if module else leaf
+
+
+def _cell_layers(module: str, index: int, key: str, parsed: list, directions: int,
+                 known: bool) -> list[Layer]:
     hidden = int(parsed[1][1].shape[1])
     gates = int(parsed[0][1].shape[0]) // max(hidden, 1)
     kind = RNN_KINDS.get(gates, "RNN")
-    source = DYNAMIC_SOURCE
+    layer, reverse = divmod(index, directions)
     layers = []
     for gate, w, b in parsed:
         notes: list[Note] = []
-        if index == 0 and gate == "ih":
-            notes.append(Note(Level.INFO, "cells are numbered in torch's order: cell i is "
-                              "layer i of a unidirectional RNN; a bidirectional one alternates "
-                              "directions (the file does not say which it is)"))
+        if not known and gate == "ih":
+            notes.append(Note(Level.INFO, f"packed cell {index} of {kind} '{module}': the "
+                              f"file does not say whether this is layer {index} of a "
+                              f"unidirectional {kind} (the name used here) or direction "
+                              f"{index} of layer 0 of a bidirectional one "
+                              f"(weight_{{ih,hh}}_l0{'_reverse' if index else ''}): 2 cells "
+                              "with input size = hidden size fit both"))
         weight = _weight(key, w, None, notes)
         bias = T.float_values(b) if T.is_tensor(b) else None
         layers.append(Layer(
-            name=f"{module}.cell{index}.{gate}", kind=f"{kind} gates ({gate})",
+            name=rnn_weight_name(module, gate, layer, bool(reverse)),
+            kind=f"{kind} gates ({gate})",
             mode=Mode.DYNAMIC, keys=(KeyRef(key, Role.WEIGHT),), weight=weight, bias=bias,
-            bias_key=key if bias is not None else None, input_source=source,
+            bias_key=key if bias is not None else None, input_source=DYNAMIC_SOURCE,
             notes=tuple(notes),
         ))
     return layers

@@ -939,6 +939,6 @@ def scan_globals(data: bytes, limit: int = 10_000) -> list[str]:
                 strings = strings[-2:]
             elif op.name == "STACK_GLOBAL" and len(strings) == 2:
                 names.append(f"{strings[0]}.{strings[1]}")
-    except Exception:  # noqa: BLE001 - a damaged pickle: report what was seen so far
+    except Exception:  # a damaged pickle: report what was seen so far
         pass
     return names

@@ -425,7 +425,7 @@ def render_text(result: CheckResult, fmt: str) -> str:
 def _plain(renderable: RenderableType) -> str:
     from rich.console import Console
 
-    console = Console(width=120, record=True, file=open(os.devnull, "w"),  # noqa: SIM115
+    console = Console(width=120, record=True, file=open(os.devnull, "w"),
                       color_system=None, highlight=False)
     console.print(renderable)
     console.file.close()

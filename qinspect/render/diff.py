@@ -22,6 +22,8 @@ from qinspect.analyse.diff import (
     WeightError,
 )
 from qinspect.model import Checkpoint
+from qinspect.render import table as tb
+from qinspect.render.show import short_kind
 from qinspect.render.text import num, safe, size, text
 
 DIFF_SCHEMA = "qinspect.diff/1"
@@ -104,39 +106,41 @@ def _size_line(s: DiffSummary) -> str:
 # --- table ---------------------------------------------------------------------------
 
 
-def _table(r: DiffReport) -> Table:
-    t = Table(show_lines=False, header_style="bold", expand=False)
-    for col, justify in (("layer", "left"), ("SQNR", "right"), ("error", "right"),
-                         ("clipped", "right"), ("cosine", "right"), ("notes", "left")):
-        t.add_column(col, overflow="fold", justify=justify)  # type: ignore[arg-type]
+DIFF_COLUMNS = (tb.Column("layer"), *(tb.Column(h, "right", wraps=False)
+                                      for h in ("SQNR", "error", "clipped", "cosine")),
+                tb.Column("notes"))
+
+
+def _table(r: DiffReport) -> tb.FitTable:
+    t = tb.FitTable(DIFF_COLUMNS)
     for row in r.layers:
         t.add_row(_layer_cell(row), *_weight_cells(row.weight), _notes_cell(row))
     return t
 
 
-def _layer_cell(row: LayerDiff) -> Text:
-    cell = text(row.name)
+def _layer_cell(row: LayerDiff) -> list[tb.Line]:
+    cell = [tb.name(row.name)]
     if row.name_b != row.name:
-        cell.append("\n= B ")
-        cell.append(safe(row.name_b))
+        cell.append(tb.joined(tb.atom("= B "), tb.name(row.name_b)))
     kind = row.kind_b if row.mode_b != "float" else row.kind_a
-    modes = f"{row.mode_a} -> {row.mode_b}".replace("_", " ")
-    cell.append(f"\n{safe(kind)}\n{modes}", style="dim")
+    cell.append(tb.label(short_kind(kind), "dim"))
+    cell.append(tb.joined(tb.atom(row.mode_a.replace("_", " "), "dim"),
+                          tb.atom(f" -> {row.mode_b}".replace("_", " "), "dim")))
     return cell
 
 
-def _weight_cells(w: WeightError | None) -> list[Text]:
+def _weight_cells(w: WeightError | None) -> list[list[tb.Line]]:
     if w is None:
-        return [Text("-", style="dim") for _ in range(4)]
-    error = Text(f"max {_num(w.max_abs_error)}\nmean {_num(w.mean_abs_error)}")
+        return [[tb.atom("-", "dim")] for _ in range(4)]
+    error = [tb.atom(f"max {_num(w.max_abs_error)}"), tb.atom(f"mean {_num(w.mean_abs_error)}")]
     if w.max_error_lsb is not None:
-        error.append(f"\nmax {lsb(w.max_error_lsb)}")
-    clipped = (Text(pct(w.clipped_fraction)) if w.clipped_fraction is not None
-               else Text("-", style="dim"))
-    return [Text(db(w.sqnr_db)), error, clipped, Text(cosine(w.cosine_similarity))]
+        error.append(tb.atom(f"max {lsb(w.max_error_lsb)}"))
+    clipped = (tb.atom(pct(w.clipped_fraction)) if w.clipped_fraction is not None
+               else tb.atom("-", "dim"))
+    return [[tb.atom(db(w.sqnr_db))], error, [clipped], [tb.atom(cosine(w.cosine_similarity))]]
 
 
-def _notes_cell(row: LayerDiff) -> Text:
+def _notes_cell(row: LayerDiff) -> list[tb.Line]:
     lines: list[tuple[str, str]] = []
     if row.problem:
         lines.append((row.problem, "bold red"))
@@ -159,10 +163,7 @@ def _notes_cell(row: LayerDiff) -> Text:
         lines.append((f"bias only in {row.bias_in.upper()}", "yellow"))
     if row.flags and row.comparison is not Comparison.SHAPE_MISMATCH:
         lines.append(("see below", "yellow"))
-    cell = Text()
-    for i, (line, style) in enumerate(lines):
-        cell.append(("\n" if i else "") + safe(line), style=style)
-    return cell
+    return [tb.words(safe(line), style) for line, style in lines]
 
 
 def _qat_cell(q: QatCheck) -> tuple[str, str]:
@@ -217,7 +218,7 @@ def _bullets(title: str, lines: list[tuple[str, str]]) -> RenderableType:
 def _one_sided_parts(r: DiffReport) -> RenderableType | None:
     """What paired layers hold on one side only, grouped so each combination is said once."""
     groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
-    for row in r.layers:
+    for row in module_order(r):
         if row.only_a or row.only_b:
             groups.setdefault((row.only_a, row.only_b), []).append(row.name)
     if not groups:
@@ -228,6 +229,12 @@ def _one_sided_parts(r: DiffReport) -> RenderableType | None:
                 f"B has {', '.join(only_b)}" if only_b else ""]
         lines.append((f"{', '.join(names)}: {'; '.join(x for x in said if x)}", "dim"))
     return _bullets("Present on one side only (paired layers)", lines)
+
+
+def module_order(r: DiffReport) -> list[LayerDiff]:
+    """The table's rows in A's module (or graph) order, whatever ``--sort`` chose."""
+    position = {lay.name: i for i, lay in enumerate(r.a.layers)}
+    return sorted(r.layers, key=lambda row: position.get(row.name, len(position)))
 
 
 def _is_warning(line: str) -> bool:
@@ -242,17 +249,17 @@ def _only(items: tuple[SideOnly, ...], side: str, ckpt: Checkpoint) -> list[Rend
         return []
     title = f"\nOnly in {side} ({len(items)} layer(s)"
     title += f", {len(unrec)} unrecognised key(s))" if unrec else ")"
-    parts: list[RenderableType] = [Text(title, style="bold")]
+    lines: list[Text] = []
     for item in items:
         keys = ", ".join(safe(k) for k in item.keys[:MAX_KEYS_LISTED])
         more = f" (+{len(item.keys) - MAX_KEYS_LISTED} more)" \
             if len(item.keys) > MAX_KEYS_LISTED else ""
-        parts.append(Text.assemble("  ", text(item.name, "cyan"), f" ({safe(item.kind)}, "
-                                   f"{item.mode.replace('_', ' ')}): ", (keys + more, "dim")))
+        what = f"{short_kind(item.kind)}, {item.mode.replace('_', ' ')}"
+        lines.append(Text.assemble(text(item.name, "cyan"), f" ({what}): ", (keys + more, "dim")))
     for u in unrec:
-        parts.append(Text.assemble("  ", text(u.key, "yellow"), " (unrecognised: ",
-                                   text(u.reason), ")"))
-    return parts
+        lines.append(Text.assemble(text(u.key, "yellow"), " (unrecognised: ", text(u.reason),
+                                   ")"))
+    return [Text(title, style="bold"), tb.detail_lines(lines)]
 
 
 # --- number formats -------------------------------------------------------------------

@@ -13,12 +13,24 @@ from qinspect.analyse.explain import act_range, explain_layer
 from qinspect.analyse.health import WeightHealth
 from qinspect.analyse.summary import LayerSummary, Summary
 from qinspect.model import ActQuant, Layer, Level, Weight
+from qinspect.render.table import (
+    Column,
+    FitTable,
+    Line,
+    atom,
+    detail_lines,
+    joined,
+    label,
+    name,
+    said,
+    words,
+)
 from qinspect.render.text import num, percent, safe, size, text
 
 SHOW_SCHEMA = "qinspect.show/1"
 INPUT_LABELS = {
     "not_quantized": "float input",
-    "dynamic": "dynamic\n(per batch)",
+    "dynamic": "dynamic (per batch)",
     "unknown": "unknown",
 }
 
@@ -29,6 +41,9 @@ def render_show(summary: Summary, explain: bool = False) -> RenderableType:
 
         return render_hf_show(summary, explain)
     parts: list[RenderableType] = [_header(summary), _table(summary)]
+    flags = _health_flags(summary)
+    if flags is not None:
+        parts.append(flags)
     if explain:
         parts.append(_explanations(summary))
     notes = _notes(summary)
@@ -63,62 +78,95 @@ def _header(s: Summary) -> RenderableType:
     return grid
 
 
-def _table(s: Summary) -> Table:
-    t = Table(show_lines=False, header_style="bold", expand=False)
-    for col in ("layer", "kind / mode", "weight", "input", "output", "health"):
-        t.add_column(col, overflow="fold")
+SHOW_COLUMNS = (Column("layer"), Column("kind"), Column("weight"), Column("input"),
+                Column("output"), Column("health"))
+
+
+def _table(s: Summary) -> FitTable:
+    t = FitTable(SHOW_COLUMNS)
     for row in s.layers:
         lay = row.layer
-        kind = Text.assemble(text(lay.kind), "\n", (lay.mode.value.replace("_", " "), "dim"))
-        t.add_row(text(lay.name), kind, _weight_cell(lay.weight), _input_cell(lay),
+        kind = [label(short_kind(lay.kind)), atom(lay.mode.value.replace("_", " "), "dim")]
+        t.add_row([name(lay.name)], kind, _weight_cell(lay.weight), _input_cell(lay),
                   _act_cell(lay.output), _health_cell(row.health))
     return t
 
 
-def _weight_cell(w: Weight | None) -> Text:
+def short_kind(kind: object) -> str:
+    """The table's label: ``linear (int8 weight, q/dq around activations)`` -> ``linear``;
+    the long form is in ``--explain`` and ``--json``."""
+    short = safe(kind).split(" (", 1)[0]
+    return SHORT_KINDS.get(short, short)
+
+
+SHORT_KINDS = {"Embedding or EmbeddingBag": "Embedding(Bag)"}
+DASH = [atom("-", "dim")]
+
+
+def _range(what: str, lo: str, hi: str) -> Line:
+    """``scale 0.000279..0.000282``, which may break before ``..`` (never in a number)."""
+    if lo == hi:
+        return [(what, ""), (f" {lo}", "")]
+    return [(what, ""), (f" {lo}", ""), (f"..{hi}", "")]
+
+
+def _weight_cell(w: Weight | None) -> list[Line]:
     if w is None:
-        return Text("-", style="dim")
+        return DASH
     shape = "x".join(map(str, w.shape))
     if w.quant is None:
-        return Text(f"{w.stored_dtype} [{shape}]")
+        return [words(f"{w.stored_dtype} {shape}")]
     q = w.quant
-    scheme = f"per-channel (axis {q.axis})" if q.axis is not None else "per-tensor"
+    scheme = ([("per-channel", ""), (f" (axis {q.axis})", "")] if q.axis is not None
+              else atom("per-tensor"))
     if q.axis is None and q.qscheme.startswith(("per_group", "block")):
-        scheme = q.qscheme.replace("_affine", "").replace("_", "-")
+        scheme = atom(q.qscheme.replace("_affine", "").replace("_", "-"))
     dtype = q.dtype if w.is_quantized else f"float -> {q.dtype}"
-    scales = (f"scale {num(float(q.scale[0]), 3)}" if q.scale.size == 1 else
-              f"scale {num(float(np.min(q.scale)), 3)}..{num(float(np.max(q.scale)), 3)}")
     zps = np.unique(q.zero_point)
-    zp = f"zp {num(float(zps[0]))}" if zps.size == 1 else f"zp {num(float(zps.min()))}.." \
-        f"{num(float(zps.max()))}"
-    return Text(f"{dtype} [{shape}]\n{scheme}\n{scales}\n{zp}")
+    return [words(f"{dtype} {shape}"), scheme,
+            _range("scale", num(float(np.min(q.scale)), 3), num(float(np.max(q.scale)), 3)),
+            _range("zp", num(float(zps.min())), num(float(zps.max())))]
 
 
-def _input_cell(lay: Layer) -> Text:
+def _input_cell(lay: Layer) -> list[Line]:
     src = lay.input_source
     if src is None:
-        return Text("-", style="dim")
+        return DASH
     if lay.input is not None:
-        origin = safe(src.layer or "?") + (" (inferred)" if src.inferred else "")
-        return Text(f"scale {num(lay.input.scale)}\nzp {lay.input.zero_point}\nfrom {origin}")
-    return Text(INPUT_LABELS.get(src.kind.value, src.kind.value))
+        origin = joined(atom("from "), name(src.layer or "?"),
+                        words(" (inferred)") if src.inferred else [])
+        return [_range("scale", num(lay.input.scale), num(lay.input.scale)),
+                atom(f"zp {lay.input.zero_point}"), origin]
+    return [words(INPUT_LABELS.get(src.kind.value, src.kind.value))]
 
 
-def _act_cell(act: ActQuant | None) -> Text:
+def _act_cell(act: ActQuant | None) -> list[Line]:
     if act is None:
-        return Text("-", style="dim")
+        return DASH
     lo, hi = act_range(act)
-    return Text(f"scale {num(act.scale)}\nzp {act.zero_point}\n[{num(lo)}, {num(hi)}]")
+    return [_range("scale", num(act.scale), num(act.scale)), atom(f"zp {act.zero_point}"),
+            [(f"[{num(lo)},", ""), (f" {num(hi)}]", "")]]
 
 
-def _health_cell(h: WeightHealth | None) -> Text:
+def _health_cell(h: WeightHealth | None) -> list[Line]:
     if h is None:
-        return Text("-", style="dim")
+        return DASH
     style = "yellow" if h.flags else "green"
-    body = f"{percent(h.range_used)} of range\n{percent(h.saturated_fraction)} at edges"
+    lines = [joined(atom(percent(h.range_used), style), words(" of range", style)),
+             joined(atom(percent(h.saturated_fraction), style), words(" at edges", style))]
     if h.flags:
-        body += "\n" + "\n".join(h.flags)
-    return Text(body, style=style)
+        lines.append(words("see below", "bold yellow"))
+    return lines
+
+
+def _health_flags(s: Summary) -> RenderableType | None:
+    """Health flags: sentences too long for a cell, listed under the table."""
+    lines = [(row.layer.name, flag) for row in s.layers if row.health is not None
+             for flag in row.health.flags]
+    if not lines:
+        return None
+    return Group(Text("\nWeight health flags", style="bold yellow"),
+                 detail_lines([said(n, f, "yellow") for n, f in lines]))
 
 
 def _explanations(s: Summary) -> RenderableType:
@@ -150,11 +198,10 @@ def _dead_weights(s: Summary) -> RenderableType | None:
     parts: list[RenderableType] = [Text(f"\nDead weight: {len(dead)} stored tensors "
                                         f"({size(total)}) the graph never reads",
                                         style="bold yellow")]
-    for d in dead:
-        shape = "x".join(str(x) for x in d.shape) or "scalar"
-        parts.append(Text.assemble("  ", text(d.key, "yellow"),
-                                   f" ({safe(d.dtype)} [{shape}], {size(d.nbytes)})"))
-    return Group(*parts)
+    lines = [Text.assemble(text(d.key, "yellow"), f" ({safe(d.dtype)} "
+                           f"[{'x'.join(str(x) for x in d.shape) or 'scalar'}], "
+                           f"{size(d.nbytes)})") for d in dead]
+    return Group(*parts, detail_lines(lines))
 
 
 def _notes(s: Summary) -> RenderableType | None:
@@ -162,11 +209,9 @@ def _notes(s: Summary) -> RenderableType | None:
     lines += [(row.layer.name, n) for row in s.layers for n in row.layer.notes]
     if not lines:
         return None
-    parts: list[RenderableType] = [Text("\nNotes", style="bold")]
-    for name, note in lines:
-        style = "yellow" if note.level is Level.WARNING else ""
-        parts.append(Text.assemble("  ", text(name, "cyan"), ": ", text(note.message, style)))
-    return Group(*parts)
+    return Group(Text("\nNotes", style="bold"), detail_lines(
+        [said(who, note.message, "yellow" if note.level is Level.WARNING else "")
+         for who, note in lines]))
 
 
 def _unrecognised(s: Summary) -> RenderableType:
@@ -174,10 +219,9 @@ def _unrecognised(s: Summary) -> RenderableType:
     if not items:
         return Text("\nEvery key of the file is attributed to a layer.", style="green")
     parts: list[RenderableType] = [Text(f"\nUnrecognised keys ({len(items)})", style="bold yellow")]
-    for u in items:
-        parts.append(Text.assemble("  ", text(u.key, "yellow"), f" ({safe(u.description)}): ",
-                                   text(u.reason)))
-    return Group(*parts)
+    lines = [Text.assemble(text(u.key, "yellow"), f" ({safe(u.description)}): ", text(u.reason))
+             for u in items]
+    return Group(*parts, detail_lines(lines))
 
 
 # --- JSON -----------------------------------------------------------------------------

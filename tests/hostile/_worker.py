@@ -115,7 +115,7 @@ def _run(cli_main, job: dict, capture) -> dict:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    except BaseException:  # noqa: BLE001 - reported: main() must never let one escape
+    except BaseException:  # reported: main() must never let one escape
         code = -1
         escaped = traceback.format_exc()
     seconds = time.perf_counter() - start

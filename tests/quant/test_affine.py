@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+import torch.ao.quantization.fx._decomposed  # registers quantized_decomposed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -170,7 +170,7 @@ def _qconfig(layer: Layer) -> Any:
 def module_name(layer: Layer) -> str:
     """The module that holds a layer (RNN gate layers live in their RNN module)."""
     if layer.mode is Mode.DYNAMIC and "gates" in layer.kind:
-        return layer.name.rsplit(".cell", 1)[0]
+        return layer.name.rsplit(".weight_", 1)[0]
     return layer.name
 
 
@@ -553,7 +553,7 @@ def _lstm(ctx: Context, ckpt: Checkpoint, name: str, module: Any, f_calls: list
         x = x[:, None, :]
     rows: list[LayerVerify] = []
     for k in range(module.num_layers):
-        ih, hh = by_name.get(f"{name}.cell{k}.ih"), by_name.get(f"{name}.cell{k}.hh")
+        ih, hh = by_name.get(f"{name}.weight_ih_l{k}"), by_name.get(f"{name}.weight_hh_l{k}")
         if ih is None or hh is None:
             break
         w_ih = getattr(module, f"weight_ih_l{k}").detach().numpy()

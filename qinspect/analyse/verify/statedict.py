@@ -133,10 +133,10 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> T.VerifyRepor
                     flow.real = None if flow.real is None else flow.real[None]
             first_consumer_done = True
         try:
-            if how == "lstm" and layer.name.endswith(".ih"):
+            if how == "lstm" and layer.kind.endswith("(ih)"):
                 hh = _sibling(layers, layer)
                 if hh is None:
-                    rows.append(V.not_verified(layer, "its hidden-to-hidden gates (.hh) are "
+                    rows.append(V.not_verified(layer, "its hidden-to-hidden gates (weight_hh) are "
                                                       "missing from the file"))
                     flow = None
                     continue
@@ -383,7 +383,7 @@ def _dynamic(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify
 
 
 def _sibling(layers: list[Layer], ih: Layer) -> Layer | None:
-    name = ih.name[: -len(".ih")] + ".hh"
+    name = ih.name.replace("weight_ih_", "weight_hh_")
     return next((lay for lay in layers if lay.name == name), None)
 
 
@@ -427,7 +427,7 @@ def _lstm(ctx: Context, ih: Layer, hh: Layer, flow: Flow | None
 
 def _gate_isolated(ctx: Context, layer: Layer) -> LayerVerify:
     k = layer.weight.shape[1]
-    if layer.name.endswith(".hh"):
+    if "weight_hh_" in layer.name.rsplit(".", 1)[-1]:
         x = ctx.rng.uniform(-1, 1, size=(_batch(ctx), k)).astype(np.float32)
         text = f"isolated, synthetic hidden state {shape_text(x.shape)} uniform over [-1, 1]"
     else:

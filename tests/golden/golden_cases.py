@@ -1,0 +1,124 @@
+"""The command lines whose human output is kept as golden files, and how to run them.
+
+Every case runs in-process from the repository root with relative sample paths (so the
+text does not depend on where the checkout lives), with ``COLUMNS`` set and no colour
+(stdout is captured, not a terminal), as Polygraphy's ``inspect model`` tests do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = Path(__file__).resolve().parent / "expected"
+S = "sample_checkpoints"
+WIDTHS = (80, 160)
+UPDATE_ENV = "QINSPECT_UPDATE_GOLDEN"
+
+SHOW_SAMPLES = sorted(p.name for p in (ROOT / S).iterdir() if p.suffix in (".pt", ".pt2"))
+HF_SAMPLES = sorted(p.name for p in (ROOT / S / "hf").iterdir()
+                    if (p / "config.json").is_file()) if (ROOT / S / "hf").is_dir() else []
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+
+
+def _cases() -> list[Case]:
+    cases = [Case(f"show-{name}", ("show", f"{S}/{name}")) for name in SHOW_SAMPLES]
+    cases += [Case(f"show-hf-{name}", ("show", f"{S}/hf/{name}")) for name in HF_SAMPLES]
+    cases += [Case(f"show-explain-{name}", ("show", f"{S}/{name}", "--explain"))
+              for name in ("mlp_int8_fbgemm.pt", "pt2e_mlp_xnnpack.pt2", "lstm_dynamic_int8.pt",
+                           "embbag_4bit.pt", "torchao_int4wo_cpu.pt")]
+    pairs = [("mlp_fp32.pt", "mlp_int8_fbgemm.pt"), ("mlp_fp32.pt", "mlp_int8_qnnpack.pt"),
+             ("mlp_int8_fbgemm.pt", "mlp_int8_qnnpack.pt"),
+             ("mlp_qat_frozen_prepared.pt", "mlp_qat_frozen_int8.pt"),
+             ("mlp_qat_prepared.pt", "mlp_int8_fbgemm.pt"),
+             ("mlp_fused_fp32.pt", "mlp_fused_int8.pt"), ("convnet_fp32.pt", "convnet_int8.pt"),
+             ("lstm_fp32.pt", "lstm_dynamic_int8.pt"), ("dynlinear_fp32.pt", "dynlinear_int8.pt"),
+             ("dynlinear_fp32.pt", "dynlinear_fp16.pt"), ("embbag_fp32.pt", "embbag_4bit.pt"),
+             ("format_net_fp32.pt", "pt2e_mlp_x86.pt2"),
+             ("mlp_fp32.pt", "torchao_int8wo.pt")]
+    cases += [Case(f"diff-{a}-{b}", ("diff", f"{S}/{a}", f"{S}/{b}")) for a, b in pairs]
+    runs = [("mlp_int8_fbgemm.pt", "sample.npy"), ("convnet_int8.pt", "conv_sample.npy"),
+            ("lstm_dynamic_int8.pt", "lstm_sample.npy"), ("dynlinear_int8.pt", None),
+            ("pt2e_mlp_x86.pt2", "format_net_input.npy")]
+    for ckpt, sample in runs:
+        extra = ("--input", f"{S}/{sample}") if sample else ()
+        cases.append(Case(f"verify-{ckpt}", ("verify", f"{S}/{ckpt}", *extra)))
+    cases += [
+        Case("check-mlp_int8_fbgemm.pt", ("check", f"{S}/mlp_int8_fbgemm.pt")),
+        Case("check-reference-input-mlp_int8_fbgemm.pt",
+             ("check", f"{S}/mlp_int8_fbgemm.pt", "--reference", f"{S}/mlp_fp32.pt",
+              "--input", f"{S}/sample.npy")),
+        Case("check-mlp_qat_prepared.pt", ("check", f"{S}/mlp_qat_prepared.pt")),
+        Case("check-embbag_4bit.pt", ("check", f"{S}/embbag_4bit.pt")),
+    ]
+    return cases
+
+
+CASES = _cases()
+_CACHE: dict[tuple[str, int], tuple[int, str]] = {}
+
+
+def run(case: Case, width: int) -> tuple[int, str]:
+    """Exit code and stdout of ``qinspect ARGV`` at ``width`` columns (cached per run)."""
+    key = (case.id, width)
+    if key not in _CACHE:
+        _CACHE[key] = _run(case.argv, width)
+    return _CACHE[key]
+
+
+def _run(argv: tuple[str, ...], width: int) -> tuple[int, str]:
+    from qinspect.cli import main
+
+    names = ("COLUMNS", "LINES", "QINSPECT_DEBUG", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(COLUMNS=str(width), LINES="50", NO_COLOR="1")
+    for k in ("QINSPECT_DEBUG", "FORCE_COLOR", "TTY_COMPATIBLE"):
+        os.environ.pop(k, None)
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(argv))
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (exc.code is not None) * 2
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return code, out.getvalue()
+
+
+VOLATILE = [
+    (re.compile(r"\b\d+(?:\.\d+)? ?(?:ms|s) elapsed\b"), "<time> elapsed"),
+]
+
+
+def normalise(text: str) -> str:
+    """Trailing spaces dropped; volatile parts (timings) replaced by placeholders.
+
+    Paths need nothing: cases run from the repository root with relative paths."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    out = "\n".join(lines).rstrip("\n") + "\n"
+    for pattern, placeholder in VOLATILE:
+        out = pattern.sub(placeholder, out)
+    return out
+
+
+def expected_path(case: Case, width: int) -> Path:
+    return EXPECTED / f"{case.id}.{width}.txt"
