@@ -47,7 +47,7 @@ def test_every_rule_has_one_check():
 
 
 def test_public_check_is_the_function_not_the_package():
-    import qinspect.gate.engine  # noqa: F401 - importing submodules must not rebind it
+    import qinspect.gate.engine
 
     assert callable(qinspect.check) and qinspect.check.__module__ == "qinspect"
 

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from qinspect.analyse.verify.kernels import conv_sum  # noqa: E402
-from qinspect.quant import reference as R  # noqa: E402
+from qinspect.analyse.verify.kernels import conv_sum
+from qinspect.quant import reference as R
 
 
 @pytest.mark.parametrize(("shape", "groups", "stride", "padding", "dilation"), [

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from qinspect.analyse import packed_checks as P
 from qinspect.analyse.health import FLOAT32_TINY, WeightHealth
 from qinspect.gate.catalogue import RULES, Severity
 from qinspect.gate.config import CheckConfig, LayerSettings
-from qinspect.analyse import packed_checks as P
 from qinspect.model import (
     ActQuant,
     Checkpoint,

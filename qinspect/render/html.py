@@ -119,7 +119,7 @@ def page(title: str, command: str, body: Sequence[str], data: dict[str, Any]) ->
 # --- building blocks (all return escaped HTML) ------------------------------------------
 
 
-def section(title: str, *parts: str, id: str | None = None) -> str:  # noqa: A002
+def section(title: str, *parts: str, id: str | None = None) -> str:
     anchor = f' id="{esc(id)}"' if id else ""
     return f"<section{anchor}><h2>{esc(title)}</h2>\n" + "".join(parts) + "</section>\n"
 

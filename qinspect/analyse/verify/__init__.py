@@ -45,7 +45,7 @@ __all__ = ["ChainOutput", "EndToEnd", "InputKind", "KernelAgreement", "LayerVeri
 def verify(
     checkpoint: str | os.PathLike[str] | Checkpoint,
     *,
-    input: str | os.PathLike[str] | None = None,  # noqa: A002 - mirrors --input
+    input: str | os.PathLike[str] | None = None,
     reference: str | os.PathLike[str] | None = None,
     model: str | None = None,
     engine: str | None = None,

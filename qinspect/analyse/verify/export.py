@@ -226,7 +226,7 @@ class Interpreter:
             raise VerifyError(f"the graph calls {target!r}; verify runs only aten and "
                               "quantized_decomposed operators")
         if "quantized_decomposed" in target:
-            import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers the ops
+            import torch.ao.quantization.fx._decomposed
         fn: Any = torch.ops
         for part in target.removeprefix("torch.ops.").split("."):
             fn = getattr(fn, part, None)

@@ -60,7 +60,7 @@ def load_builder(spec: str) -> Any:
             module = importlib.import_module(target)
     except InputError:
         raise
-    except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+    except BaseException as exc:
         raise InputError(f"--model: importing {target} failed ({_line(exc)}); fix the module "
                          "or check the path") from exc
     builder = getattr(module, name, None)
@@ -109,7 +109,7 @@ def build_float(builder: Any, spec: str, reference_path: str) -> Any:
 
     try:
         model = builder()
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         raise InputError(f"--model: {spec}() failed ({_line(exc)}); --model needs a class "
                          "or function that builds the model with no arguments") from exc
     if not isinstance(model, torch.nn.Module):
@@ -130,7 +130,7 @@ def _is_tensor(v: Any) -> bool:
 def _load(model: Any, state: Any, strict: bool, where: str) -> tuple[list[str], list[str]]:
     try:
         result = model.load_state_dict(state, strict=False)
-    except Exception as exc:  # noqa: BLE001 - shape mismatches etc.
+    except Exception as exc:
         raise InputError(f"loading {where} failed ({_line(exc)}); is it the right model "
                          "class for this file?") from exc
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
@@ -227,7 +227,7 @@ def build_quantized(float_model: Any, ckpt: Checkpoint, ctx: Context) -> Any:
                 spec = {n: (tq.float16_dynamic_qconfig if _fp16(lay) else
                             tq.default_dynamic_qconfig) for n, lay in dynamic.items()}
                 tq.quantize_dynamic(m, spec, inplace=True)
-        except Exception as exc:  # noqa: BLE001 - torch's convert on user code
+        except Exception as exc:
             raise VerifyError(f"--model: building the quantized model with torch's eager "
                               f"convert failed ({_line(exc)})") from exc
         raw = read_file(ckpt.path)
@@ -240,7 +240,7 @@ def build_quantized(float_model: Any, ckpt: Checkpoint, ctx: Context) -> Any:
         state._metadata = raw.metadata or current._metadata  # type: ignore[attr-defined]
         try:
             result = m.load_state_dict(state, strict=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise VerifyError(f"--model: loading {ckpt.path} into the quantized model failed "
                               f"({_line(exc)})") from exc
         missing = list(result.missing_keys)
@@ -271,7 +271,7 @@ def _load_cells(m: Any, cells: dict[str, Any]) -> None:
             reduce_range = bool(longs[0]) if longs else True
             cell = torch.ops.quantized.make_quantized_cell_params_dynamic(
                 packs[0], packs[1], biases[0], biases[1], reduce_range)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise VerifyError(f"--model: cannot rebuild the dynamic RNN cell {key} "
                               f"({_line(exc)})") from exc
         m.get_submodule(prefix)._all_weight_values[index].param = cell
@@ -369,14 +369,14 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
     with torch.no_grad(), _quiet():
         try:
             f_out = float_model(*inputs)
-        except Exception as exc:  # noqa: BLE001 - user code and user input
+        except Exception as exc:
             raise InputError(f"{user.path}: the float model failed on the input "
                              f"{', '.join(shape_text(a.shape) for a in user.arrays)} "
                              f"({_line(exc)}); pass the input its forward() expects") from exc
         with engine_context(ctx.engine):
             try:
                 q_out = qmodel(*inputs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise VerifyError(f"the quantized model failed on the input ({_line(exc)})"
                                   ) from exc
     modules_f = dict(float_model.named_modules())

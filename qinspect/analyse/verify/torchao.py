@@ -162,7 +162,7 @@ def _spec(layer: Layer) -> _Spec | str:
                  q.dtype)
 
 
-def _torchao_weight(layer: Layer, spec: _Spec):  # noqa: ANN202 - a torchao tensor
+def _torchao_weight(layer: Layer, spec: _Spec):
     """The layer's torchao tensor subclass, rebuilt from the file's arrays."""
     import torch
 
@@ -223,7 +223,7 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
         with torch.no_grad():
             kern = F.linear(torch.from_numpy(x2.copy()), weight,
                             None if bias is None else torch.from_numpy(bias)).numpy()
-    except Exception as exc:  # noqa: BLE001 - torchao refuses: report, keep the others
+    except Exception as exc:
         return V.not_verified(layer, f"torchao's kernel refused the layer: "
                               f"{type(exc).__name__}: {exc}")
     if dynamic:
