@@ -330,10 +330,13 @@ def make_ct_samples(out: Path, only: Callable[[str], bool]) -> None:
         "ct_w8a8_int": dict(groups={"group_0": dict(
             targets=["Linear"], weights=_int_args(8, "channel"),
             input_activations=static_tensor_int8)}),
-        "ct_fp8_tensor": dict(
-            groups={"group_0": dict(targets=["Linear"], weights=_fp8_args("tensor"),
-                                    input_activations=static_tensor_fp8)},
-            kv_cache=_fp8_args("tensor")),
+        # No kv_cache_scheme: compressed-tensors 0.20 only hooks attention modules whose
+        # forward takes `past_key_value(s)`; transformers 5.24's LlamaAttention takes `cache`,
+        # so the scheme is dropped silently (no k_scale/v_scale, none in config.json either).
+        # The ModelOpt samples carry KV-cache scales.
+        "ct_fp8_tensor": dict(groups={"group_0": dict(
+            targets=["Linear"], weights=_fp8_args("tensor"),
+            input_activations=static_tensor_fp8)}),
         "ct_fp8_block": dict(groups={"group_0": dict(
             targets=["Linear"], weights=_fp8_args("block", block_structure=[128, 128]),
             input_activations=dict(num_bits=8, type="float", symmetric=True, strategy="group",
