@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _name_seed(name: str) -> int:
+    """A per-tensor seed that differs between tensors (stable across runs, unlike hash())."""
+    return SEED + zlib.crc32(name.encode())
+
+
 def llama_model(layers: int = 1):
     """The tiny Llama, random weights from a fixed seed, in bf16 (eval mode)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -88,7 +94,7 @@ def llama_model(layers: int = 1):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 2:
-                rows = torch.rand(p.shape[0], 1, generator=_seeded(len(name))) + 0.5
+                rows = torch.rand(p.shape[0], 1, generator=_seeded(_name_seed(name))) + 0.5
                 p.mul_(rows)
     return model.to(torch.bfloat16).eval()
 
@@ -720,7 +726,7 @@ def gptoss_model():
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "experts" in name and p.ndim == 3:
-                p.normal_(0, 0.02, generator=_seeded(len(name)))
+                p.normal_(0, 0.02, generator=_seeded(_name_seed(name)))
     return model.to(torch.bfloat16).eval()
 
 
