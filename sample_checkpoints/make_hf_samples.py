@@ -33,6 +33,7 @@ import math
 import os
 import sys
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _name_seed(name: str) -> int:
+    """A per-tensor seed that differs between tensors (stable across runs, unlike hash())."""
+    return SEED + zlib.crc32(name.encode())
+
+
 def llama_model(layers: int = 1):
     """The tiny Llama, random weights from a fixed seed, in bf16 (eval mode)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -83,12 +89,12 @@ def llama_model(layers: int = 1):
     config = LlamaConfig(**{**LLAMA, "num_hidden_layers": layers})
     config.dtype = torch.bfloat16
     model = LlamaForCausalLM(config)
-    # transformers initialises with std 0.02 and zero norms' offsets; give the weights a
-    # heavier, per-row varying spread so groups differ (real checkpoints do).
+    # transformers draws every Linear from N(0, 0.02); scale each row by a factor in
+    # [0.5, 1.5) so rows and groups have different ranges, as in trained checkpoints.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 2:
-                rows = torch.rand(p.shape[0], 1, generator=_seeded(len(name))) + 0.5
+                rows = torch.rand(p.shape[0], 1, generator=_seeded(_name_seed(name))) + 0.5
                 p.mul_(rows)
     return model.to(torch.bfloat16).eval()
 
@@ -330,10 +336,13 @@ def make_ct_samples(out: Path, only: Callable[[str], bool]) -> None:
         "ct_w8a8_int": dict(groups={"group_0": dict(
             targets=["Linear"], weights=_int_args(8, "channel"),
             input_activations=static_tensor_int8)}),
-        "ct_fp8_tensor": dict(
-            groups={"group_0": dict(targets=["Linear"], weights=_fp8_args("tensor"),
-                                    input_activations=static_tensor_fp8)},
-            kv_cache=_fp8_args("tensor")),
+        # No kv_cache_scheme: compressed-tensors 0.20 only hooks attention modules whose
+        # forward takes `past_key_value(s)`; transformers 5.24's LlamaAttention takes `cache`,
+        # so the scheme is dropped silently (no k_scale/v_scale, none in config.json either).
+        # The ModelOpt samples carry KV-cache scales.
+        "ct_fp8_tensor": dict(groups={"group_0": dict(
+            targets=["Linear"], weights=_fp8_args("tensor"),
+            input_activations=static_tensor_fp8)}),
         "ct_fp8_block": dict(groups={"group_0": dict(
             targets=["Linear"], weights=_fp8_args("block", block_structure=[128, 128]),
             input_activations=dict(num_bits=8, type="float", symmetric=True, strategy="group",
@@ -494,11 +503,14 @@ def gptq_sample(out: Path, name: str, *, bits: int, gs: int, sym: bool, desc_act
                                  v2).items():
             tensors[f"{mname}.{key}"] = t
     fmt = "gptq_v2" if v2 else "gptq"
-    qconfig = {  # GPTQModel `quantization/config.py QuantizeConfig.to_dict`
+    # GPTQModel `quantization/config.py QuantizeConfig.to_dict`; GPTQModel also writes it as
+    # quantize_config.json next to config.json (`models/writer.py`)
+    qconfig = {
         "bits": bits, "group_size": gs, "desc_act": desc_act, "sym": sym, "lm_head": False,
         "quant_method": "gptq", "method": "gptq", "checkpoint_format": fmt, "format": fmt,
         "pack_dtype": "int32",
-        "meta": {"quantizer": ["gptqmodel:5.0.0"],
+        # `quantizer` names the tool that quantized: this script, not GPTQModel
+        "meta": {"quantizer": ["qinspect-make_hf_samples:gptqmodel-layout"],
                  "uri": "https://github.com/modelcloud/gptqmodel",
                  "damp_percent": 0.05, "damp_auto_increment": 0.01, "static_groups": False,
                  "true_sequential": True, "mse": 0.0, "act_group_aware": False},
@@ -507,6 +519,7 @@ def gptq_sample(out: Path, name: str, *, bits: int, gs: int, sym: bool, desc_act
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder, tensors)
     save_config(folder, model.config, qconfig)
+    write_json(folder / "quantize_config.json", qconfig)
 
 
 def make_gptq_samples(out: Path, only: Callable[[str], bool]) -> None:
@@ -626,16 +639,16 @@ def fp8_block_quantize(w: torch.Tensor, block=(128, 128)) -> tuple[torch.Tensor,
 
 
 def make_fp8_block_deepseek(out: Path) -> None:
-    from transformers import FineGrainedFP8Config
-
     model = llama_model(1)
     tensors = plain_state(model)
     for mname, mod in quantized_linears(model):
         q, inv = fp8_block_quantize(mod.weight.data)
         tensors[mname + ".weight"] = q
         tensors[mname + ".weight_scale_inv"] = inv
-    qconfig = FineGrainedFP8Config(weight_block_size=[128, 128],
-                                   modules_to_not_convert=["lm_head"]).to_dict()
+    # `quantization_config` literally as deepseek-ai/DeepSeek-V3's config.json has it
+    # (lm_head stays bf16 there without being listed)
+    qconfig = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+               "weight_block_size": [128, 128]}
     folder = out / "fp8_block_deepseek"
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder, tensors)
@@ -713,7 +726,7 @@ def gptoss_model():
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "experts" in name and p.ndim == 3:
-                p.normal_(0, 0.02, generator=_seeded(len(name)))
+                p.normal_(0, 0.02, generator=_seeded(_name_seed(name)))
     return model.to(torch.bfloat16).eval()
 
 

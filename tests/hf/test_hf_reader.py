@@ -133,6 +133,7 @@ def test_without_config_the_format_is_inferred_and_said(tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(SAMPLES / "gptq_v1_sym", copy)
     (copy / "config.json").unlink()
+    (copy / "quantize_config.json").unlink()  # GPTQModel's second copy of the config
     ckpt = qinspect.load(copy)
     assert any("inferred from tensor names" in n.message for n in ckpt.notes)
     assert any(lay.packed is not None for lay in ckpt.layers)
