@@ -4,11 +4,13 @@ torch picks its float kernels by the CPU it runs on: ATen's vectorised kernels
 (DEFAULT/AVX2/AVX512), MKL's sgemm (Linear forward/backward) and oneDNN's convolutions
 each sum in another order on another instruction set, so QAT steps, BatchNorm statistics
 and calibration ranges differ in their last bits between, say, an AVX2 and an AVX-512
-machine. The three variables below make each library take the same path everywhere:
+machine. The three variables below make each library take the same path on every x86-64
+CPU that has AVX2 (every x86 CI machine of the last decade):
 
 ========================  ===========  =================================================
-ATEN_CPU_CAPABILITY       default      ATen's non-vectorised kernels (also torch.randn's
-                                       normal sampler, which has a vectorised path)
+ATEN_CPU_CAPABILITY       avx2         ATen's AVX2 kernels, also on AVX-512 machines
+                                       (``default`` would also change the draws of
+                                       torch.randn / normal_, seen in lstm_sample.npy)
 MKL_CBWR                  COMPATIBLE   MKL's conditional numerical reproducibility mode
 ONEDNN_MAX_CPU_ISA        SSE41        oneDNN's convolutions capped at SSE4.1 kernels
 ========================  ===========  =================================================
@@ -16,7 +18,8 @@ ONEDNN_MAX_CPU_ISA        SSE41        oneDNN's convolutions capped at SSE4.1 ke
 Measured with torch 2.13.0 CPU on an AVX2 machine (sample_checkpoints/README.md):
 each variable on its own changes sample files, and with all three set two runs are
 identical. torch reads them when it starts, so :func:`pin` must run before
-``import torch``; :func:`check` refuses to make samples in a process that was not pinned.
+``import torch``; :func:`check` refuses to make samples in a process that was not pinned
+(or whose CPU has no AVX2).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import sys
 __all__ = ["PINNED_ENV", "pin", "check"]
 
 PINNED_ENV: dict[str, str] = {
-    "ATEN_CPU_CAPABILITY": "default",
+    "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "COMPATIBLE",
     "ONEDNN_MAX_CPU_ISA": "SSE41",
 }
@@ -51,7 +54,7 @@ def check() -> None:
 
     wrong = {k: os.environ.get(k) for k, v in PINNED_ENV.items() if os.environ.get(k) != v}
     capability = torch.backends.cpu.get_cpu_capability()
-    if wrong or capability != "DEFAULT":
+    if wrong or capability != "AVX2":
         setting = " ".join(f"{k}={v}" for k, v in PINNED_ENV.items())
         raise RuntimeError(
             f"sample flows need torch's CPU kernels pinned (ATen capability is {capability}, "
