@@ -7,8 +7,10 @@ so tests can compare what qinspect reads from a file with what torch itself hold
 Determinism: every flow seeds its own RNG (``torch.random.fork_rng`` + a seeded
 ``torch.Generator`` for data), runs with one intra-op thread, and sets
 ``torch.backends.quantized.engine`` only for its duration; the caller's RNG state,
-thread count and engine are restored afterwards. Same arguments -> same tensors.
-Nothing runs at import time.
+thread count and engine are restored afterwards. Same arguments -> same tensors, on
+any x86-64 CPU: importing this module pins torch's CPU kernels first
+(:mod:`reproducible`), and every flow refuses to run in a process where that came
+too late. No flow runs at import time.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import models
-import torch
-from torch import nn
-from torch.ao import quantization as tq
+import reproducible
+
+reproducible.pin()  # before torch is imported: it picks its kernels once
+
+import models  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.ao import quantization as tq  # noqa: E402
 
 __all__ = [
     "Flow",
@@ -89,7 +95,9 @@ def quant_engine(engine: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _deterministic(seed: int, engine: str) -> Iterator[None]:
-    """Seeded global RNG (forked), one thread, given engine, torch.ao warnings muted."""
+    """Pinned kernels, seeded global RNG (forked), one thread, given engine, torch.ao
+    warnings muted."""
+    reproducible.check()
     threads = torch.get_num_threads()
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))

@@ -23,7 +23,8 @@ format_net_input.npy           a calibration-like input batch
 
 Every function returns the live objects, so tests compare qinspect's numbers with them.
 PT2E and torchao need torchao (``pip install 'qinspect[torchao]'``; pinned in the Makefile).
-Nothing runs at import time.
+Importing this module pins torch's CPU kernels (:mod:`reproducible`), so the files are
+the same on any x86-64 CPU; no flow runs at import time.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+import reproducible
+
+reproducible.pin()  # before torch is imported: same kernels on any x86-64 CPU
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SEED = 0
@@ -85,6 +90,7 @@ class EagerFormatNet(nn.Module):
 
 @contextlib.contextmanager
 def _deterministic(engine: str = "x86") -> Iterator[None]:
+    reproducible.check()
     old_engine = torch.backends.quantized.engine
     old_threads = torch.get_num_threads()
     with torch.random.fork_rng(), warnings.catch_warnings():

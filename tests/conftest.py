@@ -7,8 +7,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from hypothesis import settings
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_checkpoints"
+if str(SAMPLES) not in sys.path:
+    sys.path.insert(0, str(SAMPLES))
+
+# Before anything imports torch: pin its CPU kernels the way the sample checkpoints were
+# made, so live flows in the tests reproduce the committed files on any x86-64 CPU.
+import reproducible  # noqa: E402
+
+reproducible.pin()
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 # CI runs a fixed, reproducible set of examples (a red CI must be reproducible from its
 # log); local runs explore new examples each time. QINSPECT_HYPOTHESIS=explore forces
@@ -19,11 +30,6 @@ if os.environ.get("CI") and os.environ.get("QINSPECT_HYPOTHESIS") != "explore":
     settings.load_profile("ci")
 else:
     settings.load_profile("explore")
-
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "sample_checkpoints"
-if str(SAMPLES) not in sys.path:
-    sys.path.insert(0, str(SAMPLES))
 
 
 @dataclass(frozen=True)

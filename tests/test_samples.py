@@ -7,7 +7,9 @@ about them, which the rest of qinspect's tests rely on.
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ sys.path.insert(0, str(SAMPLES))
 import flows  # noqa: E402
 import make_samples  # noqa: E402
 import models  # noqa: E402
+import reproducible  # noqa: E402
 
 
 class StandIn:
@@ -78,10 +81,19 @@ def assert_same(a, b, where: str) -> None:
 EXPECTED_FILES = sorted([*make_samples.FILES, *make_samples.SAMPLES])
 
 
+# Kernels other than the pinned ones, as another machine or a caller's environment would
+# pick them: make_samples.py must override these before torch starts.
+UNPINNED_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "ALL"}
+
+
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory) -> Path:
+    """Run ``make_samples.py --out DIR`` as ``make samples`` does, in a fresh process
+    whose environment asks torch for other kernels than the pinned ones."""
     out = tmp_path_factory.mktemp("samples")
-    make_samples.write_samples(out)
+    env = {**os.environ, **UNPINNED_ENV}
+    subprocess.run([sys.executable, str(SAMPLES / "make_samples.py"), "--out", str(out)],
+                   env=env, check=True, capture_output=True)
     return out
 
 
@@ -249,6 +261,24 @@ def test_live_embedding_scales_match_file(sd):
     for layer in ("emb_bag", "emb"):
         live = getattr(f.converted_model, layer).weight()
         assert_same(live, s[f"{layer}._packed_params._packed_weight"], layer)
+
+
+def test_this_process_runs_the_pinned_kernels():
+    # tests/conftest.py pins before torch is imported; live flows here rely on it
+    assert torch.backends.cpu.get_cpu_capability() == "AVX2"
+    for key, value in reproducible.PINNED_ENV.items():
+        assert os.environ[key] == value
+
+
+def test_flows_refuse_to_run_unpinned():
+    # torch imported first: too late to pin, so the flow must not silently run
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import flows; "
+            "flows.dynlinear_dynamic()")
+    env = {k: v for k, v in os.environ.items() if k not in reproducible.PINNED_ENV}
+    run = subprocess.run([sys.executable, "-c", code, str(SAMPLES)], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "RuntimeError: sample flows need torch's CPU kernels pinned" in run.stderr
 
 
 def test_flows_leave_global_state_alone():
