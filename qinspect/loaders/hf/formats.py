@@ -861,7 +861,9 @@ def _why_float(cfg: QuantConfig, module: str, kind: str) -> Note:
                                 f"('{pattern}')")
     if kind != "linear":
         return Note(Level.INFO, f"left in float: a {kind}, not a Linear the quantizer targets")
-    if cfg.method in ("gptq", "awq", "bitsandbytes") and module.endswith("lm_head"):
+    if cfg.method != "compressed-tensors" and module.rsplit(".", 1)[-1] == "lm_head":
+        # transformers' quantizers keep the output embedding in float
+        # (get_keys_to_not_convert); compressed-tensors quantizes it when targeted
         return Note(Level.INFO, "left in float: lm_head is not quantized by default")
     if cfg.method == "gptq" and isinstance(cfg.get("dynamic"), dict) and any(
             isinstance(p, str) and p.startswith("-:") and matches(module, "re:" + p[2:])
