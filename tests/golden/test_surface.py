@@ -10,7 +10,7 @@ import qinspect
 @pytest.mark.parametrize(("command", "usage"), [
     ("show", "Usage: qinspect show [OPTIONS] CKPT"),
     ("diff", "Usage: qinspect diff [OPTIONS] A B"),
-    ("check", "Usage: qinspect check [OPTIONS] CKPT..."),
+    ("check", "Usage: qinspect check [OPTIONS] CKPT_OR_DIR..."),
     ("verify", "Usage: qinspect verify [OPTIONS] CKPT"),
 ])
 def test_usage_line_names_the_arguments(cli, command, usage):
