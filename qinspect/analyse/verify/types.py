@@ -153,6 +153,12 @@ class EndToEnd:
     max_abs_error: float
     elements: int
     outputs: int
+    top1_agreement: float | None = None
+    """Language models: fraction of positions whose most likely next token is the same."""
+    mean_kl: float | None = None
+    """Language models: mean KL(float || quantized) of the next-token distributions, nats."""
+    positions: int | None = None
+    """Language models: token positions compared."""
 
 
 @dataclass(frozen=True)
