@@ -279,8 +279,7 @@ def _metrics_row(layer: Layer, kind: InputKind, text: str, x: np.ndarray,
         notes.append("no CPU kernel of the producing library runs this scheme here: the "
                      "row compares qinspect's reference with the float domain only")
     return LayerVerify(
-        name=layer.name, kind=f"Linear ({layer.packed.quant.format})" if layer.packed
-        else layer.kind, mode=layer.mode.value, verified=True, input_kind=kind,
+        name=layer.name, kind="Linear", mode=layer.mode.value, verified=True, input_kind=kind,
         input_text=text, input_shape=shape,
         input_scale=None if scheme is None or scheme.dynamic else scheme.scale,
         input_zero_point=None if scheme is None or scheme.dynamic else scheme.zero_point,
@@ -399,14 +398,16 @@ class CTKernels:
                                        torch.from_numpy(deq), bias).numpy()
         from qinspect.analyse.verify.rows import agreement
 
-        ka = agreement("compressed-tensors", f"{fmt}: decompress + "
-                       + ("fake_quantize input + " if scheme is not None else "")
-                       + "F.linear float32", "compressed_tensors forward (CPU)", k, r, "abs")
+        ka = agreement("compressed-tensors", "CT forward, f32",
+                       f"{fmt} decompress" + (" + fake_quantize" if scheme is not None
+                                              else "") + " + F.linear", k, r, "abs")
         notes = []
         if scheme is not None:
             d = np.abs(k.astype(np.float64) - ref)
             notes.append(f"compressed-tensors' float32 forward vs qinspect's exact reference: "
-                         f"max {float(d.max()):.3g} abs (float32 accumulation order)")
+                         f"max {float(d.max()):.3g} abs (its decompressed weight is rounded "
+                         "to the scale dtype and it accumulates in float32; the reference "
+                         "is exact)")
         return ka, notes
 
     def _group(self, name: str) -> dict[str, Any]:
