@@ -152,11 +152,19 @@ def test_fp8_static_input_scale_matches_torch(base_runs):
 
 
 @pytest.mark.parametrize("name", ["ct_fp8_tensor", "ct_w4a16_group", "ct_w8a16_channel",
-                                  "ct_mxfp4"])
+                                  "ct_mxfp4", "ct_nvfp4", "ct_w8a8_int", "ct_fp8_block"])
 def test_compressed_tensors_kernel_agrees_bit_exactly(name):
+    """compressed-tensors' forward_quantize + decompress + F.linear against qinspect's
+    quantized input and weights through the same F.linear: no element differs."""
     report = qinspect.verify(SAMPLES / name, input=TOKENS)
-    assert report.layers and all(r.kernel is not None and r.kernel.agree
-                                 for r in report.layers)
+    ran = [r for r in report.layers if r.kernel is not None]
+    assert all(r.kernel.agree and r.kernel.elements > 0 for r in ran)
+    skipped = [r for r in report.layers if r.kernel is None]
+    if name == "ct_fp8_block":  # 320 columns are not whole 128-groups: CT refuses them
+        assert [r.name for r in skipped] == ["model.layers.0.mlp.down_proj"]
+        assert "could not run" in " ".join(skipped[0].notes)
+    else:
+        assert not skipped
 
 
 @pytest.mark.parametrize("name", ["ct_nvfp4", "modelopt_nvfp4", "modelopt_fp8", "bnb_int8",

@@ -453,27 +453,22 @@ class CTKernels:
         return out
 
     def _fake_quant(self, layer: Layer, x: np.ndarray, group: dict[str, Any]) -> np.ndarray:
+        """The input as compressed-tensors' ``forward_quantize`` fake-quantizes it (the
+        module's stored ``input_scale`` / ``input_zero_point`` / ``input_global_scale``;
+        dynamic scales per token of a ``[1, rows, in]`` input)."""
         import torch
-        from compressed_tensors.quantization import QuantizationArgs
-        from compressed_tensors.quantization.lifecycle.forward import fake_quantize
-        from compressed_tensors.quantization.utils import calculate_qparams
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationStatus
+        from compressed_tensors.quantization.lifecycle.forward import forward_quantize
 
         args = QuantizationArgs.model_validate(group["input_activations"])
-        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-        local = self._tensors(layer)
-        if "input_scale" in local:
-            scale = local["input_scale"].to(torch.float32)
-            zp = local.get("input_zero_point")
-            return fake_quantize(xt, scale, zp, args).numpy()
-        strategy = str(getattr(args.strategy, "value", args.strategy))
-        if strategy == "token":
-            lo, hi = xt.amin(dim=-1, keepdim=True), xt.amax(dim=-1, keepdim=True)
-        elif strategy == "tensor":
-            lo, hi = xt.amin().reshape(1), xt.amax().reshape(1)
-        else:
-            raise VerifyError(f"{strategy} dynamic activations")
-        scale, zp = calculate_qparams(lo, hi, args)
-        return fake_quantize(xt, scale, zp, args).numpy()
+        holder = torch.nn.Module()
+        holder.quantization_status = QuantizationStatus.COMPRESSED
+        for leaf, value in self._tensors(layer).items():
+            if leaf.startswith("input_"):  # the model runs in float32: so do its params
+                setattr(holder, leaf, value.float() if value.is_floating_point() else value)
+        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None]
+        with torch.no_grad():
+            return forward_quantize(holder, xt, "input", args)[0].numpy()
 
 
 def _ct_installed() -> bool:
