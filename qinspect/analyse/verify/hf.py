@@ -24,8 +24,8 @@ agreement, mean KL divergence of the next-token distributions.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,13 +198,57 @@ class HFRun:
                    and (s := hfact.scheme_for(lay, self.qconfig, lay.name)) is not None}
         with hfmodel.replaced_inputs(model, {n: _qdq(s) for n, s in schemes.items()}):
             q_logits = hfmodel.logits(model, self.tokens.ids)
-        notes = []
+        e2e = end_to_end(f_logits, q_logits)
+        notes: list[str] = []
+        try:
+            reload = self.library_reload(
+                q_logits, lambda: hfmodel.logits(model, self.tokens.ids) if schemes
+                else q_logits)
+        except Exception as exc:  # noqa: BLE001 - the library refusing its own file
+            reload = None
+            notes.append(f"compressed-tensors could not reload this checkpoint through "
+                         f"transformers: {type(exc).__name__}: {_first_line(exc)}")
+        if reload is not None:
+            e2e = replace(e2e, library=reload[0], library_sqnr_db=reload[1],
+                          library_max_abs_diff=reload[2])
         skipped = [lay.name for lay in self.layers if lay.name not in names]
         if skipped:
             notes.append(f"{len(skipped)} quantized weights are not nn.Linear modules of the "
                          f"transformers model (e.g. {skipped[0]}): synthetic input for them; "
                          "the end-to-end logits use their dequantized weights")
-        return inputs, end_to_end(f_logits, q_logits), notes
+        return inputs, e2e, notes
+
+    def library_reload(self, q_logits: np.ndarray, weights_only: Callable[[], np.ndarray]
+                       ) -> tuple[str, float, float] | None:
+        """compressed-tensors' own reload (transformers ``from_pretrained`` with the
+        checkpoint's config, decompressed into float32 Linears) on the same tokens,
+        against qinspect's quantized model: (what ran, SQNR, max abs difference of the
+        logits). On CPU that reload decompresses the weights into plain Linears and
+        drops the activation quantization (``input_scale`` is an unexpected key), so
+        where its Linears carry no quantization scheme it is compared with qinspect's
+        model with quantized weights and float activations (``weights_only()``)."""
+        if not self.kernels.ok or self.tokens is None:
+            return None
+        import torch
+        import transformers
+        from transformers import CompressedTensorsConfig
+
+        from qinspect.analyse.verify import hfmodel
+        from qinspect.quant.metrics import sqnr_db
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            self.root, dtype=torch.float32, local_files_only=True, use_safetensors=True,
+            trust_remote_code=False, device_map="cpu",
+            quantization_config=CompressedTensorsConfig(run_compressed=False)).eval()
+        lib = hfmodel.logits(model, self.tokens.ids)
+        acts = any(getattr(getattr(m, "quantization_scheme", None), "input_activations", None)
+                   is not None for m in model.modules())
+        ours = q_logits if acts else weights_only()
+        what = "compressed-tensors reload (transformers from_pretrained, run_compressed=False)"
+        if not acts and ours is not q_logits:
+            what += ", weights only: it does not quantize activations on CPU"
+        diff = float(np.abs(lib.astype(np.float64) - ours).max())
+        return what, sqnr_db(ours.astype(np.float64), lib.astype(np.float64)), diff
 
     def quantized_state(self) -> dict[str, np.ndarray]:
         """Every float tensor of the checkpoint plus each quantized weight, dequantized."""
@@ -389,7 +433,7 @@ class CTKernels:
             x_lib = self._fake_quant(layer, x, group) if scheme is not None else x
         except Exception as exc:  # noqa: BLE001 - the library refusing is reported
             return None, [f"compressed-tensors could not run this module: "
-                          f"{type(exc).__name__}: {str(exc)[:120]}"]
+                          f"{type(exc).__name__}: {_first_line(exc)}"]
         xt = torch.from_numpy(np.ascontiguousarray(x_lib, np.float32))
         bias = None if layer.bias is None else torch.from_numpy(
             np.asarray(layer.bias, np.float32))
@@ -469,6 +513,11 @@ class CTKernels:
         xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None]
         with torch.no_grad():
             return forward_quantize(holder, xt, "input", args)[0].numpy()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines[:3])[:160]
 
 
 def _ct_installed() -> bool:

@@ -159,6 +159,11 @@ class EndToEnd:
     """Language models: mean KL(float || quantized) of the next-token distributions, nats."""
     positions: int | None = None
     """Language models: token positions compared."""
+    library: str | None = None
+    """The producing library's own reload of the quantized model, where it ran."""
+    library_sqnr_db: float | None = None
+    """Its logits against qinspect's quantized model's (SQNR: how closely they agree)."""
+    library_max_abs_diff: float | None = None
 
 
 @dataclass(frozen=True)
