@@ -420,6 +420,7 @@ class CTKernels:
     def __init__(self, ckpt: Checkpoint, root: Path, qconfig: Mapping[str, Any]) -> None:
         self.ckpt, self.root, self.qconfig = ckpt, root, qconfig
         self.ok = qconfig.get("quant_method") == "compressed-tensors" and _ct_installed()
+        self._ts: Any = None
 
     def agreement(self, layer: Layer, x: np.ndarray, x_in: np.ndarray, deq: np.ndarray,
                   scheme: hfact.ActScheme | None, ref: np.ndarray
@@ -487,7 +488,9 @@ class CTKernels:
 
         from qinspect.loaders.hf.container import open_set
 
-        ts = open_set(self.ckpt.path)
+        if self._ts is None:
+            self._ts = open_set(self.ckpt.path)
+        ts = self._ts
         prefix = layer.name + "."
         out: dict[str, Any] = {}
         for key, info in ts.tensors.items():

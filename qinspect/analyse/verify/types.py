@@ -278,6 +278,10 @@ def explain_worst(r: LayerVerify) -> str:
                if "dequantized" in r.float_domain else "the weights' quantization error")
         return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the "
                 f"float domain: {why}{tail}")
+    if r.mode == Mode.STATIC.value and r.input_scale is not None:  # a stored input scale
+        clip = f", {100 * r.input_clipped:.2g} % of inputs clipped" if r.input_clipped else ""
+        return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the "
+                f"float domain: the input's rounding to its static scale{clip}{tail}")
     return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the float "
             f"domain: the rounding of the input by dynamic quantization{tail}")
 
