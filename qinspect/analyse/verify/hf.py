@@ -456,13 +456,10 @@ class CTKernels:
         return ka, notes
 
     def _group(self, name: str) -> dict[str, Any]:
-        from qinspect.loaders.hf.hfconfig import matches
-
-        for group in (self.qconfig.get("config_groups") or {}).values():
-            targets = group.get("targets") or []
-            if any(t in ("Linear", "LinearBase") or matches(name, t) for t in targets):
-                return group
-        raise VerifyError(f"no config group targets {name}")
+        group = hfact.ct_group(self.qconfig, name)
+        if not group:
+            raise VerifyError(f"no config group targets {name}")
+        return group
 
     def _decompress(self, layer: Layer) -> tuple[np.ndarray, str, dict[str, Any]]:
         import torch

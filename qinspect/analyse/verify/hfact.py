@@ -122,21 +122,16 @@ def scheme_for(layer: Any, qconfig: Mapping[str, Any], module: str) -> ActScheme
 
 
 def _ct_input_args(qconfig: Mapping[str, Any], module: str) -> dict[str, Any]:
-    from qinspect.loaders.hf.hfconfig import matches
+    """``input_activations`` of the compressed-tensors config group that targets ``module``
+    (the loader's own choice of group)."""
+    return dict(ct_group(qconfig, module).get("input_activations") or {})
 
-    groups = qconfig.get("config_groups")
-    if not isinstance(groups, dict):
-        return {}
-    for group in groups.values():
-        if not isinstance(group, dict):
-            continue
-        targets = group.get("targets") or []
-        if isinstance(targets, list) and any(
-                isinstance(t, str) and (t in ("Linear", "LinearBase") or matches(module, t))
-                for t in targets):
-            acts = group.get("input_activations")
-            return acts if isinstance(acts, dict) else {}
-    return {}
+
+def ct_group(qconfig: Mapping[str, Any], module: str) -> dict[str, Any]:
+    from qinspect.loaders.hf.formats import _ct_group
+    from qinspect.loaders.hf.hfconfig import QuantConfig
+
+    return _ct_group(QuantConfig(method=None, raw=dict(qconfig), source=""), module)
 
 
 def quantize(x: np.ndarray, s: ActScheme) -> Quantized:
