@@ -204,7 +204,7 @@ class HFRun:
             reload = self.library_reload(
                 q_logits, lambda: hfmodel.logits(model, self.tokens.ids) if schemes
                 else q_logits)
-        except Exception as exc:  # noqa: BLE001 - the library refusing its own file
+        except Exception as exc:
             reload = None
             notes.append(f"compressed-tensors could not reload this checkpoint through "
                          f"transformers: {type(exc).__name__}: {_first_line(exc)}")
@@ -432,7 +432,7 @@ class CTKernels:
         try:
             w_lib, fmt, group = self._decompress(layer)
             x_lib = self._fake_quant(layer, x, group) if scheme is not None else x
-        except Exception as exc:  # noqa: BLE001 - the library refusing is reported
+        except Exception as exc:
             return None, [f"compressed-tensors could not run this module: "
                           f"{type(exc).__name__}: {_first_line(exc)}"]
         xt = torch.from_numpy(np.ascontiguousarray(x_lib, np.float32))
