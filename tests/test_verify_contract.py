@@ -29,10 +29,11 @@ CASES = {  # runner -> (file, options that make it run on real data)
     "fx-pickle": ("fx_mlp_int8_graphmodule.pt", {"input": "format_net_input.npy"}),
     "pt2": ("pt2e_mlp_x86.pt2", {"input": "format_net_input.npy"}),
     "torchao": ("torchao_int8dyn.pt", {}),
+    "hf": ("hf/ct_w8a8_int", {"input": "hf/inputs/tokens.npy"}),
 }
 REFERENCE = {"state_dict": "mlp_fp32.pt", "model": "mlp_fp32.pt",
              "torchscript": "format_net_fp32.pt", "fx-pickle": "format_net_fp32.pt",
-             "pt2": "format_net_fp32.pt", "torchao": None}
+             "pt2": "format_net_fp32.pt", "torchao": None, "hf": "hf/llama_bf16"}
 SCHEMA = json.loads(resources.files("qinspect").joinpath("schemas/verify-2.json").read_text())
 
 
@@ -51,7 +52,7 @@ def _runner(name: str):
     return next(r for r in runners() if r.name == name)
 
 
-REFUSING = {"hf": SAMPLES / "hf" / "bnb_int8"}  # runners that refuse their format, for now
+REFUSING: dict[str, Path] = {}  # runners that refuse their format, for now (none: hf runs)
 
 
 def test_every_runner_has_a_case():
@@ -99,6 +100,8 @@ def _given(name: str, field: str, tmp: Path) -> dict[str, object]:
         return {"input": SAMPLES / CASES[name][1]["input"]}
     if field == "reference":
         return {"reference": _perturbed_reference(name, tmp)}
+    if field == "layer_glob" and name == "hf":
+        return {"layer_glob": "*.q_proj"}
     return {"model": {"model": MLP_MODEL, "reference": SAMPLES / "mlp_fp32.pt",
                       "input": SAMPLES / "sample.npy"},
             "engine": {"engine": "qnnpack"}, "layer_glob": {"layer_glob": "fc1"},
@@ -110,6 +113,19 @@ def _perturbed_reference(name: str, tmp: Path) -> Path:
     larger than the checkpoint's own (so the float domain visibly changes with it)."""
     import torch
 
+    if name == "hf":  # a Hugging Face base folder: safetensors beside its config.json
+        import shutil
+
+        from safetensors.torch import load_file, save_file
+
+        base = SAMPLES / REFERENCE[name]
+        out = tmp / "hf_base"
+        out.mkdir()
+        shutil.copy(base / "config.json", out / "config.json")
+        state = load_file(str(base / "model.safetensors"))
+        save_file({k: (v * 1.03).to(v.dtype) if k.endswith("weight") else v
+                   for k, v in state.items()}, str(out / "model.safetensors"))
+        return out
     if REFERENCE[name] is not None:
         state = torch.load(SAMPLES / REFERENCE[name], weights_only=True)
     else:  # torchao: the dequantized weights under the same names
@@ -180,7 +196,10 @@ def _engine(name, report, given):
 
 
 def _layer_glob(name, report, given):
-    assert report.layers and all(r.name == "fc1" for r in report.layers)
+    from fnmatch import fnmatchcase
+
+    assert report.layers and all(fnmatchcase(r.name, given["layer_glob"])
+                                 for r in report.layers)
     assert len(report.layers) < len(_run(name).layers)
 
 

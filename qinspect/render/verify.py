@@ -47,6 +47,15 @@ def render_verify(report: VerifyReport) -> RenderableType:
             (f"quantized model vs float model: SQNR {fmt_db(e.sqnr_db)}", _sqnr_style(e.sqnr_db)),
             f" over {e.elements} output values ({e.outputs} tensor"
             f"{'s' if e.outputs != 1 else ''}), max abs error {e.max_abs_error:.4g}"))
+        if e.top1_agreement is not None and e.mean_kl is not None:
+            parts.append(Text(
+                f"            next token over {e.positions} positions: top-1 agreement "
+                f"{100 * e.top1_agreement:.1f} %, mean KL {e.mean_kl:.3g} nats"))
+        if e.library is not None and e.library_max_abs_diff is not None:
+            parts.append(Text(
+                f"            {e.library}: its logits differ from qinspect's quantized "
+                f"model's by at most {e.library_max_abs_diff:.3g} (SQNR "
+                f"{fmt_db(e.library_sqnr_db)})"))
     parts.append(_legend(report))
     notes = _notes(report)
     if notes is not None:
@@ -219,7 +228,11 @@ def verify_json(r: VerifyReport) -> dict[str, Any]:
                   if r.chain_note is not None else None),
         "end_to_end": (None if r.end_to_end is None else {
             "sqnr_db": r.end_to_end.sqnr_db, "max_abs_error": r.end_to_end.max_abs_error,
-            "elements": r.end_to_end.elements, "outputs": r.end_to_end.outputs}),
+            "elements": r.end_to_end.elements, "outputs": r.end_to_end.outputs,
+            "top1_agreement": r.end_to_end.top1_agreement, "mean_kl": r.end_to_end.mean_kl,
+            "positions": r.end_to_end.positions, "library": r.end_to_end.library,
+            "library_sqnr_db": r.end_to_end.library_sqnr_db,
+            "library_max_abs_diff": r.end_to_end.library_max_abs_diff}),
         "worst": (None if worst is None else
                   {"layer": worst.name, "explanation": r.explanation()}),
         "kernel_mismatches": r.kernel_mismatches,

@@ -153,6 +153,17 @@ class EndToEnd:
     max_abs_error: float
     elements: int
     outputs: int
+    top1_agreement: float | None = None
+    """Language models: fraction of positions whose most likely next token is the same."""
+    mean_kl: float | None = None
+    """Language models: mean KL(float || quantized) of the next-token distributions, nats."""
+    positions: int | None = None
+    """Language models: token positions compared."""
+    library: str | None = None
+    """The producing library's own reload of the quantized model, where it ran."""
+    library_sqnr_db: float | None = None
+    """Its logits against qinspect's quantized model's (SQNR: how closely they agree)."""
+    library_max_abs_diff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +278,10 @@ def explain_worst(r: LayerVerify) -> str:
                if "dequantized" in r.float_domain else "the weights' quantization error")
         return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the "
                 f"float domain: {why}{tail}")
+    if r.mode == Mode.STATIC.value and r.input_scale is not None:  # a stored input scale
+        clip = f", {100 * r.input_clipped:.2g} % of inputs clipped" if r.input_clipped else ""
+        return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the "
+                f"float domain: the input's rounding to its static scale{clip}{tail}")
     return (f"{head}; its float output differs by up to {r.max_abs_error:.3g} from the float "
             f"domain: the rounding of the input by dynamic quantization{tail}")
 
