@@ -108,6 +108,18 @@ def expand_groups(per_group: np.ndarray, g_idx: np.ndarray) -> np.ndarray:
     return per_group[:, g_idx]
 
 
+def expand_scales(s: np.ndarray, shape: tuple[int, ...],
+                  block: tuple[int, int] | None) -> np.ndarray:
+    """Per-tensor, per-row or per-block scales -> one per element of a ``[O, I]`` weight."""
+    rows, cols = shape
+    if block:
+        return expand_blocks(s.reshape(-(-rows // block[0]), -(-cols // block[1])),
+                             (rows, cols), block)
+    if s.size == 1:
+        return np.broadcast_to(s.reshape(1, 1), (rows, cols))
+    return np.broadcast_to(s.reshape(rows, 1), (rows, cols))
+
+
 def expand_blocks(per_block: np.ndarray, shape: tuple[int, int],
                   block: tuple[int, int]) -> np.ndarray:
     """``[ceil(O/bo), ceil(I/bi)]`` block values -> ``[O, I]`` (edge blocks partial)."""

@@ -168,21 +168,11 @@ class CTFloat(Decoder):
         return H.decode_float(np.arange(256, dtype=np.uint8), "F8_E4M3"), \
             self.ts.byte_histogram(self.keys["weight"])
 
-    def expand(self, s: np.ndarray) -> np.ndarray:
-        rows, cols = self.shape
-        block = self.params.get("block")
-        if block:
-            return H.expand_blocks(s.reshape(-(-rows // block[0]), -(-cols // block[1])),
-                                   (rows, cols), block)
-        if s.size == 1:
-            return np.broadcast_to(s.reshape(1, 1), (rows, cols))
-        return np.broadcast_to(s.reshape(rows, 1), (rows, cols))
-
     def element_scales(self) -> np.ndarray:
-        return self.expand(self.scales())
+        return H.expand_scales(self.scales(), self.shape, self.params.get("block"))
 
     def dequantize(self) -> np.ndarray:
-        out = self.codes() * self.expand(self.scales())
+        out = self.codes() * self.element_scales()
         return H.round_to(H.round_to(out, self.dtype_of("scale")), self.params["out_dtype"])
 
 
@@ -423,15 +413,7 @@ class FP8(Decoder):
             self.ts.byte_histogram(self.keys["weight"])
 
     def element_scales(self) -> np.ndarray:
-        s = self.scales()
-        block = self.params.get("block")
-        rows, cols = self.shape
-        if block:
-            return H.expand_blocks(s.reshape(-(-rows // block[0]), -(-cols // block[1])),
-                                   (rows, cols), block)
-        if s.size == rows and s.size > 1:
-            return np.broadcast_to(s.reshape(rows, 1), self.shape)
-        return np.broadcast_to(s.reshape(()), self.shape)
+        return H.expand_scales(self.scales(), self.shape, self.params.get("block"))
 
     def dequantize(self) -> np.ndarray:
         s = self.element_scales()
