@@ -66,7 +66,8 @@ def test_human_output_has_units_and_names_the_worst_layer(cli, samples):
     assert r.code == 0, r.err
     out = " ".join(r.out.split())
     for needle in (" dB", " LSB", " %", "bit-exact", "(worst)", "worst ", "loses most",
-                   "end-to-end quantized model vs float model: SQNR", "model's real input",
+                   "end-to-end quantized model vs float model: SQNR",
+                   "real = the layer's real input in the model",
                    "imported and run"):
         assert needle in out, needle
     assert r.err == ""

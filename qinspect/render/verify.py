@@ -19,18 +19,24 @@ from qinspect.analyse.verify import (
     VerifyReport,
     fmt_db,
 )
+from qinspect.render.show import DASH, short_kind
+from qinspect.render.table import (
+    Column,
+    FitTable,
+    Line,
+    atom,
+    detail_lines,
+    label,
+    name,
+    said,
+    words,
+)
 from qinspect.render.text import safe, text
 
 VERIFY_SCHEMA = "qinspect.verify/2"
 SQNR_BAD_DB = 20.0
 SQNR_WARN_DB = 30.0
 CLIP_BAD = 0.01
-SOURCE_LABEL = {
-    InputKind.USER: "user input",
-    InputKind.CHAINED: "chained (assumed)",
-    InputKind.SYNTHETIC: "synthetic (isolated)",
-    InputKind.MODEL: "model's real input",
-}
 
 
 def render_verify(report: VerifyReport) -> RenderableType:
@@ -80,37 +86,54 @@ def _header(r: VerifyReport) -> RenderableType:
     return grid
 
 
-def _table(r: VerifyReport) -> Table:
-    t = Table(header_style="bold", expand=False, title_justify="left",
-              title=Text("layers, the one that loses most first", style="bold"))
-    for col, just in (("layer", "left"), ("kind", "left"), ("input", "left"),
-                      ("SQNR", "right"), ("error max / mean", "right"),
-                      ("outputs clipped", "right"), ("inputs clipped", "right"),
-                      ("kernel vs reference", "left")):
-        t.add_column(col, justify=just, overflow="fold")
+VERIFY_COLUMNS = (Column("layer"), Column("input"), Column("SQNR", "right", wraps=False),
+                  Column("error", "right", wraps=False), Column("clipped", "right"),
+                  Column("kernel"))
+ORDER = {"graph": "graph order", "model": "module order"}
+# the input column's short label, and what it means (the legend, for the rows shown)
+SOURCE = {
+    InputKind.USER: ("user", "the --input"),
+    InputKind.CHAINED: ("chained", "the previous layer's output (assumed chain)"),
+    InputKind.MODEL: ("real", "the layer's real input in the model"),
+    InputKind.SYNTHETIC: ("synthetic", "isolated, uniform over the input range"),
+}
+
+
+def _table(r: VerifyReport) -> RenderableType:
+    """One row per layer in the file's (or graph's) order; the worst one marked."""
+    t = FitTable(VERIFY_COLUMNS)
     worst = r.worst
-    for row in r.ranked:
-        if not row.verified:
-            t.add_row(text(row.name, "dim"), text(row.kind, "dim"), Text("-", style="dim"),
-                      Text("-", style="dim"), Text("-", style="dim"), Text("-", style="dim"),
-                      Text("-", style="dim"),
-                      text(f"not verified: {row.reason}", "dim"))
-            continue
-        dim = "dim" if row.input_kind is InputKind.SYNTHETIC else ""
-        name_style = "bold red" if row is worst else dim
-        t.add_row(
-            Text.assemble(text(row.name, name_style), (" (worst)" if row is worst else "",
-                                                       "bold red")),
-            text(row.kind, dim),
-            text(SOURCE_LABEL.get(row.input_kind, "-"), dim or _source_style(row)),
-            Text(fmt_db(row.sqnr_db), style=_sqnr_style(row.sqnr_db)),
-            _error_cell(row),
-            _clip_cell(row),
-            Text("-" if row.input_clipped is None else _percent(row.input_clipped),
-                 style=_clip_style(row.input_clipped)),
-            _kernel_cell(row.kernel),
-        )
-    return t
+    for row in r.layers:
+        t.add_row(*(_row(row, row is worst) if row.verified else _skipped_row(row)))
+    order = ORDER.get(r.mode, "the file's order")
+    return Group(Text(f"layers in {order}", style="bold"), t)
+
+
+def _layer_cell(row: LayerVerify, style: str, worst: bool = False) -> list[Line]:
+    """The name, then the short kind (the long one is in ``--json``)."""
+    cell = [name(row.name, "bold red" if worst else style),
+            label(short_kind(row.kind), style or "dim")]
+    if worst:
+        cell.append(atom("(worst)", "bold red"))
+    return cell
+
+
+def _skipped_row(row: LayerVerify) -> list[list[Line]]:
+    """Why it was not verified is a note below the table (reasons are long)."""
+    return [_layer_cell(row, "dim"), *[DASH] * 4, [words("not verified (see Notes)", "dim")]]
+
+
+def _row(row: LayerVerify, worst: bool) -> list[list[Line]]:
+    dim = "dim" if row.input_kind is InputKind.SYNTHETIC else ""
+    source = SOURCE[row.input_kind][0] if row.input_kind is not None else "-"
+    return [
+        _layer_cell(row, dim, worst),
+        [atom(source, dim or _source_style(row))],
+        [atom(fmt_db(row.sqnr_db), _sqnr_style(row.sqnr_db))],
+        _error_cell(row),
+        _clip_cell(row),
+        _kernel_cell(row.kernel),
+    ]
 
 
 def _source_style(row: LayerVerify) -> str:
@@ -133,25 +156,33 @@ def _clip_style(x: float | None) -> str:
     return "bold red" if x >= CLIP_BAD else "yellow"
 
 
-def _error_cell(row: LayerVerify) -> Text:
+def _error_cell(row: LayerVerify) -> list[Line]:
+    """Max and mean error, then their unit: output LSB, or the float output's absolute
+    error (dynamic layers, float outputs)."""
     if row.max_error_lsb is not None:
         style = "yellow" if row.max_error_lsb > 1.0 else ""
-        return Text(f"{row.max_error_lsb:.2f} / {row.mean_error_lsb:.2f} LSB", style=style)
+        return [atom(f"max {row.max_error_lsb:.2f}", style),
+                atom(f"mean {row.mean_error_lsb:.2f}"), atom("LSB", "dim")]
     if row.max_abs_error is not None:
-        return Text(f"{row.max_abs_error:.3g} / {row.mean_abs_error:.3g} (float, abs)")
-    return Text("-")
+        return [atom(f"max {row.max_abs_error:.3g}"), atom(f"mean {row.mean_abs_error:.3g}"),
+                atom("abs (float)", "dim")]
+    return DASH
 
 
-def _clip_cell(row: LayerVerify) -> Text:
+def _clip_cell(row: LayerVerify) -> list[Line]:
+    """Outputs clipped (and at which end), then inputs clipped."""
     c = row.clipped
     if c is None:
-        return Text("- (float output)" if row.mode == "dynamic" else "-", style="dim")
-    body = _percent(c)
-    if c > 0:
-        low, high = row.clipped_low or 0.0, row.clipped_high or 0.0
-        where = "top" if high and not low else "bottom" if low and not high else "both ends"
-        body += f" ({where})"
-    return Text(body, style=_clip_style(c))
+        cell = [atom("out -", "dim")] if row.mode == "dynamic" else []
+    else:
+        cell = [atom(f"out {_percent(c)}", _clip_style(c))]
+        if c > 0:
+            low, high = row.clipped_low or 0.0, row.clipped_high or 0.0
+            where = "top" if high and not low else "bottom" if low and not high else "both ends"
+            cell.append(words(f"({where})", _clip_style(c)))
+    if row.input_clipped is not None:
+        cell.append(atom(f"in {_percent(row.input_clipped)}", _clip_style(row.input_clipped)))
+    return cell or DASH
 
 
 def _percent(x: float) -> str:
@@ -161,48 +192,50 @@ def _percent(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def _kernel_cell(k: KernelAgreement | None) -> Text:
+def _kernel_cell(k: KernelAgreement | None) -> list[Line]:
+    """Agreement first (a word or a count), then how it was measured."""
     if k is None:
-        return Text("-")
+        return DASH
+    how = words(f"({k.arithmetic})", "dim")
     if k.agree and k.max_diff > 0:  # float outputs compared within a rounding bound
-        return Text(f"agree to float32 rounding, max {k.max_diff:.3g} ({k.arithmetic})",
-                    style="green")
+        return [words("agree to float32 rounding", "green"), atom(f"max {k.max_diff:.3g}"), how]
     if k.agree:
-        return Text(f"bit-exact ({k.arithmetic})", style="green")
+        return [atom("bit-exact", "green"), how]
     unit = "LSB" if k.unit == "LSB" else "(abs)"
-    return Text(f"{k.mismatches} of {k.elements} differ, max {k.max_diff:.4g} {unit} "
-                f"({k.arithmetic})", style="bold red")
+    return [atom(f"{k.mismatches} of {k.elements}", "bold red"), words("differ", "bold red"),
+            atom(f"max {k.max_diff:.4g} {unit}", "bold red"), how]
 
 
 def _legend(r: VerifyReport) -> RenderableType:
+    sources = [f"{short} = {meaning}" for k, (short, meaning) in SOURCE.items()
+               if any(row.input_kind is k for row in r.layers)]
     lines = [
+        *([f"input: {'; '.join(sources)}."] if sources else []),
         "SQNR: kernel output against the float domain (higher is better, ~6 dB per bit); "
-        "error in output LSB (0.5 = rounding only); clipped: outputs whose float value lies "
-        "more than half a step beyond the output range (calibrated too narrow), inputs "
-        "lost to the clamp when quantized; kernel vs reference: torch's op against "
-        "qinspect's integer arithmetic on the same input.",
+        "error: max and mean, in output LSB (0.5 = rounding only) or, for a float output, "
+        "absolute; clipped: out = outputs whose float value lies more than half a step "
+        "beyond the output range (calibrated too narrow), in = inputs lost to the clamp "
+        "when quantized; kernel: torch's op against qinspect's integer arithmetic on the "
+        "same input.",
     ]
     if any(row.input_kind is InputKind.SYNTHETIC for row in r.layers):
-        lines.append("Dim rows ran on isolated, synthetic input (uniform over the input range):"
-                     " they test the arithmetic; their SQNR and clipping are a stress case, "
-                     "not evidence from real data.")
+        lines.append("Dim rows ran on isolated, synthetic input: they test the arithmetic; "
+                     "their SQNR and clipping are a stress case, not evidence from real data.")
     return Group(*(Text(line, style="dim") for line in lines))
 
 
 def _notes(r: VerifyReport) -> RenderableType | None:
     seen: dict[str, list[str]] = {}
     for row in r.layers:
-        for note in row.notes:
+        why = () if row.verified else (f"not verified: {row.reason}",)
+        for note in (*why, *row.notes):
             seen.setdefault(note, []).append(row.name)
     general = list(r.notes)
     if not seen and not general:
         return None
-    parts: list[RenderableType] = [Text("\nNotes", style="bold")]
-    for note in general:
-        parts.append(Text.assemble("  ", text(note)))
-    for note, names in seen.items():
-        parts.append(Text.assemble("  ", text(", ".join(names), "cyan"), ": ", text(note)))
-    return Group(*parts)
+    lines = [text(note) for note in general]
+    lines += [said(", ".join(names), note) for note, names in seen.items()]
+    return Group(Text("\nNotes", style="bold"), detail_lines(lines))
 
 
 # --- JSON -----------------------------------------------------------------------------
