@@ -62,9 +62,9 @@ def _input(layer: Layer) -> list[str]:
                     f"divisor: per-16 activation scales are computed at run time and divided "
                     f"by it (this is the input's scale, unlike eager PyTorch's fc1.scale, "
                     f"which is the output's)"]
-        rng = 448.0 if act.dtype.startswith("float8") else 127.0
+        edge = fmt((448.0 if act.dtype.startswith("float8") else 127.0) * act.scale)
         return [f"{key} = {fmt(act.scale)} quantizes this layer's INPUT activation "
                 f"(static, per tensor): x becomes {act.dtype} x / {fmt(act.scale)}, so inputs "
-                f"beyond +-{fmt(rng * act.scale)} are clipped (eager PyTorch's fc1.scale is "
+                f"outside [-{edge}, {edge}] are clipped (eager PyTorch's fc1.scale is "
                 "the OUTPUT's scale; here the stored scale is the input's)"]
     return ["input: " + src.explanation]

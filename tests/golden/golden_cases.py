@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.console import Console
+
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = Path(__file__).resolve().parent / "expected"
 S = "sample_checkpoints"
@@ -102,6 +104,60 @@ def _run(argv: tuple[str, ...], width: int) -> tuple[int, str]:
             else:
                 os.environ[k] = v
     return code, out.getvalue()
+
+
+def scan_cases() -> list[Case]:
+    """The golden cases, and every command on every sample they leave out (``verify`` and
+    ``check`` alone, ``show --explain``): what the 80-column scans read."""
+    samples = [f"{S}/{n}" for n in SHOW_SAMPLES] + [f"{S}/hf/{n}" for n in HF_SAMPLES]
+    extra = [argv for path in samples for argv in
+             (("show", path, "--explain"), ("verify", path), ("check", path))]
+    seen = {c.argv for c in CASES}
+    return CASES + [Case(f"{argv[0]}-{' '.join(argv[1:]).removeprefix(S + '/')}", argv)
+                    for argv in extra if argv not in seen]
+
+
+_RENDERED: dict[tuple[str, ...], list[object]] = {}
+
+
+def rendered(case: Case, width: int) -> str:
+    """``qinspect ARGV``'s human output laid out at ``width`` columns, without colour.
+
+    The command runs once (it can be slow); what it printed (rich renderables) is kept
+    and laid out again at each width, exactly as its console would at that width."""
+    if case.argv not in _RENDERED:
+        _RENDERED[case.argv] = _recorded(case.argv)
+    out = io.StringIO()
+    console = Console(file=out, width=width, highlight=False, soft_wrap=False,
+                      color_system=None, force_terminal=False)
+    for renderable in _RENDERED[case.argv]:
+        console.print(renderable)
+    return out.getvalue()
+
+
+def _recorded(argv: tuple[str, ...]) -> list[object]:
+    import qinspect.cli.check
+    import qinspect.cli.diff
+    import qinspect.cli.show
+    import qinspect.cli.verify
+    from qinspect.cli._console import stdout_console
+
+    printed: list[object] = []
+
+    class Recorder(Console):
+        def print(self, *objects: object, **_: object) -> None:
+            printed.extend(objects)
+
+    modules = (qinspect.cli.check, qinspect.cli.diff, qinspect.cli.show, qinspect.cli.verify)
+    assert all(m.stdout_console is stdout_console for m in modules)
+    try:
+        for m in modules:
+            m.stdout_console = lambda: Recorder(file=io.StringIO())  # type: ignore[attr-defined]
+        _run(argv, 80)
+    finally:
+        for m in modules:
+            m.stdout_console = stdout_console  # type: ignore[attr-defined]
+    return printed
 
 
 VOLATILE = [
