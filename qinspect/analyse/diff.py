@@ -33,6 +33,7 @@ from qinspect.analyse.fold import EpsChoice, fold_batchnorm, infer_eps
 from qinspect.analyse.pairing import Pair, pair_layers
 from qinspect.errors import InputError
 from qinspect.model import ActQuant, Checkpoint, Layer, Mode, Role, TensorQuant, Weight
+from qinspect.names import natural_key
 from qinspect.quant import affine, metrics
 from qinspect.quant.dtypes import QDTYPES, qdtype
 
@@ -762,9 +763,10 @@ def _lsb_flag_both(w: WeightError) -> str:
 
 def sort_rows(rows: list[LayerDiff], sort: str) -> list[LayerDiff]:
     """``sqnr``: worst SQNR first (problems first, layers without weights last);
-    ``error``: largest max error in LSB (then absolute) first; ``name``: by name."""
+    ``error``: largest max error in LSB (then absolute) first; ``name``: by name, its
+    numbers as numbers (``layers.2`` before ``layers.10``)."""
     if sort == "name":
-        return sorted(rows, key=lambda r: r.name)
+        return sorted(rows, key=lambda r: natural_key(r.name))
     if sort == "error":
         return sorted(rows, key=_error_key)
     return sorted(rows, key=_sqnr_key)

@@ -68,6 +68,8 @@ def _header(s: Summary) -> Table:
     grid.add_row("size", Text(f"{size(c.file_size)} on disk; {size(bf16)} as bfloat16 "
                               f"({ratio:.2f}x smaller)"))
     grid.add_row("layers", Text(f"{s.quantized_layers} quantized, {s.float_layers} float"))
+    if c.order:
+        grid.add_row("order", Text(f"layers listed in {c.order}"))
     if hf.ignored:
         shown = ", ".join(safe(p) for p in hf.ignored[:6])
         more = f" (+{len(hf.ignored) - 6})" if len(hf.ignored) > 6 else ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+HF_ORDER = ("forward order, from the names (safetensors sorts them): blocks by number, "
+            "attention (q, k, v, o) before the MLP (gate, up, down)")
 
 def is_hf_input(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a safetensors file, an index file or a folder holding either."""
@@ -34,6 +36,7 @@ def load(path: str | os.PathLike[str]):  # -> Checkpoint (import kept lazy)
     """A Hugging Face checkpoint -> :class:`qinspect.model.Checkpoint` (torch-free)."""
     from qinspect.loaders.hf import container, formats, hfconfig
     from qinspect.model import Checkpoint, HFInfo, Level, Note
+    from qinspect.names import module_key
 
     ts = container.open_set(path)
     _, cfg = hfconfig.read_config(ts.root)
@@ -51,8 +54,9 @@ def load(path: str | os.PathLike[str]):  # -> Checkpoint (import kept lazy)
                   model_dtype=cfg.model_dtype, shards=tuple(s.path.name for s in ts.shards),
                   index=ts.index_path.name if ts.index_path else None,
                   quantization_config=cfg.raw, ignored=tuple(formats.ignore_patterns(cfg)))
+    layers = sorted(built.layers, key=lambda layer: module_key(layer.name))
     return Checkpoint(path=str(path), format=fmt, stage="converted" if quantized else "float",
-                      file_size=ts.file_size, layers=tuple(built.layers),
+                      file_size=ts.file_size, layers=tuple(layers),
                       unrecognised=tuple(built.unrecognised), module_order_known=True,
-                      order="tensor order of the safetensors header(s)",
+                      order=HF_ORDER,
                       notes=tuple(notes), hf=info)
