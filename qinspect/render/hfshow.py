@@ -14,6 +14,7 @@ from qinspect.analyse.explain_packed import explain_packed
 from qinspect.analyse.packed import PackedHealth
 from qinspect.analyse.summary import LayerSummary, Summary
 from qinspect.model import Layer, Level, Mode, PackedWeight, ScaleOp, SourceKind
+from qinspect.render import table as tb
 from qinspect.render.text import num, percent, safe, size, text
 
 SHOW_SCHEMA_2 = "qinspect.show/2"
@@ -77,20 +78,27 @@ def _header(s: Summary) -> Table:
     return grid
 
 
+HF_COLUMNS = tuple(tb.Column(h) for h in ("layer", "weight", "scale", "input", "codes"))
+
+
 def _table(rows: list[LayerSummary]) -> RenderableType:
+    """One row per quantized layer; names lose the prefix they all share (said below)."""
     prefix = common_prefix([r.layer.name for r in rows])
-    t = Table(header_style="bold", expand=False, pad_edge=False,
-              caption=f"layer names start with {safe(prefix)}" if prefix else None,
-              caption_justify="left")
-    t.add_column("layer", overflow="fold", max_width=28)
-    for col in ("weight", "scale", "input", "codes"):
-        t.add_column(col, no_wrap=True)
+    t = tb.FitTable(HF_COLUMNS)
     for r in rows:
         lay, pw = r.layer, r.layer.packed
         assert pw is not None
-        t.add_row(text(lay.name[len(prefix):]), _weight(pw), _scale(pw, r.packed),
-                  _input(lay), _codes(r.packed))
-    return t
+        t.add_row([tb.name(lay.name[len(prefix):])], *(_lines(cell) for cell in (
+            _weight(pw), _scale(pw, r.packed), _input(lay), _codes(r.packed))))
+    if not prefix:
+        return t
+    return Group(t, Text(f"layer names start with {safe(prefix)}"))
+
+
+def _lines(cell: Text) -> list[tb.Line]:
+    """A cell written as lines of text: each line breaks between words only."""
+    style = str(cell.style)
+    return [tb.words(line, style) for line in cell.plain.split("\n")]
 
 
 def _gran(pw: PackedWeight) -> str:
