@@ -47,3 +47,19 @@ def test_table_fits_80_columns_and_keeps_numbers_whole():
     lines = out.getvalue().splitlines()
     assert all(len(line.rstrip()) <= 80 for line in lines)
     assert sum("0.000279..0.000282" in line for line in lines) == 3
+
+
+def test_rows_are_spaced_unless_asked_not_to_be():
+    def render(spaced: bool) -> list[str]:
+        table = FitTable([Column("rule"), Column("checks", "right", wraps=False)],
+                         spaced=spaced)
+        for i in range(3):
+            table.add_row([atom(f"QI00{i}")], [atom(str(i))])
+        out = io.StringIO()
+        Console(file=out, width=80, color_system=None).print(table)
+        return out.getvalue().splitlines()
+
+    assert [line.split() for line in render(False)[2:]] == [["QI000", "0"], ["QI001", "1"],
+                                                          ["QI002", "2"]]
+    assert [line.strip() for line in render(True)[2:]] == ["QI000       0", "", "QI001       1",
+                                                         "", "QI002       2"]

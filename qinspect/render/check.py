@@ -26,6 +26,7 @@ from qinspect.gate.catalogue import Rule, Severity
 from qinspect.gate.files import CheckRun, Outcome
 from qinspect.gate.report import CHECK_SCHEMA, Case, CheckResult, Finding, Status
 from qinspect.gate.rules import display
+from qinspect.render import table as tb
 from qinspect.render.text import safe, text
 
 FORMATS = ("human", "json", "junit", "github", "markdown")
@@ -41,7 +42,7 @@ def render_check(result: CheckResult) -> RenderableType:
     parts: list[RenderableType] = [_header(result)]
     findings = [c for c in result.cases if c.status in (Status.FAILED, Status.WARNING)]
     if findings:
-        parts.append(_findings_table(findings))
+        parts += [_findings_table(findings), Text("")]
     parts.append(_rules_table(result))
     parts.append(_verdict(result))
     return Group(*parts)
@@ -66,53 +67,47 @@ def _header(r: CheckResult) -> Table:
     return grid
 
 
-def _findings_table(cases: list[Case]) -> Table:
-    t = Table(header_style="bold", show_lines=True, expand=False)
-    for col in ("", "rule", "layer", "finding"):
-        t.add_column(col, overflow="fold")
+FINDING_COLUMNS = (tb.Column("", wraps=False), tb.Column("rule"), tb.Column("layer"),
+                   tb.Column("finding"))
+
+
+def _findings_table(cases: list[Case]) -> tb.FitTable:
+    """One row per failed or warned case: its findings, then the rule's hint (dim)."""
+    t = tb.FitTable(FINDING_COLUMNS)
     for case in cases:
         label, style = STATUS_STYLE[case.status]
-        body = Text()
         prefix = f"{display(case.layer)}: " if case.layer else ""
-        for i, f in enumerate(case.findings):
-            if i:
-                body.append("\n")
-            short = f.message[len(prefix):] if prefix and f.message.startswith(prefix) \
-                else f.message
-            body.append_text(text(short))
-        body.append("\nhint: ", style="dim")
-        body.append(case.rule.hint, style="dim")
-        t.add_row(Text(label, style=style), Text(case.rule.label),
-                  text(display(case.layer) if case.layer else "(file)"), body)
+        body = [tb.words(f.message[len(prefix):] if prefix and f.message.startswith(prefix)
+                         else f.message) for f in case.findings]
+        body.append(tb.words(f"hint: {case.rule.hint}", "dim"))
+        t.add_row([tb.atom(label, style)], [tb.label(case.rule.label)],
+                  [tb.name(display(case.layer)) if case.layer else tb.atom("(file)")], body)
     return t
 
 
-def _rules_table(r: CheckResult) -> Table:
-    t = Table(header_style="bold", expand=False)
-    for col in ("rule", "checks", "result"):
-        t.add_column(col, overflow="fold")
+RULE_COLUMNS = (tb.Column("rule"), tb.Column("checks", "right", wraps=False),
+                tb.Column("result"))
+
+
+def _rules_table(r: CheckResult) -> tb.FitTable:
+    t = tb.FitTable(RULE_COLUMNS, spaced=False)
     for rule in r.rules:
         cases = [c for c in r.cases if c.rule.id == rule.id]
         if cases:
-            t.add_row(Text(rule.label), Text(str(len(cases))), _rule_result(cases))
+            t.add_row([tb.label(rule.label)], [tb.atom(str(len(cases)))], [_rule_result(cases)])
     return t
 
 
-def _rule_result(cases: list[Case]) -> Text:
-    if not cases:
-        return Text("nothing to check", style="dim")
+def _rule_result(cases: list[Case]) -> tb.Line:
+    """``passed``, or the counts that are not passes (``2 failed, 1 warning``)."""
     counts = {s: sum(1 for c in cases if c.status is s) for s in Status}
-    parts = []
-    for status, word in ((Status.FAILED, "failed"), (Status.WARNING, "warning"),
-                         (Status.SKIPPED, "skipped")):
-        if counts[status]:
-            parts.append((f"{counts[status]} {word}", STATUS_STYLE[status][1]))
+    parts = [(f"{counts[status]} {word}", STATUS_STYLE[status][1]) for status, word in (
+        (Status.FAILED, "failed"), (Status.WARNING, "warning"), (Status.SKIPPED, "skipped"))
+        if counts[status]]
     if not parts:
-        return Text("passed", style="green")
-    out = Text()
-    for i, (words, style) in enumerate(parts):
-        out.append(("" if i == 0 else ", ") + words, style=style)
-    return out
+        return tb.atom("passed", "green")
+    return tb.joined(*(tb.atom(("" if i == 0 else ", ") + words, style)
+                       for i, (words, style) in enumerate(parts)))
 
 
 def _verdict(r: CheckResult) -> Text:

@@ -87,13 +87,14 @@ class FitTable:
 
     columns: Sequence[Column]
     rows: list[list[list[Line]]] = field(default_factory=list)
+    spaced: bool = True  # a blank line between rows (rows of one line each: False)
 
     def add_row(self, *cells: list[Line]) -> None:
         self.rows.append(list(cells))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         widths = self.widths(console, options.max_width)
-        table = _frame(self.columns, widths)
+        table = _frame(self.columns, widths, self.spaced)
         for row in self.rows:
             table.add_row(*(_render_cell(cell, w) for cell, w in zip(row, widths, strict=True)))
         yield table
@@ -147,8 +148,9 @@ def shrink(natural: list[int], least: list[int], room: int,
     return widths
 
 
-def _frame(columns: Iterable[Column], widths: Sequence[int] | None = None) -> Table:
-    t = Table(box=box.SIMPLE_HEAD, show_lines=True, show_edge=False, header_style="bold",
+def _frame(columns: Iterable[Column], widths: Sequence[int] | None = None,
+           spaced: bool = True) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, show_lines=spaced, show_edge=False, header_style="bold",
               expand=False, pad_edge=False, padding=(0, 1, 0, 0))
     for i, c in enumerate(columns):
         t.add_column(c.header, justify=c.justify, no_wrap=True, overflow="fold",  # type: ignore[arg-type]

@@ -62,6 +62,10 @@ def _cases() -> list[Case]:
               "--input", f"{S}/sample.npy")),
         Case("check-mlp_qat_prepared.pt", ("check", f"{S}/mlp_qat_prepared.pt")),
         Case("check-embbag_4bit.pt", ("check", f"{S}/embbag_4bit.pt")),
+        Case("check-failing-mlp_int8_fbgemm.pt",  # thresholds the sample misses: findings
+             ("check", f"{S}/mlp_int8_fbgemm.pt", "--reference", f"{S}/mlp_fp32.pt",
+              "--input", f"{S}/sample.npy", "--set", "min_weight_sqnr_db=45",
+              "--set", "min_output_sqnr_db=45", "--set", "max_clipping_fraction=0.001")),
     ]
     return cases
 
