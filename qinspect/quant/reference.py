@@ -51,7 +51,7 @@ The accumulator is summed in float64 by BLAS: every product ``(x_q - zx)(w_q - z
 is an integer of at most 2**16 in magnitude, so every partial sum of fewer than 2**37
 terms is an integer below 2**53 and exact in float64 whatever the summation order;
 longer sums fall back to int64 arithmetic. Verified against torch 2.13.0+cpu on an
-AVX512-VNNI x86-64 machine and on an AVX2 one without VNNI (``tests/test_reference.py``).
+AVX512-VNNI x86-64 machine and on an AVX2 one without VNNI (``tests/quant/test_reference.py``).
 fbgemm without VNNI sums pairs of raw byte products in int16 with saturation
 (``vpmaddubsw``), which activations in the full 0..255 range can overflow
 (``reduce_range`` activations, the fbgemm default, never do): ``int16_gemm=True``

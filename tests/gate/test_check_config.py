@@ -199,7 +199,7 @@ def test_readme_config_example_is_valid(tmp_path):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("<!-- section:check -->"):
                      readme.index("<!-- /section:check -->")]
     (block,) = re.findall(r"```toml\n(.*?)```", section, re.S)

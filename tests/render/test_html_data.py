@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from torch_models import mlp_ptq, save
 
 from qinspect.quant.metrics import channel_sqnr_db, sqnr_db
-from tests.torch_models import mlp_ptq, save
 
 
 def _torch_channel_sqnr(w: torch.Tensor, dq: torch.Tensor) -> list[float]:
