@@ -16,6 +16,7 @@ convolutions with a kernel that adds byte products in int16 (:func:`fbgemm_depth
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,27 @@ def fbgemm_int16_gemm() -> bool:
     (``vpmaddubsw``: a CPU without AVX512-VNNI), which the reference must reproduce
     (``int16_gemm`` in :mod:`qinspect.quant.reference`; measured on an AVX2 machine)."""
     return not has_avx512_vnni()
+
+
+@functools.cache
+def torchao_int8_pairs_saturate() -> bool:
+    """Whether torchao's CPU int8 matmul (``torchao.kernel.int_scaled_matmul``) adds pairs of
+    byte products in int16 with saturation on this machine, measured on the kernel itself.
+
+    On a CPU with VNNI and no AMX, torchao shifts the int8 activations to uint8 (+128) and
+    calls ``torch._int_mm`` (u8s8, then subtracts 128 x the weight's column sums); oneDNN
+    runs that with VNNI (exact) unless its ISA is capped below VNNI (``ONEDNN_MAX_CPU_ISA``
+    = SSE41, AVX2, AVX512_CORE...: measured on an AVX512-VNNI CPU, 1834 of 2048 random
+    int8 outputs differ), where ``vpmaddubsw`` saturates each pair to int16. One row of
+    127s against a column of 127s tells: each pair is 2 x 255 x 127 = 64770 > 32767."""
+    import torch
+    from torchao.kernel import int_scaled_matmul
+
+    k = 16
+    a = torch.full((1, k), 127, dtype=torch.int8)
+    b = torch.full((k, 1), 127, dtype=torch.int8)
+    got = int_scaled_matmul(a, b, torch.ones((1, 1), dtype=torch.float32))
+    return float(got.reshape(-1)[0]) != float(k * 127 * 127)
 
 
 def linear_kernel(engine: str) -> str:
