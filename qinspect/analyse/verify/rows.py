@@ -294,7 +294,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         op = "quantized::linear" + ("_relu" if relu else "")
     floats, kernels_q, refs, outs = [], [], [], []
     depthwise = False
-    pairs = arith == "fbgemm" and K.fbgemm_int16_gemm()
+    pairs = K.int16_gemm(arith)
     for call in calls:
         kq = runner(call.q, call.scale, call.zero_point, out.scale, out.zero_point, relu)
         x = dequant(call.q, call.scale, call.zero_point)
@@ -433,7 +433,7 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
         ko = runner(x32)
         ro, xq, sx, zx = R.dynamic_linear(x32, wq.values, wq.quant.scale, wq.quant.zero_point,
                                           layer.bias, kernel=arith, reduce_range=True,
-                                          int16_gemm=arith == "fbgemm" and K.fbgemm_int16_gemm())
+                                          int16_gemm=K.int16_gemm(arith))
         floats.append(x32.astype(np.float64) @ w_f.T + (0.0 if b_f is None else b_f))
         kouts.append(ko)
         routs.append(ro)
