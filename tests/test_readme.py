@@ -7,14 +7,23 @@ through ``qinspect.cli.main``, in page order, from one scratch folder per page t
 ``--baseline report.json`` on the same page reads it); an example may demonstrate a
 failing check (exit 1) but never a usage/input error or a crash. CI recipes that name
 the reader's own files (``models/model_int8.pt``) are templates and are not run.
+
+A pasted output (a ``text`` block) that follows a marker
+``<!-- output at 80 columns: qinspect ARGS -->`` is compared with what the command prints
+at that width: the block's lines must appear in the output as written, in order, each
+run of lines contiguous; ``...`` on a line of its own marks where lines were left out
+(also at the start or the end). After an intended change of output, blocks without
+``...`` are rewritten with ``QINSPECT_UPDATE_GOLDEN=1`` (then read the diff); the failure
+message of an excerpt shows the fresh output to paste from.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 
@@ -27,7 +36,10 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
 README_MAX_BYTES = 20_000
 
 
-class Example(NamedTuple):
+@dataclass(frozen=True)
+class Example:
+    """A command on a page, ``id`` its place (``docs/check.md:12``)."""
+
     page: Path
     line: int
     command: str
@@ -115,6 +127,91 @@ def test_page_command_runs(cli, example, monkeypatch, scratch):
     assert result.code in (0, 1), f"{example.id}: {example.command}\n{result.err}"
     assert "Traceback" not in result.err
     assert result.out.strip(), f"{example.id}: {example.command} printed nothing"
+
+
+# --- pasted outputs ----------------------------------------------------------------------
+
+OUTPUT = re.compile(r"^<!-- output at (\d+) columns: (qinspect [^\n]*?) -->\n\n?```text\n(.*?)^```",
+                    flags=re.S | re.M)
+ELLIPSIS = "..."
+
+
+@dataclass(frozen=True)
+class Pasted(Example):
+    """A pasted output: the command's output at ``columns`` columns, as shown."""
+
+    columns: int
+    text: str
+
+
+def pasted_outputs(page: Path) -> list[Pasted]:
+    text = page.read_text()
+    return [Pasted(page, text.count("\n", 0, match.start()) + 1, match.group(2),
+                   int(match.group(1)), match.group(3))
+            for match in OUTPUT.finditer(text)]
+
+
+def all_pasted() -> list[Pasted]:
+    return [pasted for page in PAGES for pasted in pasted_outputs(page)]
+
+
+def excerpt_matches(excerpt: list[str], output: list[str]) -> bool:
+    """Whether ``excerpt`` is ``output`` with runs of lines replaced by ``...`` lines."""
+    segments: list[list[str]] = [[]]
+    for line in excerpt:
+        if line == ELLIPSIS:
+            segments.append([])
+        else:
+            segments[-1].append(line)
+    pos = 0
+    for k, segment in enumerate(segments):
+        if not segment:
+            continue
+        starts = [i for i in range(pos, len(output) - len(segment) + 1)
+                  if output[i:i + len(segment)] == segment]
+        if k == 0:                      # no leading "...": the output's first line
+            starts = [i for i in starts if i == 0]
+        if not starts:
+            return False
+        pos = starts[0] + len(segment)
+    return pos == len(output) or bool(excerpt) and excerpt[-1] == ELLIPSIS
+
+
+def test_excerpt_matching_is_strict():
+    output = ["a", "b", "c", "d"]
+    assert excerpt_matches(["a", "b", "c", "d"], output)
+    assert excerpt_matches(["...", "b", "...", "d"], output)
+    assert excerpt_matches(["a", "...", "c", "..."], output)
+    assert not excerpt_matches(["a", "c", "d"], output)          # a gap needs "..."
+    assert not excerpt_matches(["b", "c", "d"], output)          # so does a cut start
+    assert not excerpt_matches(["a", "b", "c"], output)          # and a cut end
+    assert not excerpt_matches(["...", "c", "b", "..."], output)  # order kept
+    assert not excerpt_matches(["...", "x", "..."], output)
+
+
+def test_pages_have_pasted_outputs():
+    """The comparison is not vacuous: the README's outputs are real and marked."""
+    assert len(pasted_outputs(ROOT / "README.md")) >= 4
+    assert len(all_pasted()) >= 10
+
+
+@pytest.mark.parametrize("pasted", all_pasted(), ids=lambda pasted: pasted.id)
+def test_pasted_output_is_real(cli, pasted, monkeypatch, scratch):
+    monkeypatch.chdir(scratch[pasted.page])
+    monkeypatch.setenv("COLUMNS", str(pasted.columns))
+    result = cli(*shlex.split(pasted.command)[1:])
+    output = [line.rstrip() for line in result.out.rstrip("\n").splitlines()]
+    excerpt = [line.rstrip() for line in pasted.text.rstrip("\n").splitlines()]
+    if excerpt_matches(excerpt, output):
+        return
+    if os.environ.get("QINSPECT_UPDATE_GOLDEN") == "1" and ELLIPSIS not in excerpt:
+        page = pasted.page.read_text()
+        fresh = "\n".join(output) + "\n"
+        pasted.page.write_text(page.replace("```text\n" + pasted.text, "```text\n" + fresh, 1))
+        return
+    fresh = "\n".join(output)
+    pytest.fail(f"{pasted.id}: the output of `{pasted.command}` at {pasted.columns} columns "
+                f"no longer shows these lines; paste from the fresh output:\n{fresh}")
 
 
 # --- links -------------------------------------------------------------------------------
