@@ -141,6 +141,14 @@ def flatten(values: Any) -> list[Any]:
     return out
 
 
+def quantized_op_name(name: str) -> str | None:
+    """``ops.quantized.add`` or ``torch.ops.quantized.add`` -> ``add`` (else None)."""
+    for prefix in ("ops.quantized.", "torch.ops.quantized."):
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return None
+
+
 Env = dict[str, Any]
 
 

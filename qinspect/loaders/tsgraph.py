@@ -26,6 +26,7 @@ from qinspect.loaders.tscode import (
     Env,
     ModRef,
     flatten,
+    quantized_op_name,
 )
 
 
@@ -122,9 +123,9 @@ class GraphWalker(CodeWalker):
             return self.quantize(args)
         if name == "torch.dequantize":
             return TensorVal(None)
-        name = name.removeprefix("torch.") if name.startswith("torch.ops.") else name
-        if name.startswith("ops.quantized."):
-            return self.quantized_op(name.removeprefix("ops.quantized."), args)
+        op = quantized_op_name(name)
+        if op is not None:
+            return self.quantized_op(op, args)
         return _first_tensor(args)
 
     def quantize(self, args: list[Any]) -> TensorVal:

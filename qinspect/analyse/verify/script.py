@@ -41,6 +41,7 @@ from qinspect.loaders.tscode import (
     GlobalName,
     ModRef,
     flatten,
+    quantized_op_name,
 )
 from qinspect.model import ActQuant, Checkpoint, Layer, Mode
 
@@ -301,9 +302,9 @@ class Interpreter(CodeWalker):
         if name.startswith("torch.") and name.count(".") == 1 and short in TORCH_FUNCS:
             fn = getattr(torch, short, None) if short != "slice" else None
             return (fn or getattr(torch.ops.aten, short))(*args, **kwargs)
-        if name.startswith(("ops.quantized.", "torch.ops.quantized.")) and \
-                short in QUANTIZED_OPS:
-            return self.quantized_op(short, args)
+        op = quantized_op_name(name)
+        if op in QUANTIZED_OPS:
+            return self.quantized_op(str(op), args)
         raise VerifyError(f"verify cannot run {name!r} from a graph yet (called in "
                           f"{repr(self.module) if self.module else 'the root forward'}); "
                           "verify runs allow-listed operators only")
@@ -386,7 +387,7 @@ class Interpreter(CodeWalker):
             dtype = getattr(torch, QDTYPES.get(dtype, "quint8"))
         s = float(scale)
         z = int(zp)
-        layer = self._quantize_layer(scale)
+        layer = self._layer_holding(scale)
         info = QDTYPE_RANGES.get(str(dtype).removeprefix("torch."))
         if not (math.isfinite(s) and s > 0) or (info is not None
                                                  and not info[0] <= z <= info[1]):
@@ -401,9 +402,10 @@ class Interpreter(CodeWalker):
             self.captures[layer.name] = Capture(x, y)
         return y
 
-    def _quantize_layer(self, scale: Any) -> Layer | None:
+    def _layer_holding(self, obj: Any) -> Layer | None:
+        """The layer whose file entry is ``obj`` itself (not an equal value)."""
         for key, value in self.entries.items():
-            if value is scale and key in self.key_layer:
+            if value is obj and key in self.key_layer:
                 return self.key_layer[key]
         return None
 
@@ -436,16 +438,17 @@ class Interpreter(CodeWalker):
         op's scale as ``self.<op>_scale_0``)."""
         for arg in args:
             if _is_tensor(arg) or isinstance(arg, float):  # small ints are shared objects
-                for key, value in self.entries.items():
-                    if value is arg and key in self.key_layer:
-                        return self.key_layer[key]
+                layer = self._layer_holding(arg)
+                if layer is not None:
+                    return layer
         return None
 
     def _packed_layer(self, packed: Any) -> Layer:
-        for key, value in self.entries.items():
-            if value is packed and key in self.key_layer:
-                return self.key_layer[key]
-        raise VerifyError("a quantized op reads packed weights qinspect did not attribute")
+        layer = self._layer_holding(packed)
+        if layer is None:
+            raise VerifyError("a quantized op reads packed weights qinspect did not "
+                              "attribute")
+        return layer
 
     # --- layers -----------------------------------------------------------------------
     def layer_call(self, layer: Layer, args: list[Any]) -> Any:
