@@ -10,8 +10,9 @@ Never ``torch.jit.load``: that compiles and runs the archive's code. Instead:
   (``fc1._packed_params._packed_params``, ``conv.weight``, ``fc1_input_scale_0``...), so
   the eager and FX classifiers attribute them with the same roles; each layer's kind is the
   exact class TorchScript recorded (``LinearReLU``, ``ConvReLU2d``, ``QFunctional``...);
-* ``code/__torch__/**.py`` is parsed (:mod:`qinspect.loaders.tsgraph`, ``ast`` only) to
-  follow ``forward``: each layer's input source comes from the graph, not from order.
+* ``code/__torch__/**.py`` is parsed (:mod:`qinspect.loaders.tscode`, ``ast`` only) and
+  ``forward`` walked (:mod:`qinspect.loaders.tsgraph`): each layer's input source comes
+  from the graph, not from order.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from qinspect.loaders.archive import view_budget
 from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
 from qinspect.loaders.safe_pickle import Stub, load_pickle
 from qinspect.loaders.sniff import printable
-from qinspect.loaders.tsgraph import AttrRef, Graph, Walker, parse_classes
+from qinspect.loaders.tscode import AttrRef, Code, parse_archive
+from qinspect.loaders.tsgraph import Graph, GraphWalker
 from qinspect.loaders.zipread import Archive
 from qinspect.model import (
     ActQuant,
@@ -58,20 +60,20 @@ def demangle(qualname: str) -> str:
 
 def load(path: str | Path) -> Checkpoint:
     p = Path(path)
-    root, classes, problems = _read(p)
+    root, code = _read(p)
     is_fx = root.qualname.endswith("torch.fx.graph_module.GraphModule")
     fmt = f"TorchScript archive ({'FX GraphModule' if is_fx else demangle(root.qualname)})"
-    return assemble(p, root, classes, root.qualname, fmt, problems)
+    return assemble(p, root, code, root.qualname, fmt)
 
 
-def read_script(p: Path) -> tuple[Stub, dict, str]:
-    """(module tree with torch tensors, parsed classes, root class name): what ``verify``
+def read_script(p: Path) -> tuple[Stub, Code, str]:
+    """(module tree with torch tensors, parsed code, root class name): what ``verify``
     runs."""
-    root, classes, _ = _read(p)
-    return T.to_torch(root), classes, root.qualname
+    root, code = _read(p)
+    return T.to_torch(root), code, root.qualname
 
 
-def _read(p: Path) -> tuple[Stub, dict, list[str]]:
+def _read(p: Path) -> tuple[Stub, Code]:
     with Archive(p) as archive:
         root = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
                            f"{printable(str(p))} (data.pkl)",
@@ -82,12 +84,10 @@ def _read(p: Path) -> tuple[Stub, dict, list[str]]:
         raise UnsupportedFormatError(f"{printable(str(p))}: a TorchScript archive whose "
                                      f"data.pkl holds {printable(type(root).__name__)}, not "
                                      "a module; re-export it")
-    classes, problems = parse_classes(sources)
-    return root, classes, problems
+    return root, parse_archive(sources)
 
 
-def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
-             problems: list[str]) -> Checkpoint:
+def assemble(p: Path, root: Stub, code: Code, root_qualname: str, fmt: str) -> Checkpoint:
     """Module tree + parsed code -> Checkpoint (shared with whole pickled GraphModules)."""
     flat = Flattener()
     flat.module(root, "")
@@ -100,9 +100,10 @@ def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
     quantizers, ops, packed, bad = fx.root_layers(fx_root)
     unrecognised += bad + flat.unrecognised
     by_name = {lay.name: lay for lay in layers + quantizers + ops + packed}
-    graph = _walk(classes, modules, root_qualname, by_name)
+    graph = _walk(code, modules, root_qualname, by_name)
     final = _connect(graph, layers, quantizers, ops, packed)
-    notes = [Note(Level.WARNING, f"graph code: {msg}") for msg in problems + graph.problems]
+    notes = [Note(Level.WARNING, f"graph code: {msg}")
+             for msg in [*code.problems, *graph.problems]]
     return Checkpoint(
         path=str(p),
         format=fmt,
@@ -268,7 +269,7 @@ def _exact_kind(layer: Layer, modules: dict[str, str]) -> Layer:
     return replace(layer, kind=short, notes=notes)
 
 
-def _walk(classes: dict, modules: dict[str, str], root: str,
+def _walk(code: Code, modules: dict[str, str], root: str,
           layers: dict[str, Layer]) -> Graph:
     taken: set[str] = set()
 
@@ -283,8 +284,8 @@ def _walk(classes: dict, modules: dict[str, str], root: str,
                 return name
         return None
 
-    walker = Walker(classes, modules, {n for n in layers if "." in n or n in modules},
-                    match_literal)
+    walker = GraphWalker(code, modules, {n for n in layers if "." in n or n in modules},
+                         match_literal)
     return walker.run(root)
 
 
