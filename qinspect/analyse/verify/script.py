@@ -31,7 +31,7 @@ import numpy as np
 from qinspect.analyse.verify import rows as V
 from qinspect.analyse.verify import types as T
 from qinspect.errors import InputError, VerifyError
-from qinspect.model import Checkpoint, Layer, Mode
+from qinspect.model import Checkpoint, Family, Layer, Mode, OpKind
 
 MAX_DEPTH = 64
 MAX_STEPS = 200_000
@@ -104,9 +104,13 @@ def float_op(op: str, args: list[Any]) -> Any:
 
 def _runs_kernel(layer: Layer) -> bool:
     """Layers run with torch kernels rebuilt from the file (not from their own code)."""
-    kind = layer.kind
-    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or kind.startswith("Linear")
-            or ("Conv" in kind and "Transpose" not in kind))
+    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or _module_linear(layer)
+            or layer.op is OpKind.CONV)
+
+
+def _module_linear(layer: Layer) -> bool:
+    """A Linear module (F.linear on an FX packed weight runs as a graph op instead)."""
+    return layer.op is OpKind.LINEAR and not layer.functional
 
 
 class _Return(Exception):
@@ -183,12 +187,12 @@ class TorchScriptRunner:
     """A TorchScript archive: its stored code interpreted, never ``torch.jit.load``."""
 
     name = "torchscript"
-    format_prefix = "TorchScript archive"
+    family = Family.TORCHSCRIPT
     needs = {"input": NEEDS_INPUT}
     refuses = {"seed": NO_SEED, "model": NO_MODEL}
 
     def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
-        return ckpt.format.startswith(self.format_prefix)
+        return ckpt.family is self.family
 
     def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
             ) -> T.VerifyReport:
@@ -200,7 +204,7 @@ class FxPickleRunner(TorchScriptRunner):
     """A pickled FX GraphModule: its stored code interpreted, nothing unpickled."""
 
     name = "fx-pickle"
-    format_prefix = "FX GraphModule"
+    family = Family.FX_PICKLE
 
 
 class Interpreter:
@@ -566,7 +570,7 @@ class Interpreter:
         import torch.nn.functional as F
 
         kind = layer.kind
-        relu = "ReLU" in kind
+        relu = layer.fused_relu
         if layer.mode is Mode.QUANTIZE:
             out = layer.output
             return torch.quantize_per_tensor(x, out.scale, out.zero_point, torch.quint8) \
@@ -578,22 +582,22 @@ class Interpreter:
             w, b, _, _ = self.weights.get(layer)
             wt = torch.from_numpy(w).to(x.dtype)
             bt = None if b is None else torch.from_numpy(b).to(x.dtype)
-            if kind.startswith("Linear"):
+            if _module_linear(layer):
                 y = F.linear(x, wt, bt)
-            elif "Conv" in kind and "Transpose" not in kind:
+            elif layer.op is OpKind.CONV:
                 geo = self._geometry(layer)
                 conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[wt.dim()]
                 y = conv(x, wt, bt, geo.stride, geo.padding, geo.dilation, geo.groups)
             else:
                 raise VerifyError(f"{layer.name}: verify cannot run {kind} from a graph yet")
             return F.relu(y) if relu else y
-        if layer.mode is Mode.DYNAMIC and kind.startswith("Linear"):
+        if layer.mode is Mode.DYNAMIC and _module_linear(layer):
             return torch.ops.quantized.linear_dynamic(x, self._prepack(layer))
         out = layer.output
-        if kind.startswith("Linear"):
+        if _module_linear(layer):
             op = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
             return op(x, self._prepack(layer), out.scale, out.zero_point)
-        if "Conv" in kind and "Transpose" not in kind:
+        if layer.op is OpKind.CONV:
             dims = len(layer.weight.shape) - 2
             name = f"conv{dims}d" + ("_relu" if relu else "")
             return getattr(torch.ops.quantized, name)(x, self._prepack(layer), out.scale,
@@ -642,18 +646,17 @@ class Interpreter:
             return self._op_row(layer, cap)
         x = cap.x
         text = f"its real input {tuple(int(d) for d in x.shape)} in a run of the whole graph"
-        relu = "ReLU" in layer.kind
+        relu = layer.fused_relu
         if layer.mode is Mode.QUANTIZE and layer.output is not None:
             row, _ = V.quantize_row(self.ctx, layer, x.detach().numpy(), T.InputKind.MODEL,
                                     text)
             return row
-        if layer.mode is Mode.DYNAMIC and layer.kind.startswith("Linear"):
+        if layer.mode is Mode.DYNAMIC and _module_linear(layer):
             row, _ = V.dynamic_row(self.ctx, layer, [x.detach().numpy()], T.InputKind.MODEL,
                                    text)
             return row
         if layer.mode is Mode.STATIC and getattr(x, "is_quantized", False) and \
-                (layer.kind.startswith("Linear") or ("Conv" in layer.kind
-                                                     and "Transpose" not in layer.kind)):
+                (_module_linear(layer) or layer.op is OpKind.CONV):
             call = V.Call(x.int_repr().numpy(), float(x.q_scale()), int(x.q_zero_point()))
             conv = len(layer.weight.shape) > 2
             geo = self._geometry(layer) if conv else None
@@ -729,7 +732,7 @@ class Interpreter:
                       input_shape=tuple(int(d) for d in x.shape),
                       input_scale=layer.input.scale if layer.input else None,
                       input_zero_point=layer.input.zero_point if layer.input else None,
-                      relu="ReLU" in layer.kind, elements=int(ref_np.size),
+                      relu=layer.fused_relu, elements=int(ref_np.size),
                       float_domain="float64 on the dequantized real input",
                       notes=("no integer reference for this op: kernel vs reference not "
                              "checked",))
