@@ -20,7 +20,7 @@ from qinspect.errors import UnsupportedFormatError
 from qinspect.loaders.safe_pickle import Stub, load_pickle
 from qinspect.loaders.tscode import Code, parse_fx
 from qinspect.loaders.zipread import Archive
-from qinspect.model import Checkpoint, Level, Note
+from qinspect.model import Checkpoint, Family, Level, Note
 
 ROOT = "<pickled GraphModule>"
 FORMAT = "FX GraphModule pickle (torch.save(model)), read without unpickling code"
@@ -33,7 +33,7 @@ def load(path: str | Path) -> Checkpoint:
 
     p = Path(path)
     root, code = _read(p)
-    ckpt = assemble(p, root, code, ROOT, FORMAT)
+    ckpt = assemble(p, root, code, ROOT, FORMAT, Family.FX_PICKLE)
     note = Note(Level.INFO, "torch.save(model) pickles need code execution to load (and "
                 "torch 2.13 cannot load them with quantized convs); qinspect read the "
                 "tensors and the forward code as data. Prefer saving model.state_dict() or "

@@ -27,6 +27,7 @@ from qinspect.errors import LoadError, UnsupportedFormatError
 from qinspect.loaders import eager, fx
 from qinspect.loaders import tensors as T
 from qinspect.loaders.archive import view_budget
+from qinspect.loaders.modclass import class_op
 from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
 from qinspect.loaders.safe_pickle import Stub, load_pickle
 from qinspect.loaders.sniff import printable
@@ -36,14 +37,17 @@ from qinspect.loaders.zipread import Archive
 from qinspect.model import (
     ActQuant,
     Checkpoint,
+    Family,
     InputSource,
     KeyRef,
     Layer,
     Level,
     Mode,
     Note,
+    OpKind,
     Role,
     SourceKind,
+    Stage,
     Unrecognised,
 )
 
@@ -87,7 +91,8 @@ def _read(p: Path) -> tuple[Stub, Code]:
     return root, parse_archive(sources)
 
 
-def assemble(p: Path, root: Stub, code: Code, root_qualname: str, fmt: str) -> Checkpoint:
+def assemble(p: Path, root: Stub, code: Code, root_qualname: str, fmt: str,
+             family: Family = Family.TORCHSCRIPT) -> Checkpoint:
     """Module tree + parsed code -> Checkpoint (shared with whole pickled GraphModules)."""
     flat = Flattener()
     flat.module(root, "")
@@ -107,6 +112,7 @@ def assemble(p: Path, root: Stub, code: Code, root_qualname: str, fmt: str) -> C
     return Checkpoint(
         path=str(p),
         format=fmt,
+        family=family,
         stage=_stage(final),
         file_size=p.stat().st_size,
         layers=tuple(final),
@@ -117,7 +123,7 @@ def assemble(p: Path, root: Stub, code: Code, root_qualname: str, fmt: str) -> C
     )
 
 
-def _stage(layers: list[Layer]) -> str:
+def _stage(layers: list[Layer]) -> Stage:
     from qinspect.loaders import stage_of
 
     return stage_of(layers)
@@ -266,7 +272,10 @@ def _exact_kind(layer: Layer, modules: dict[str, str]) -> Layer:
         return layer
     short = demangle(qualname).rsplit(".", 1)[-1]
     notes = tuple(n for n in layer.notes if "same keys" not in n.message)
-    return replace(layer, kind=short, notes=notes)
+    known = class_op(short)
+    if known is None:
+        return replace(layer, kind=short, notes=notes)
+    return replace(layer, kind=short, op=known.op, fused_relu=known.fused_relu, notes=notes)
 
 
 def _walk(code: Code, modules: dict[str, str], root: str,
@@ -302,7 +311,8 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
             alias[q.name] = key_owner[q.scale.key]
         else:
             extra[q.name] = _literal_layer(q.name, "quantize_per_tensor (in the code)",
-                                           Mode.QUANTIZE, q.scale, q.zero_point)
+                                           OpKind.QUANTIZE, Mode.QUANTIZE, q.scale,
+                                           q.zero_point)
             alias[q.name] = q.name
     merged_ops: dict[str, Layer] = {lay.name: lay for lay in ops}
     for q in graph.quantizes:  # FX root _scale_<n> buffers the graph uses to requantize
@@ -310,7 +320,8 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
         if owner in merged_ops:
             base = merged_ops[owner]
             merged_ops[owner] = replace(
-                base, kind="quantize_per_tensor (FX requantize)", mode=Mode.QUANTIZE,
+                base, kind="quantize_per_tensor (FX requantize)", op=OpKind.QUANTIZE,
+                mode=Mode.QUANTIZE,
                 keys=tuple(KeyRef(r.key, Role.INPUT_QPARAMS) for r in base.keys), notes=())
     packed_by: dict[str, Layer] = {lay.name: lay for lay in packed}
     for op in graph.ops:
@@ -332,11 +343,12 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
         elif out_owner is not None:
             base = merged_ops[out_owner]
             merged_ops[out_owner] = replace(base, kind=f"quantized.{op.op} (FX functional op)",
-                                            notes=())
+                                            op=OpKind.GRAPH_OP, notes=())
             alias[op.name] = out_owner
         else:
             extra[op.name] = _literal_layer(op.name, f"quantized.{op.op} (in the code)",
-                                            Mode.STATIC, op.scale, op.zero_point)
+                                            OpKind.GRAPH_OP, Mode.STATIC, op.scale,
+                                            op.zero_point)
             alias[op.name] = op.name
         inputs[alias[op.name]] = op.inputs
     for q in graph.quantizes:
@@ -394,12 +406,13 @@ def _with_graph_input(layer: Layer, sources: list[str | None],
         f"archive's code){more}"))
 
 
-def _literal_layer(name: str, kind: str, mode: Mode, scale: Any, zp: Any) -> Layer:
+def _literal_layer(name: str, kind: str, op: OpKind, mode: Mode, scale: Any, zp: Any
+                   ) -> Layer:
     output = None
     if isinstance(scale, float) and isinstance(zp, int):
         output = ActQuant(scale, zp, "quint8", True, (f"{name} scale (literal in the code)",
                                                       f"{name} zero_point (literal in the code)"))
-    return Layer(name=name, kind=kind, mode=mode, keys=(), output=output,
+    return Layer(name=name, kind=kind, op=op, mode=mode, keys=(), output=output,
                  notes=(Note(Level.INFO, "qparams written as literals in the archive's "
                              "code; no attribute stores them"),))
 

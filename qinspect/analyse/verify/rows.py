@@ -34,12 +34,12 @@ from qinspect.model import Checkpoint, Layer, Mode, Weight
 
 
 def check_stage(ckpt: Checkpoint) -> None:
-    if ckpt.stage in ("qat-prepared", "ptq-prepared"):
-        raise VerifyError(f"{ckpt.path}: a {ckpt.stage} checkpoint holds float weights and "
+    if ckpt.stage.prepared:
+        raise VerifyError(f"{ckpt.path}: a {ckpt.stage.value} checkpoint holds float weights and "
                           "observers, nothing quantized to run yet; convert it "
                           "(torch.ao.quantization.convert) and verify the converted file")
     if not any(lay.mode in (Mode.STATIC, Mode.DYNAMIC, Mode.QUANTIZE) for lay in ckpt.layers):
-        raise VerifyError(f"{ckpt.path}: no quantized layer to verify (stage {ckpt.stage}); "
+        raise VerifyError(f"{ckpt.path}: no quantized layer to verify (stage {ckpt.stage.value}); "
                           "pass a converted quantized checkpoint")
 
 
@@ -328,7 +328,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     if relu and inferred:
         extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "
                      "the float domain applies it")
-    suffix = "+ReLU" if relu and "ReLU" not in layer.kind else ""
+    suffix = "+ReLU" if relu and not layer.fused_relu else ""
     row = LayerVerify(
         name=layer.name, kind=layer.kind + suffix, mode=layer.mode.value,
         verified=True, input_kind=kind, input_text=text,

@@ -43,7 +43,7 @@ from qinspect.loaders.tscode import (
     flatten,
     quantized_op_name,
 )
-from qinspect.model import ActQuant, Checkpoint, Layer, Mode
+from qinspect.model import ActQuant, Checkpoint, Family, Layer, Mode, OpKind
 
 QDTYPES = {13: "quint8", 12: "qint8", 14: "qint32"}
 QDTYPE_RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-2**31, 2**31 - 1)}
@@ -104,9 +104,13 @@ def float_op(op: str, args: list[Any]) -> Any:
 
 def _runs_kernel(layer: Layer) -> bool:
     """Layers run with torch kernels rebuilt from the file (not from their own code)."""
-    kind = layer.kind
-    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or kind.startswith("Linear")
-            or ("Conv" in kind and "Transpose" not in kind))
+    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or _module_linear(layer)
+            or layer.op is OpKind.CONV)
+
+
+def _module_linear(layer: Layer) -> bool:
+    """A Linear module (F.linear on an FX packed weight runs as a graph op instead)."""
+    return layer.op is OpKind.LINEAR and not layer.functional
 
 
 def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
@@ -178,12 +182,12 @@ class TorchScriptRunner:
     """A TorchScript archive: its stored code interpreted, never ``torch.jit.load``."""
 
     name = "torchscript"
-    format_prefix = "TorchScript archive"
+    family = Family.TORCHSCRIPT
     needs = {"input": NEEDS_INPUT}
     refuses = {"seed": NO_SEED, "model": NO_MODEL}
 
     def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
-        return ckpt.format.startswith(self.format_prefix)
+        return ckpt.family is self.family
 
     def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
             ) -> T.VerifyReport:
@@ -195,7 +199,7 @@ class FxPickleRunner(TorchScriptRunner):
     """A pickled FX GraphModule: its stored code interpreted, nothing unpickled."""
 
     name = "fx-pickle"
-    format_prefix = "FX GraphModule"
+    family = Family.FX_PICKLE
 
 
 class Interpreter(CodeWalker):
@@ -466,7 +470,7 @@ class Interpreter(CodeWalker):
         import torch.nn.functional as F
 
         kind = layer.kind
-        relu = "ReLU" in kind
+        relu = layer.fused_relu
         if layer.mode is Mode.QUANTIZE:
             out = _output(layer)
             return torch.quantize_per_tensor(x, out.scale, out.zero_point, torch.quint8) \
@@ -478,22 +482,22 @@ class Interpreter(CodeWalker):
             w, b, _, _ = self.weights.get(layer)
             wt = torch.from_numpy(w).to(x.dtype)
             bt = None if b is None else torch.from_numpy(b).to(x.dtype)
-            if kind.startswith("Linear"):
+            if _module_linear(layer):
                 y = F.linear(x, wt, bt)
-            elif "Conv" in kind and "Transpose" not in kind:
+            elif layer.op is OpKind.CONV:
                 geo = self._geometry(layer)
                 conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[wt.dim()]
                 y = conv(x, wt, bt, geo.stride, geo.padding, geo.dilation, geo.groups)
             else:
                 raise VerifyError(f"{layer.name}: verify cannot run {kind} from a graph yet")
             return F.relu(y) if relu else y
-        if layer.mode is Mode.DYNAMIC and kind.startswith("Linear"):
+        if layer.mode is Mode.DYNAMIC and _module_linear(layer):
             return torch.ops.quantized.linear_dynamic(x, self._prepack(layer))
         out = _output(layer)
-        if kind.startswith("Linear"):
+        if _module_linear(layer):
             op = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
             return op(x, self._prepack(layer), out.scale, out.zero_point)
-        if "Conv" in kind and "Transpose" not in kind:
+        if layer.op is OpKind.CONV:
             name = f"conv{_conv_dims(layer)}d" + ("_relu" if relu else "")
             return getattr(torch.ops.quantized, name)(x, self._prepack(layer), out.scale,
                                                       out.zero_point)
@@ -540,18 +544,17 @@ class Interpreter(CodeWalker):
             return self._op_row(layer, cap)
         x = cap.x
         text = f"its real input {tuple(int(d) for d in x.shape)} in a run of the whole graph"
-        relu = "ReLU" in layer.kind
+        relu = layer.fused_relu
         if layer.mode is Mode.QUANTIZE and layer.output is not None:
             row, _ = V.quantize_row(self.ctx, layer, x.detach().numpy(), T.InputKind.MODEL,
                                     text)
             return row
-        if layer.mode is Mode.DYNAMIC and layer.kind.startswith("Linear"):
+        if layer.mode is Mode.DYNAMIC and _module_linear(layer):
             row, _ = V.dynamic_row(self.ctx, layer, [x.detach().numpy()], T.InputKind.MODEL,
                                    text)
             return row
         if layer.mode is Mode.STATIC and getattr(x, "is_quantized", False) and \
-                (layer.kind.startswith("Linear") or ("Conv" in layer.kind
-                                                     and "Transpose" not in layer.kind)):
+                (_module_linear(layer) or layer.op is OpKind.CONV):
             call = V.Call(x.int_repr().numpy(), float(x.q_scale()), int(x.q_zero_point()))
             geo = self._geometry(layer) if _conv_dims(layer) else None
             notes = (f"conv hyper-parameters from the file: {geo.describe()}",) if geo else ()
@@ -628,7 +631,7 @@ class Interpreter(CodeWalker):
             input_shape=tuple(int(d) for d in x.shape),
             input_scale=layer.input.scale if layer.input else None,
             input_zero_point=layer.input.zero_point if layer.input else None,
-            relu="ReLU" in layer.kind, elements=int(ref_np.size),
+            relu=layer.fused_relu, elements=int(ref_np.size),
             float_domain="float64 on the dequantized real input",
             notes=("no integer reference for this op: kernel vs reference not checked",))
         if getattr(y, "is_quantized", False) and out is not None:

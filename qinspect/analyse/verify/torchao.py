@@ -37,7 +37,7 @@ from qinspect.analyse.verify import rows as V
 from qinspect.analyse.verify import types as T
 from qinspect.analyse.verify.kernels import torchao_int8_pairs_saturate
 from qinspect.errors import VerifyError
-from qinspect.model import Checkpoint, Layer, Mode
+from qinspect.model import Checkpoint, Family, Layer, Mode
 from qinspect.quant.affine import block_grid, dequantize_blockwise
 
 ENGINE = "torchao"
@@ -101,9 +101,7 @@ class TorchaoRunner:
     }
 
     def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
-        from qinspect.loaders.torchao import FORMAT
-
-        return ckpt.format == FORMAT
+        return ckpt.family is Family.TORCHAO
 
     def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
             ) -> T.VerifyReport:
@@ -154,9 +152,8 @@ def _spec(layer: Layer) -> _Spec | str:
         return str(exc)
     if int(np.prod(grid)) != q.scale.size:
         return f"{q.scale.size} scales for a grid of {list(grid)} blocks"
-    cls = ("Int8Tensor" if "(Int8Tensor)" in layer.kind else
-           "IntxUnpackedToInt8Tensor" if "(IntxUnpackedToInt8Tensor)" in layer.kind else None)
-    if cls is None:
+    cls = layer.tensor_class
+    if cls not in ("Int8Tensor", "IntxUnpackedToInt8Tensor"):
         return f"{layer.kind}: not a torchao weight class verify knows"
     return _Spec(cls, np.asarray(w.values), np.asarray(q.scale).astype(np.float32).reshape(grid),
                  np.asarray(q.zero_point).astype(np.int8).reshape(grid), tuple(q.block_size),
