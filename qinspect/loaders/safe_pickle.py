@@ -66,6 +66,12 @@ class Stub:
     """An object of a class the file names; it records and never runs anything."""
 
     qualname: str = "?"
+    # set by __new__ / __setstate__ (through __dict__: __setattr__ records attributes)
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    items: list[Any]
+    setitems: dict[Any, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Stub:
         obj = object.__new__(cls)

@@ -16,7 +16,7 @@ import torch_models as tm
 
 from qinspect.names import module_key, natural_key
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"
 N = 12
 
 
