@@ -170,9 +170,11 @@ def _gemm_int16(x: NDArray[np.int64], x_zp: int, w_q: ArrayLike, w_zp: ArrayLike
 
 
 def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride, padding,
-                dilation, groups: int) -> NDArray[np.int64]:
+                dilation, groups: int, pairs_in_tap: bool = False) -> NDArray[np.int64]:
     """A convolution as fbgemm's im2col GEMM without VNNI: per group, K runs over kernel
-    taps (outermost) and the group's channels (innermost), pairs saturate to int16."""
+    taps (outermost) and the group's channels (innermost), pairs saturate to int16.
+    ``pairs_in_tap`` (capped oneDNN): a pair never spans two taps; an odd channel count is
+    padded with a zero weight (the last channel of each tap is alone)."""
     xa = np.asarray(x_q).astype(np.int64)
     wa = np.asarray(w_q).astype(np.int64)
     nd = wa.ndim - 2
@@ -188,7 +190,11 @@ def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stri
     for g in range(groups):
         xg = np.moveaxis(cols[(slice(None),) * (1 + nd) + (slice(g * cg, (g + 1) * cg),)],
                          1 + nd, -1)  # (n, *out, *k, cg)
-        wg = np.moveaxis(wa[g * og:(g + 1) * og], 1, -1).reshape(og, -1)
+        wg4 = np.moveaxis(wa[g * og:(g + 1) * og], 1, -1)  # (og, *k, cg)
+        if pairs_in_tap and cg % 2:
+            xg = np.concatenate([xg, np.full(xg.shape[:-1] + (1,), int(x_zp), np.int64)], -1)
+            wg4 = np.concatenate([wg4, np.zeros(wg4.shape[:-1] + (1,), np.int64)], -1)
+        wg = wg4.reshape(og, -1)
         acc = _gemm_int16(xg.reshape(-1, wg.shape[1]), int(x_zp), wg, zw[g * og:(g + 1) * og])
         parts.append(acc.reshape(n, *out_sp, og))
     return np.moveaxis(np.concatenate(parts, axis=-1), -1, 1)
@@ -250,7 +256,7 @@ def accumulate_conv(
     x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, *,
     stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1, groups: int = 1, int16_pairs: bool = False,
-    conv_sum: ConvSum | None = None, int16_gemm: bool = False,
+    conv_sum: ConvSum | None = None, int16_gemm: bool = False, pairs_in_tap: bool = False,
 ) -> NDArray[np.int32]:
     """Integer accumulator of a quantized N-d convolution, (N, O, *out), as int32.
 
@@ -264,7 +270,9 @@ def accumulate_conv(
     subtracted afterwards through row/column sums. With activations in the full 0..255
     range and large weights a pair can exceed 32767: this reproduces that clipping.
 
-    ``int16_gemm``: fbgemm's im2col GEMM on a CPU without VNNI (see the module docstring).
+    ``int16_gemm``: fbgemm's im2col GEMM on a CPU without VNNI (see the module docstring);
+    with ``pairs_in_tap``, oneDNN's capped kernels (kernel ``onednn_int16``): pairs of
+    neighbouring channels within one kernel tap.
 
     ``conv_sum``: another implementation of :func:`_conv_sum` (same arguments; with
     ``exact`` it must return the exact integer sums, e.g. a float64 convolution, which
@@ -275,7 +283,7 @@ def accumulate_conv(
                                             groups))
     if int16_gemm:
         return _wrap_int32(_conv_int16(x_q, x_zp, w_q, w_zp, stride, padding, dilation,
-                                       groups))
+                                       groups, pairs_in_tap))
     w = np.asarray(w_q).astype(f64)
     w = w - np.asarray(w_zp, dtype=f64).reshape((-1,) + (1,) * (w.ndim - 1))
     acc = (conv_sum or _conv_sum)(_centred(x_q, x_zp, f64), w, stride, padding, dilation,
@@ -439,7 +447,8 @@ def quantized_conv(
     """``torch.ops.quantized.conv{1,2,3}d`` (``_relu``) with zero padding, (N, C, *S)."""
     acc = accumulate_conv(x_q, x_zp, w_q, w_zp, stride=stride, padding=padding,
                           dilation=dilation, groups=groups, int16_pairs=int16_pairs,
-                          conv_sum=conv_sum, int16_gemm=int16_gemm)
+                          conv_sum=conv_sum, int16_gemm=int16_gemm,
+                          pairs_in_tap=kernel == "onednn_int16")
     return requantize(acc, x_scale, w_scale, bias, out_scale, out_zp, kernel=kernel,
                       relu=relu, axis=1)
 
