@@ -42,7 +42,7 @@ samples: $(STAMP)
 	$(PY) sample_checkpoints/make_format_samples.py
 	$(PY) sample_checkpoints/make_hf_samples.py
 
-# tests/test_html.py renders the --html pages in headless Chromium (Debian's package).
+# tests/render/test_html.py renders the --html pages in headless Chromium (Debian's package).
 # Installed when missing and possible (root with apt-get, as in CI); otherwise this says
 # why and those tests skip with the same reason.
 browser:

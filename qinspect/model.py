@@ -89,6 +89,103 @@ class SourceKind(str, Enum):
     (``input_scale`` of Hugging Face W8A8 / FP8 checkpoints)."""
 
 
+class OpKind(str, Enum):
+    """What a layer computes, decided by the loader (``Layer.kind`` is the label shown)."""
+
+    LINEAR = "linear"
+    """``y = x W^T + b`` (nn.Linear, dynamic Linear, F.linear, HF Linear layers)."""
+    CONV = "conv"
+    """Convolution, 1-D to 3-D (Conv1d/2d/3d, fused ConvReLU, F.conv)."""
+    CONV_TRANSPOSE = "conv_transpose"
+    """Transposed convolution (weight ``[in, out/groups, k...]``, per-channel axis 1)."""
+    EMBEDDING = "embedding"
+    """A row lookup (Embedding, EmbeddingBag, HF token embeddings)."""
+    RNN_GATES = "rnn_gates"
+    """The input (ih) or hidden (hh) gates of one cell of an LSTM/GRU/RNN (see ``Layer.rnn``)."""
+    BATCH_NORM = "batch_norm"
+    """BatchNorm with running statistics (foldable into the conv before it)."""
+    NORM = "norm"
+    """Another normalisation with an affine weight (LayerNorm, GroupNorm, RMSNorm...)."""
+    ACTIVATION = "activation"
+    """An activation module with its own output qparams (Hardswish, ELU, Sigmoid...), or a
+    prepared module whose output observer may belong to one (QuantStub, FloatFunctional)."""
+    FUNCTIONAL = "functional"
+    """A QFunctional module (FloatFunctional add/mul/cat after convert): several quantized
+    inputs, one requantized output."""
+    GRAPH_OP = "graph_op"
+    """A quantized op with no module of its own, known from the graph or its buffers (FX
+    ``torch.ops.quantized.add``..., an op written in a TorchScript archive's code)."""
+    QUANTIZE = "quantize"
+    """Quantizes a float tensor (QuantStub, FX ``quantize_per_tensor``, a requantize)."""
+    ATTENTION_KV = "attention_kv"
+    """Scales of an attention layer's key/value cache (no weight)."""
+    EXPERTS = "experts"
+    """A group of mixture-of-experts weights stored as one ``[E, O, I]`` tensor."""
+    PARAMETERS = "parameters"
+    """Loose float parameters of a module (attention sinks, biases alone...)."""
+    OTHER = "other"
+    """Anything else, including modules the file cannot tell apart (a 2-D float weight
+    without bias may be a Linear or an Embedding); the label says what is known."""
+
+
+class RnnCell(str, Enum):
+    """The recurrent cell, from the gate count (rows of a gate weight / hidden size: 4, 3
+    or 1); the value is torch's class name."""
+
+    LSTM = "LSTM"
+    GRU = "GRU"
+    RNN = "RNN"
+
+
+@dataclass(frozen=True)
+class RnnGates:
+    """Which gates of which recurrent cell a ``RNN_GATES`` layer holds."""
+
+    cell: RnnCell
+    gate: str
+    """``ih`` (input-to-hidden) or ``hh`` (hidden-to-hidden)."""
+    layer: int
+    reverse: bool
+    """The reverse direction of a bidirectional RNN."""
+
+    @property
+    def input_side(self) -> bool:
+        return self.gate == "ih"
+
+
+class Family(str, Enum):
+    """Which kind of file a checkpoint was read from (``Checkpoint.format`` describes it)."""
+
+    EAGER = "eager"
+    """An eager-mode ``state_dict`` (torch.save)."""
+    FX = "fx"
+    """An FX graph mode ``state_dict`` (root buffers named after the ops they serve)."""
+    FX_PICKLE = "fx_pickle"
+    """A whole pickled FX ``GraphModule`` (torch.save(model)), read as data."""
+    TORCHSCRIPT = "torchscript"
+    """A TorchScript archive (torch.jit.save)."""
+    EXPORT = "export"
+    """A torch.export archive (.pt2), float or PT2E-quantized."""
+    TORCHAO = "torchao"
+    """A torchao ``quantize_`` state_dict (tensor subclasses)."""
+    HUGGING_FACE = "hugging_face"
+    """Hugging Face safetensors (a file, an index or a folder)."""
+
+
+class Stage(str, Enum):
+    """How far a checkpoint is through the quantization flow (the value is what is shown
+    and written to JSON; render with ``.value``)."""
+
+    FLOAT = "float"
+    QAT_PREPARED = "qat-prepared"
+    PTQ_PREPARED = "ptq-prepared"
+    CONVERTED = "converted"
+
+    @property
+    def prepared(self) -> bool:
+        return self in (Stage.QAT_PREPARED, Stage.PTQ_PREPARED)
+
+
 class Level(str, Enum):
     INFO = "info"
     WARNING = "warning"
@@ -108,6 +205,66 @@ class KeyRef:
 
     key: str
     role: Role
+
+
+# --- Granularity: which values share a scale --------------------------------------------
+#
+# Following torchao (``torchao/quantization/granularity.py``), granularity is data: the
+# scale's shape follows from it. Torch-side weights (``TensorQuant``) and packed Hugging
+# Face weights (``PackedQuant``) both describe their scale layout with it.
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One scale for the whole tensor: scale shape ``[1]`` or ``[]``."""
+
+    def describe(self) -> str:
+        return "per-tensor"
+
+
+@dataclass(frozen=True)
+class PerAxis:
+    """One scale per slice along ``axis`` (per output channel for ``axis=0``): scale shape
+    ``[O, 1]`` for a ``[O, I]`` weight."""
+
+    axis: int
+
+    def describe(self) -> str:
+        return "per-channel" if self.axis == 0 else f"per-axis {self.axis}"
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """One scale per group of ``size`` consecutive values along ``axis`` (``[O, I/size]``
+    scales for a ``[O, I]`` weight and ``axis=1``). ``axis=None``: groups of ``size``
+    consecutive values of the row-major flattened tensor, which may span rows
+    (bitsandbytes blocks)."""
+
+    size: int
+    axis: int | None = 1
+
+    def describe(self) -> str:
+        where = "flattened" if self.axis is None else "along the input"
+        return f"per-group of {self.size} ({where})"
+
+
+@dataclass(frozen=True)
+class PerBlock:
+    """One scale per tile of ``shape`` (``[ceil(O/128), ceil(I/128)]`` scales for 128x128
+    FP8 blocks; edge tiles are partial)."""
+
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return "per-block " + "x".join(map(str, self.shape))
+
+
+Granularity = PerTensor | PerAxis | PerGroup | PerBlock
+
+
+def axis_granularity(axis: int | None) -> Granularity:
+    """torch's own schemes: per-channel along ``axis``, or per-tensor when it is None."""
+    return PerTensor() if axis is None else PerAxis(axis)
 
 
 @dataclass(frozen=True)
@@ -132,6 +289,10 @@ class TensorQuant:
     quant_max: int | None = None
     """Explicit integer range when the format records one (PT2E ``quant_min``/``quant_max``,
     e.g. -127..127 for symmetric XNNPACK weights); None: the dtype's full range."""
+    granularity: Granularity = field(kw_only=True)
+    """The scale layout as data, decided by the loader: per-tensor or per-axis for torch's
+    schemes (:func:`axis_granularity`); for torchao blocks, per-tensor, per-axis 0 (blocks
+    ``(1, I)``), per-group (``(1, g)``) or per-block."""
 
     @property
     def per_channel(self) -> bool:
@@ -209,6 +370,9 @@ class Layer:
 
     name: str
     kind: str
+    """The label shown to people (``Linear``, ``ConvReLU2d``, ``LSTM gates (ih)``...);
+    decisions use ``op`` and the typed details below, never this text."""
+    op: OpKind
     mode: Mode
     keys: tuple[KeyRef, ...]
     weight: Weight | None = None
@@ -236,6 +400,18 @@ class Layer:
 
     packed: PackedWeight | None = None
     """A packed / float-coded weight (Hugging Face formats); ``weight`` is None then."""
+
+    fused_relu: bool = False
+    """The file says a ReLU is fused into the op (its class is ``ConvReLU2d``,
+    ``LinearReLU``...); False when unknown (an eager state_dict stores the same keys)."""
+    functional: bool = False
+    """Called as a function on a stored packed weight (FX ``F.linear`` / ``F.conv``), not
+    through a module."""
+    rnn: RnnGates | None = None
+    """``RNN_GATES`` layers: the cell type, gate side, layer index and direction."""
+    tensor_class: str | None = None
+    """torchao: the tensor subclass holding the weight (``Int8Tensor``,
+    ``IntxUnpackedToInt8Tensor``...)."""
 
     @property
     def quantized(self) -> bool:
@@ -285,7 +461,9 @@ class Checkpoint:
 
     path: str
     format: str
-    stage: str
+    """What the file is, for people (``eager state_dict``, ``TorchScript archive (...)``)."""
+    family: Family
+    stage: Stage
     file_size: int
     layers: tuple[Layer, ...]
     unrecognised: tuple[Unrecognised, ...] = ()
@@ -317,57 +495,8 @@ class Checkpoint:
 # --- Quantization vocabulary for packed / float-coded weights (Hugging Face formats) ----
 #
 # A weight is stored as *codes* of an :class:`ElementType` (int4, float8_e4m3fn, nf4...),
-# grouped by a :class:`Granularity`, each group with a scale applied by a :class:`ScaleOp`.
-# Following torchao (``torchao/quantization/granularity.py``), granularity is data: the
-# scale's shape follows from it.
-
-
-@dataclass(frozen=True)
-class PerTensor:
-    """One scale for the whole tensor: scale shape ``[1]`` or ``[]``."""
-
-    def describe(self) -> str:
-        return "per-tensor"
-
-
-@dataclass(frozen=True)
-class PerAxis:
-    """One scale per slice along ``axis`` (per output channel for ``axis=0``): scale shape
-    ``[O, 1]`` for a ``[O, I]`` weight."""
-
-    axis: int
-
-    def describe(self) -> str:
-        return "per-channel" if self.axis == 0 else f"per-axis {self.axis}"
-
-
-@dataclass(frozen=True)
-class PerGroup:
-    """One scale per group of ``size`` consecutive values along ``axis`` (``[O, I/size]``
-    scales for a ``[O, I]`` weight and ``axis=1``). ``axis=None``: groups of ``size``
-    consecutive values of the row-major flattened tensor, which may span rows
-    (bitsandbytes blocks)."""
-
-    size: int
-    axis: int | None = 1
-
-    def describe(self) -> str:
-        where = "flattened" if self.axis is None else "along the input"
-        return f"per-group of {self.size} ({where})"
-
-
-@dataclass(frozen=True)
-class PerBlock:
-    """One scale per tile of ``shape`` (``[ceil(O/128), ceil(I/128)]`` scales for 128x128
-    FP8 blocks; edge tiles are partial)."""
-
-    shape: tuple[int, ...]
-
-    def describe(self) -> str:
-        return "per-block " + "x".join(map(str, self.shape))
-
-
-Granularity = PerTensor | PerAxis | PerGroup | PerBlock
+# grouped by a :class:`Granularity` (above), each group with a scale applied by a
+# :class:`ScaleOp`.
 
 
 class ElementKind(str, Enum):
@@ -406,6 +535,41 @@ class QTensorRef:
     op: ScaleOp | None = None
 
 
+class PackedScheme(str, Enum):
+    """Which library's layout a packed weight is stored in (``PackedQuant.format`` is the
+    label); set by ``qinspect.loaders.hf.formats``."""
+
+    CT_INT = "compressed-tensors int"
+    """compressed-tensors int-quantized / pack-quantized (signed codes, ``[O, I/g]`` scales)."""
+    CT_FP8 = "compressed-tensors fp8"
+    CT_NVFP4 = "compressed-tensors nvfp4"
+    """NVFP4 whose global scale is a divisor."""
+    CT_MXFP4 = "compressed-tensors mxfp4"
+    MODELOPT_NVFP4 = "modelopt nvfp4"
+    """NVFP4 whose second-level scale multiplies."""
+    MODELOPT_FP8 = "modelopt fp8"
+    FP8 = "fp8"
+    """transformers FP8: per-tensor, per-channel or 128x128 blocks (``weight_scale_inv``)."""
+    GPTOSS_MXFP4 = "gpt-oss mxfp4"
+    """gpt-oss experts: ``blocks`` + ``scales``, stored ``[E, out, in/32, 16]``."""
+    GPTQ_V1 = "gptq v1"
+    """GPTQ with zero points stored as ``zero - 1``."""
+    GPTQ_V2 = "gptq v2"
+    AWQ_GEMM = "awq gemm"
+    BNB_4BIT = "bitsandbytes 4-bit"
+    BNB_INT8 = "bitsandbytes int8"
+    """LLM.int8: int8 rows with ``SCB`` absmax (``weight_format`` layout flag)."""
+
+    @property
+    def gptq(self) -> bool:
+        return self in (PackedScheme.GPTQ_V1, PackedScheme.GPTQ_V2)
+
+    @property
+    def scales_input_major(self) -> bool:
+        """Scales stored ``[G, O]`` (groups along the input first): GPTQ and AWQ."""
+        return self.gptq or self is PackedScheme.AWQ_GEMM
+
+
 @dataclass(frozen=True)
 class PackedQuant:
     """How a packed or float-coded weight (Hugging Face formats) decodes to real values.
@@ -416,6 +580,8 @@ class PackedQuant:
     """
 
     format: str
+    """The label shown (``GPTQ v1 (gptq)``, ``AWQ GEMM``...); decisions use ``scheme``."""
+    scheme: PackedScheme
     element: ElementType
     granularity: Granularity
     symmetric: bool

@@ -9,8 +9,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_checkpoints"
-if str(SAMPLES) not in sys.path:
-    sys.path.insert(0, str(SAMPLES))
+SUPPORT = Path(__file__).resolve().parent / "support"
+# tests/ mirrors the package (quant/, loaders/, analyse/, gate/, render/, cli/); what several
+# folders share lives in tests/support/ (model builders, file writers, library truth) and the
+# fixtures in its fixtures_*.py, registered below for every folder.
+for _path in (SAMPLES, SUPPORT):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+pytest_plugins = ["fixtures_formats", "fixtures_hf"]
 
 # Before anything imports torch: pin its CPU kernels the way the sample checkpoints were
 # made, so live flows in the tests reproduce the committed files on any x86-64 CPU.

@@ -32,7 +32,18 @@ import numpy as np
 from qinspect.analyse.fold import EpsChoice, fold_batchnorm, infer_eps
 from qinspect.analyse.pairing import Pair, pair_layers
 from qinspect.errors import InputError
-from qinspect.model import ActQuant, Checkpoint, Layer, Mode, Role, TensorQuant, Weight
+from qinspect.model import (
+    ActQuant,
+    Checkpoint,
+    Layer,
+    Mode,
+    PerAxis,
+    PerGroup,
+    PerTensor,
+    Role,
+    TensorQuant,
+    Weight,
+)
 from qinspect.quant import affine, metrics
 from qinspect.quant.dtypes import QDTYPES, qdtype
 
@@ -477,14 +488,10 @@ def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
 def _block_granularity(q: TensorQuant) -> str:
     """``per row (blocks 1x128)``, ``per group of 32 (blocks 1x32)``..."""
     block = q.block_size or ()
-    if q.qscheme == "per_channel_affine":
-        label = "per row"
-    elif q.qscheme.startswith("per_group_affine"):
-        label = f"per group of {block[-1]}"
-    elif q.qscheme == "per_tensor_affine":
-        label = "per tensor"
-    else:
-        label = "per block"
+    g = q.granularity
+    label = ("per row" if isinstance(g, PerAxis) else f"per group of {g.size}"
+             if isinstance(g, PerGroup) else "per tensor" if isinstance(g, PerTensor)
+             else "per block")
     return f"{label} (blocks {_shape(block)})"
 
 
@@ -809,7 +816,7 @@ def _summary(a: Checkpoint, b: Checkpoint, rows: list[LayerDiff], paired: int,
     worst = min(main, key=_sqnr_key).name if main else None
     checks = [r.qat for r in rows if r.qat is not None]
     return DiffSummary(
-        comparison=f"{a.stage} vs {b.stage}",
+        comparison=f"{a.stage.value} vs {b.stage.value}",
         layers_a=len(a.layers), layers_b=len(b.layers), layers_paired=paired,
         layers_listed=len(rows),
         layers_quantized=sum(1 for r in rows if r.comparison in QUANTIZED_COMPARISONS),

@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from qinspect.analyse import diff as D
-from qinspect.model import Checkpoint, ElementKind, Layer, PackedWeight
+from qinspect.model import Checkpoint, ElementKind, Layer, PackedScheme, PackedWeight
 from qinspect.quant import metrics
 
 #: how far beyond the largest code value a real value may lie before rounding cannot reach
@@ -74,7 +74,7 @@ def _in_out_layout(packed: Layer, other: Layer) -> bool:
     """gpt-oss's bf16 experts are stored ``[E, in, out]`` (used as ``x @ W``) while its
     MXFP4 blocks are ``[E, out, in/32, 16]`` (transformers ``convert_moe_packed_tensors``
     transposes after decoding): the float side must be transposed to pair them."""
-    return (packed.packed is not None and packed.packed.quant.format.startswith("MXFP4 (gpt-oss")
+    return (packed.packed is not None and packed.packed.quant.scheme is PackedScheme.GPTOSS_MXFP4
             and other.packed is None and other.weight is not None
             and len(other.weight.shape) == 3)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qinspect.model import Layer
+from qinspect.model import Layer, OpKind
 
 DEFAULT_EPS = 1e-5
 """torch's BatchNorm default."""
@@ -75,7 +75,7 @@ def batchnorm_of(layer: Layer) -> BatchNorm | None:
     """The BatchNorm tensors of a loaded layer, or ``None`` if it is not a usable BatchNorm."""
     mean = layer.extras.get("running_mean")
     var = layer.extras.get("running_var")
-    if layer.kind != "BatchNorm" or mean is None or var is None:
+    if layer.op is not OpKind.BATCH_NORM or mean is None or var is None:
         return None
     n = mean.size
     gamma = layer.weight.values if layer.weight is not None else np.ones(n, np.float32)

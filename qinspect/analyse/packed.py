@@ -83,10 +83,10 @@ def structure_problems(pw: PackedWeight) -> list[str]:
     lead = math.prod(shape[:-2]) if len(shape) > 2 else 1
     if isinstance(g, PerGroup) and g.axis is not None:
         want = lead * rows * -(-cols // g.size)
-        if n_scale != want and not q.format.startswith(("GPTQ", "AWQ")):
+        if n_scale != want and not q.scheme.scales_input_major:
             out.append(f"{scale.key}: {n_scale} scales, but {list(shape)} in groups of "
                        f"{g.size} needs {want}")
-        if q.format.startswith(("GPTQ", "AWQ")) and scale.shape != (-(-cols // g.size), rows):
+        if q.scheme.scales_input_major and scale.shape != (-(-cols // g.size), rows):
             out.append(f"{scale.key}: shape {list(scale.shape)}, expected "
                        f"[{-(-cols // g.size)}, {rows}] for group size {g.size}")
     elif isinstance(g, PerGroup):  # bitsandbytes flattened blocks
@@ -99,7 +99,7 @@ def structure_problems(pw: PackedWeight) -> list[str]:
         if n_scale != want:
             out.append(f"{scale.key}: {n_scale} block scales, but {list(shape)} in "
                        f"{'x'.join(map(str, g.shape))} blocks needs {want}")
-    elif isinstance(g, PerAxis) and n_scale != rows and not q.format.startswith("GPTQ"):
+    elif isinstance(g, PerAxis) and n_scale != rows and not q.scheme.gptq:
         out.append(f"{scale.key}: {n_scale} scales for {rows} output channels")
     main = by_key.get(pw.key)
     if main is not None and q.element.bits < 8 and main.dtype in ("I32", "U8"):

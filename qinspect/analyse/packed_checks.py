@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from qinspect.analyse.packed import scale_stats, structure_problems
-from qinspect.model import Checkpoint, Layer, Level, ScaleOp, SourceKind
+from qinspect.model import Checkpoint, Layer, Level, PackedScheme, ScaleOp, SourceKind
 
 UNCALIBRATED_INPUT_SCALE = 1.0
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -78,7 +78,7 @@ def gptq_v1_overflow(layer: Layer) -> list[str]:
     word read ``maxq`` (AutoGPTQ #293, GPTQModel #2350). A v1 field can legitimately hold
     at most ``maxq - 1``."""
     pw = layer.packed
-    if pw is None or not pw.quant.format.startswith("GPTQ v1") or structure_problems(pw):
+    if pw is None or pw.quant.scheme is not PackedScheme.GPTQ_V1 or structure_problems(pw):
         return []
     src = pw.source
     stored = src.stored_zeros()  # type: ignore[attr-defined]
@@ -103,8 +103,7 @@ def g_idx_problems(layer: Layer) -> list[str]:
         return []
     src = pw.source
     g = np.asarray(src.ts.raw(key)).astype(np.int64).reshape(-1)  # type: ignore[attr-defined]
-    groups = int(np.asarray(src.scales()).shape[0 if pw.quant.format.startswith("GPTQ")
-                                                 else -1])
+    groups = int(np.asarray(src.scales()).shape[0 if pw.quant.scheme.gptq else -1])
     cols = pw.shape[-1]
     out = []
     if g.size != cols:
@@ -163,7 +162,7 @@ def bnb_weight_format(layer: Layer) -> list[str]:
     """bitsandbytes int8 ``weight_format`` must be 0 (row-major); other values are GPU tile
     layouts that bitsandbytes >= 0.45 no longer loads (``maybe_rearrange_weight``)."""
     pw = layer.packed
-    if pw is None or not pw.quant.format.startswith("bitsandbytes LLM.int8"):
+    if pw is None or pw.quant.scheme is not PackedScheme.BNB_INT8:
         return []
     key = next((t.key for t in pw.quant.tensors if t.key.endswith("weight_format")), None)
     if key is None:

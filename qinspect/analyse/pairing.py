@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 from qinspect.analyse.fold import BatchNorm, batchnorm_of, foldable
-from qinspect.model import Checkpoint, Layer
+from qinspect.model import Checkpoint, Layer, OpKind
 
 RNN_WEIGHT = re.compile(
     r"^(?P<module>.*?)\.?weight_(?P<gate>ih|hh)_l(?P<layer>\d+)(?P<rev>_reverse)?$")
@@ -136,8 +136,8 @@ def _fold_target(bn_layer: Layer, order: list[str], by_name: dict[str, int]) -> 
 
 
 def _can_fold(mine: Layer, theirs: Layer, bn: BatchNorm) -> bool:
-    if mine.weight is None or theirs.weight is None or mine.kind == "BatchNorm":
+    if mine.weight is None or theirs.weight is None or mine.op is OpKind.BATCH_NORM:
         return False
-    if "Transpose" in mine.kind or "Transpose" in theirs.kind:
+    if OpKind.CONV_TRANSPOSE in (mine.op, theirs.op):
         return False
     return foldable(mine.weight.shape, bn) and mine.weight.shape == theirs.weight.shape

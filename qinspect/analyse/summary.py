@@ -9,7 +9,7 @@ import numpy as np
 
 from qinspect.analyse.health import WeightHealth, weight_health
 from qinspect.analyse.packed import PackedHealth, packed_health
-from qinspect.model import Checkpoint, Layer, Mode
+from qinspect.model import Checkpoint, Layer, Mode, OpKind
 
 FLOAT32_BYTES = 4
 
@@ -75,7 +75,7 @@ def _fp32_bytes(layers: tuple[Layer, ...]) -> int:
             total += int(np.prod(layer.weight.shape, dtype=np.int64)) * FLOAT32_BYTES
         if layer.packed is not None:
             total += layer.packed.numel * FLOAT32_BYTES
-        if layer.kind == "parameters":  # loose float parameters (attention sinks...)
+        if layer.op is OpKind.PARAMETERS:  # loose float parameters (attention sinks...)
             total += sum(int(v.size) for v in layer.extras.values()) * FLOAT32_BYTES
         if layer.bias is not None:
             total += int(layer.bias.size) * FLOAT32_BYTES

@@ -28,6 +28,8 @@ from qinspect.model import (
     Level,
     Mode,
     ObserverStats,
+    OpKind,
+    PackedScheme,
     Role,
     ScaleOp,
     SourceKind,
@@ -389,7 +391,7 @@ def _maybe_unused(layer: Layer, ctx: Context) -> bool:
     ones): a QFunctional after convert; before convert, a module with only an output
     observer (FloatFunctional, QuantStub or activation: the keys are the same) that saw
     nothing while other observers of the file did (so calibration did run)."""
-    if layer.kind.startswith("QFunctional"):
+    if layer.op is OpKind.FUNCTIONAL:
         return True
     if layer.mode not in (Mode.PTQ_PREPARED, Mode.QAT_PREPARED) or layer.weight is not None:
         return False
@@ -691,8 +693,8 @@ def _packed(check: PackedCheck, applies: Callable[[Layer], bool] = lambda lay: T
     return run
 
 
-def _format(prefix: str) -> Callable[[Layer], bool]:
-    return lambda lay: lay.packed is not None and lay.packed.quant.format.startswith(prefix)
+def _scheme(scheme: PackedScheme) -> Callable[[Layer], bool]:
+    return lambda lay: lay.packed is not None and lay.packed.quant.scheme is scheme
 
 
 def _has_g_idx(layer: Layer) -> bool:
@@ -702,9 +704,9 @@ def _has_g_idx(layer: Layer) -> bool:
 
 layer_rule("QI010")(_packed(P.scale_problems))
 layer_rule("QI013")(_packed(P.shape_problems))
-layer_rule("QI014")(_packed(P.gptq_v1_overflow, _format("GPTQ v1")))
+layer_rule("QI014")(_packed(P.gptq_v1_overflow, _scheme(PackedScheme.GPTQ_V1)))
 layer_rule("QI015")(_packed(P.g_idx_problems, _has_g_idx))
-layer_rule("QI018")(_packed(P.bnb_weight_format, _format("bitsandbytes LLM.int8")))
+layer_rule("QI018")(_packed(P.bnb_weight_format, _scheme(PackedScheme.BNB_INT8)))
 
 
 @layer_rule("QI011")

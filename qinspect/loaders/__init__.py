@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from qinspect.model import Checkpoint, Mode, Unrecognised
+from qinspect.model import Checkpoint, Family, Mode, Stage, Unrecognised
 
 
 def load(path: str | os.PathLike[str]) -> Checkpoint:
@@ -71,6 +71,7 @@ def _load_state_dict(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(
         path=raw.path,
         format=fx.FORMAT if is_fx else "eager state_dict",
+        family=Family.FX if is_fx else Family.EAGER,
         stage=stage_of(layers),
         file_size=raw.file_size,
         layers=tuple(layers),
@@ -90,15 +91,15 @@ def wrapper_extras(raw) -> list[Unrecognised]:
     ]
 
 
-def stage_of(layers: list) -> str:
+def stage_of(layers: list) -> Stage:
     modes = {layer.mode for layer in layers}
     if modes & {Mode.STATIC, Mode.DYNAMIC, Mode.WEIGHT_ONLY, Mode.QUANTIZE}:
-        return "converted"
+        return Stage.CONVERTED
     if Mode.QAT_PREPARED in modes:
-        return "qat-prepared"
+        return Stage.QAT_PREPARED
     if Mode.PTQ_PREPARED in modes:
-        return "ptq-prepared"
-    return "float"
+        return Stage.PTQ_PREPARED
+    return Stage.FLOAT
 
 
 _stage = stage_of  # backwards-compatible name

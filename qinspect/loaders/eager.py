@@ -26,11 +26,15 @@ from qinspect.model import (
     Mode,
     Note,
     ObserverStats,
+    OpKind,
+    RnnCell,
+    RnnGates,
     Role,
     SourceKind,
     TensorQuant,
     Unrecognised,
     Weight,
+    axis_granularity,
 )
 from qinspect.quant.dtypes import QDTYPES
 
@@ -45,7 +49,7 @@ present are completed."""
 RNN_FLOAT = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 RNN_CELL = re.compile(r"^_all_weight_values\.(\d+)\.param$")
 CONV_KINDS = {3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
-RNN_KINDS = {4: "LSTM", 3: "GRU", 1: "RNN"}
+RNN_KINDS = {4: RnnCell.LSTM, 3: RnnCell.GRU, 1: RnnCell.RNN}
 DYNAMIC_SOURCE = InputSource(SourceKind.DYNAMIC, None, False,
                              "dynamic: quantized from each batch's own min/max at run time")
 
@@ -291,7 +295,8 @@ def _packed_linear(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogni
         notes.extend(_fused_relu_hint(output, "Linear"))
     source = DYNAMIC_SOURCE if mode is Mode.DYNAMIC else None
     layer = Layer(
-        name=f.module, kind="Linear", mode=mode, keys=(), weight=weight, bias=bias,
+        name=f.module, kind="Linear", op=OpKind.LINEAR, mode=mode, keys=(), weight=weight,
+        bias=bias,
         bias_key=key if bias is not None else None, output=output, input_source=source,
         notes=tuple(notes),
     )
@@ -378,8 +383,9 @@ def _embedding(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]
     weight = _weight(key, t, declared, notes)
     source = InputSource(SourceKind.NOT_QUANTIZED, None, False,
                          "integer indices: nothing to quantize; the output rows are float")
-    layer = Layer(name=f.module, kind="Embedding or EmbeddingBag", mode=Mode.WEIGHT_ONLY,
-                  keys=(), weight=weight, input_source=source, notes=tuple(notes))
+    layer = Layer(name=f.module, kind="Embedding or EmbeddingBag", op=OpKind.EMBEDDING,
+                  mode=Mode.WEIGHT_ONLY, keys=(), weight=weight, input_source=source,
+                  notes=tuple(notes))
     return [_finish(layer, f)], f.leftovers("Embedding")
 
 
@@ -457,7 +463,8 @@ def _cell_layers(module: str, index: int, key: str, parsed: list, directions: in
                  known: bool) -> list[Layer]:
     hidden = int(parsed[1][1].shape[1])
     gates = int(parsed[0][1].shape[0]) // max(hidden, 1)
-    kind = RNN_KINDS.get(gates, "RNN")
+    cell = RNN_KINDS.get(gates, RnnCell.RNN)
+    kind = cell.value
     layer, reverse = divmod(index, directions)
     layers = []
     for gate, w, b in parsed:
@@ -473,7 +480,8 @@ def _cell_layers(module: str, index: int, key: str, parsed: list, directions: in
         bias = T.float_values(b) if T.is_tensor(b) else None
         layers.append(Layer(
             name=rnn_weight_name(module, gate, layer, bool(reverse)),
-            kind=f"{kind} gates ({gate})",
+            kind=f"{kind} gates ({gate})", op=OpKind.RNN_GATES,
+            rnn=RnnGates(cell, gate, layer, bool(reverse)),
             mode=Mode.DYNAMIC, keys=(KeyRef(key, Role.WEIGHT),), weight=weight, bias=bias,
             bias_key=key if bias is not None else None, input_source=DYNAMIC_SOURCE,
             notes=tuple(notes),
@@ -497,9 +505,10 @@ def _qat_layer(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]
                           "(every default QAT qconfig)"))
     bias = _take_bias(f)
     output, obs, mode = _prepared_output(f, default=Mode.QAT_PREPARED)
-    kind = _kind_from_weight(w)
-    converts = _converts(f.module, kind, output is not None or obs is not None, weight)
-    layer = Layer(name=f.module, kind=kind, mode=Mode.QAT_PREPARED, keys=(), weight=weight,
+    kind, op = _kind_from_weight(w)
+    converts = _converts(f.module, op, output is not None or obs is not None, weight)
+    layer = Layer(name=f.module, kind=kind, op=op, mode=Mode.QAT_PREPARED, keys=(),
+                  weight=weight,
                   bias=bias, bias_key=f"{f.module}.bias" if bias is not None else None,
                   output=output, output_observer=obs, weight_observer=weight_obs,
                   converts_to=converts, notes=tuple(notes), extras=_qat_flags(fq))
@@ -531,7 +540,9 @@ def _fake_quant_params(fq: dict[str, Any]) -> TensorQuant:
     zp = T.float_values(fq["zero_point"]).astype(np.int64).reshape(-1)
     per_channel = scale.size > 1
     scheme = "per_channel_affine" if per_channel else "per_tensor_affine"
-    return TensorQuant(ASSUMED_WEIGHT_DTYPE, scheme, scale, zp, 0 if per_channel else None)
+    axis = 0 if per_channel else None
+    return TensorQuant(ASSUMED_WEIGHT_DTYPE, scheme, scale, zp, axis,
+                       granularity=axis_granularity(axis))
 
 
 def _observer(fields: dict[str, Any], keys: list[str]) -> ObserverStats | None:
@@ -586,20 +597,23 @@ def _prefix_keys(module: str, keys: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(k.lstrip(".") for k in keys)
 
 
-def _kind_from_weight(w: Any) -> str:
+def _kind_from_weight(w: Any) -> tuple[str, OpKind]:
+    """Label and op of a prepared or float module from its weight's rank."""
     if w is None:
-        return "module"
+        return "module", OpKind.OTHER
     ndim = len(w.shape)
     if ndim == 2:
-        return "Linear"
-    return CONV_KINDS.get(ndim, f"{ndim}-D weight")
+        return "Linear", OpKind.LINEAR
+    if ndim in CONV_KINDS:
+        return CONV_KINDS[ndim], OpKind.CONV
+    return f"{ndim}-D weight", OpKind.OTHER
 
 
-def _converts(module: str, kind: str, has_output: bool, weight: Weight | None) -> tuple:
+def _converts(module: str, op: OpKind, has_output: bool, weight: Weight | None) -> tuple:
     p = f"{module}." if module else ""
     out = []
     if weight is not None:
-        target = f"{p}_packed_params._packed_params" if kind == "Linear" else f"{p}weight"
+        target = f"{p}_packed_params._packed_params" if op is OpKind.LINEAR else f"{p}weight"
         out.append((f"{p}weight + {p}weight_fake_quant.scale/zero_point", target))
     if has_output:
         out.append((f"{p}activation_post_process.scale", f"{p}scale"))
@@ -618,20 +632,20 @@ def _observed(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]
     extras = _take_norm_stats(f)
     output, obs, mode = _prepared_output(f, default=Mode.QAT_PREPARED)
     weight = None
-    kind = "activation (QuantStub, FloatFunctional or activation module)"
+    kind, op = "activation (QuantStub, FloatFunctional or activation module)", OpKind.ACTIVATION
     if w is not None:
-        kind = _kind_from_weight(w)
+        kind, op = _kind_from_weight(w)
         weight = Weight(f"{f.module}.weight", tuple(w.shape), T.dtype_name(w.dtype),
                         T.float_values(w))
         f.refs = [KeyRef(r.key, Role.WEIGHT) if r.key == weight.key else r for r in f.refs]
-    converts = _converts(f.module, kind, True, None)
+    converts = _converts(f.module, op, True, None)
     if mode is Mode.PTQ_PREPARED:
         converts = tuple((f"{src} (computed from min_val/max_val)".replace(
             "activation_post_process.scale", "activation_post_process min/max"), dst)
             for src, dst in converts[:1])
-    layer = Layer(name=f.module, kind=kind, mode=mode, keys=(), weight=weight, bias=bias,
-                  bias_key=f"{f.module}.bias" if bias is not None else None, output=output,
-                  output_observer=obs, converts_to=converts, extras=extras)
+    layer = Layer(name=f.module, kind=kind, op=op, mode=mode, keys=(), weight=weight,
+                  bias=bias, bias_key=f"{f.module}.bias" if bias is not None else None,
+                  output=output, output_observer=obs, converts_to=converts, extras=extras)
     return [_finish(layer, f)], f.leftovers(kind)
 
 
@@ -644,15 +658,17 @@ def _quantized_conv(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogn
     bias = _take_bias(f)
     output = _output_qparams(f, Mode.STATIC)
     kind = CONV_KINDS.get(len(weight.shape), f"{len(weight.shape)}-D weight layer")
+    op = OpKind.CONV if len(weight.shape) in CONV_KINDS else OpKind.OTHER
     if weight.quant is not None and weight.quant.axis == 1:
         kind = kind.replace("Conv", "ConvTranspose")
+        op = OpKind.CONV_TRANSPOSE if op is OpKind.CONV else op
     elif weight.quant is not None and weight.quant.axis is None:
         notes.append(Note(Level.INFO, f"{kind} or ConvTranspose: per-tensor weights store "
                           "the same keys"))
     notes.extend(_fused_relu_hint(output, kind.split(" ")[0]))
-    layer = Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight, bias=bias,
-                  bias_key=f"{f.module}.bias" if bias is not None else None, output=output,
-                  notes=tuple(notes))
+    layer = Layer(name=f.module, kind=kind, op=op, mode=Mode.STATIC, keys=(), weight=weight,
+                  bias=bias, bias_key=f"{f.module}.bias" if bias is not None else None,
+                  output=output, notes=tuple(notes))
     return [_finish(layer, f)], f.leftovers(kind)
 
 
@@ -662,7 +678,8 @@ def _quantize_stub(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogni
     scale = f.take("scale", Role.INPUT_QPARAMS)
     zp = f.take("zero_point", Role.INPUT_QPARAMS)
     layer = Layer(
-        name=f.module, kind="Quantize (QuantStub)", mode=Mode.QUANTIZE, keys=(),
+        name=f.module, kind="Quantize (QuantStub)", op=OpKind.QUANTIZE, mode=Mode.QUANTIZE,
+        keys=(),
         output=_act(scale, zp, keys),
         input_source=InputSource(SourceKind.NOT_QUANTIZED, None, False,
                                  "the model's float input, quantized here"),
@@ -672,22 +689,23 @@ def _quantize_stub(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecogni
 
 def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
     """scale/zero_point (+ maybe norm params): activations, QFunctional, norms."""
-    kind = "quantized activation (Hardswish, ELU, LeakyReLU, Sigmoid, ...)"
+    kind, op = "quantized activation (Hardswish, ELU, LeakyReLU, Sigmoid, ...)", OpKind.ACTIVATION
     f.expect("scale", "zero_point")
     if "activation_post_process" in ctx.children.get(f.module, set()):
-        kind = "QFunctional (FloatFunctional add/mul/cat after convert)"
+        kind, op = "QFunctional (FloatFunctional add/mul/cat after convert)", OpKind.FUNCTIONAL
         f.expect(by_hand=True)  # QFunctional reads scale/zero_point itself
     weight = None
     extras: dict[str, np.ndarray] = {}
     if any(f.has(stat) for stat in NORM_STATS):
-        kind = "BatchNorm"
+        kind, op = "BatchNorm", OpKind.BATCH_NORM
         f.expect("weight", "bias", *NORM_STATS)
         extras = _take_norm_stats(f)
     elif f.has("weight") or f.has("bias"):
-        kind = "LayerNorm, GroupNorm or InstanceNorm"
+        kind, op = "LayerNorm, GroupNorm or InstanceNorm", OpKind.NORM
         f.expect("weight", "bias")
         if not f.has("weight"):
             kind = "quantized Conv or LayerNorm/GroupNorm/InstanceNorm (weight missing)"
+            op = OpKind.OTHER
             f.ambiguous = True
     if f.has("weight") and T.is_tensor(f.value("weight")):
         w = f.take("weight", Role.PARAM)
@@ -697,26 +715,26 @@ def _quantized_op(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
     if bias is not None:
         f.refs[-1] = KeyRef(f.refs[-1].key, Role.PARAM)
     output = _output_qparams(f, Mode.STATIC)
-    layer = _finish(Layer(name=f.module, kind=kind, mode=Mode.STATIC, keys=(), weight=weight,
-                          bias=bias, output=output, extras=extras), f)
+    layer = _finish(Layer(name=f.module, kind=kind, op=op, mode=Mode.STATIC, keys=(),
+                          weight=weight, bias=bias, output=output, extras=extras), f)
     return [layer], f.leftovers(kind)
 
 
 def _float_module(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
     if any(RNN_FLOAT.match(n) for n in f.items):
         return _float_rnn(f)
-    kind = "module"
+    kind, op = "module", OpKind.OTHER
     w = None
     if f.has("weight") and T.is_tensor(f.value("weight")):
         w = f.value("weight")
-        kind = _kind_from_weight(w)
-        if kind == "Linear" and not f.has("bias"):
-            kind = "Linear or Embedding"
+        kind, op = _kind_from_weight(w)
+        if op is OpKind.LINEAR and not f.has("bias"):
+            kind, op = "Linear or Embedding", OpKind.OTHER
         if len(w.shape) == 1:
-            kind = "normalisation (affine)"
+            kind, op = "normalisation (affine)", OpKind.NORM
     if f.has("running_mean"):
-        kind = "BatchNorm"
-    role = Role.WEIGHT if kind not in ("BatchNorm", "normalisation (affine)") else Role.PARAM
+        kind, op = "BatchNorm", OpKind.BATCH_NORM
+    role = Role.PARAM if op in (OpKind.BATCH_NORM, OpKind.NORM) else Role.WEIGHT
     weight = None
     if w is not None:
         f.take("weight", role)
@@ -726,8 +744,9 @@ def _float_module(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognis
         f.expect("weight", "bias")  # e.g. the conv inside a prepared fused ConvReLU
     bias = _take_bias(f)
     extras = _take_norm_stats(f)
-    layer = Layer(name=f.module, kind=kind, mode=Mode.FLOAT, keys=(), weight=weight, bias=bias,
-                  bias_key=f"{f.module}.bias" if bias is not None else None, extras=extras)
+    layer = Layer(name=f.module, kind=kind, op=op, mode=Mode.FLOAT, keys=(), weight=weight,
+                  bias=bias, bias_key=f"{f.module}.bias" if bias is not None else None,
+                  extras=extras)
     if not f.refs:
         return [], f.leftovers(kind)
     return [_finish(layer, f)], f.leftovers(kind)
@@ -743,10 +762,14 @@ def _float_rnn(f: Fields) -> tuple[list[Layer], list[Unrecognised]]:
         if f.has(bias_local):
             bias = T.float_values(f.take(bias_local, Role.BIAS))
             refs.append(f.refs[-1])
-        kind = f"{_float_rnn_kind(f, local, w)} gates ({'ih' if '_ih_' in local else 'hh'})"
+        m = RNN_FLOAT.match(local)
+        assert m is not None  # selected by RNN_FLOAT above
+        gates = RnnGates(_float_rnn_kind(f, local, w), m.group(2),
+                         int(local.rsplit("_l", 1)[1].split("_")[0]), bool(m.group(3)))
         name = f"{f.module}.{local}" if f.module else local
         layers.append(Layer(
-            name=name, kind=kind, mode=Mode.FLOAT, keys=tuple(refs),
+            name=name, kind=f"{gates.cell.value} gates ({gates.gate})", op=OpKind.RNN_GATES,
+            rnn=gates, mode=Mode.FLOAT, keys=tuple(refs),
             weight=Weight(name, tuple(w.shape), T.dtype_name(w.dtype), T.float_values(w)),
             bias=bias, bias_key=refs[1].key if bias is not None else None,
         ))
@@ -769,15 +792,15 @@ def _rnn_expected(present: frozenset[str]) -> list[str]:
             for kind in kinds for gate in ("ih", "hh")]
 
 
-def _float_rnn_kind(f: Fields, local: str, w: Any) -> str:
+def _float_rnn_kind(f: Fields, local: str, w: Any) -> RnnCell:
     """LSTM/GRU/RNN from the gate count: rows of a gate weight / hidden size.
 
     The hidden size is the column count of the matching ``weight_hh`` (``w`` itself for
     an hh weight; the ih weight is taken first, so its hh partner is still unclaimed)."""
     hh = w if "_hh_" in local else f.items.get(local.replace("_ih_", "_hh_"), (None, None))[1]
     if not (T.is_tensor(hh) and len(hh.shape) == 2 and int(hh.shape[1]) > 0):
-        return "RNN"
-    return RNN_KINDS.get(int(w.shape[0]) // int(hh.shape[1]), "RNN")
+        return RnnCell.RNN
+    return RNN_KINDS.get(int(w.shape[0]) // int(hh.shape[1]), RnnCell.RNN)
 
 
 def _finish(layer: Layer, f: Fields) -> Layer:
@@ -889,8 +912,9 @@ def _packed_without_payload(f: Fields, ctx: Context) -> tuple[list[Layer], list[
     dynamic = declared == "float16" or version == 4
     mode = (Mode.DYNAMIC if dynamic else Mode.STATIC) if linear else Mode.WEIGHT_ONLY
     output = _output_qparams(f, mode) if linear else None
-    kind = "Linear" if linear else "Embedding or EmbeddingBag"
-    layer = Layer(name=f.module, kind=kind, mode=mode, keys=(), output=output,
+    kind, op = ("Linear", OpKind.LINEAR) if linear else ("Embedding or EmbeddingBag",
+                                                         OpKind.EMBEDDING)
+    layer = Layer(name=f.module, kind=kind, op=op, mode=mode, keys=(), output=output,
                   input_source=DYNAMIC_SOURCE if mode is Mode.DYNAMIC else None)
     return [_finish(layer, f)], f.leftovers(kind)
 
@@ -930,7 +954,7 @@ def connect_inputs(layers: list[Layer], order_known: bool) -> list[Layer]:
 
 
 def _with_input(layer: Layer, producer: Layer | None, order: str) -> Layer:
-    if layer.kind.startswith("QFunctional"):
+    if layer.op is OpKind.FUNCTIONAL:
         return replace(layer, input_source=InputSource(
             SourceKind.UNKNOWN, None, True,
             "two or more quantized inputs, each with its own producer's qparams; "

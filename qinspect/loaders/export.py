@@ -36,17 +36,21 @@ from qinspect.model import (
     ActQuant,
     Checkpoint,
     DeadWeight,
+    Family,
     InputSource,
     KeyRef,
     Layer,
     Level,
     Mode,
     Note,
+    OpKind,
     Role,
     SourceKind,
+    Stage,
     TensorQuant,
     Unrecognised,
     Weight,
+    axis_granularity,
 )
 
 # torch/_export/serde/schema.py ScalarType -> numpy dtype / torch name
@@ -67,6 +71,11 @@ PASS_THROUGH = ("relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_", "re
 WEIGHT_OPS = ("conv1d", "conv2d", "conv3d", "linear", "conv_transpose1d", "conv_transpose2d",
               "conv_transpose3d", "addmm", "mm", "bmm", "matmul", "embedding")
 FORMAT = "torch.export archive (.pt2)"
+OPS = {"linear": OpKind.LINEAR, "addmm": OpKind.LINEAR, "conv1d": OpKind.CONV,
+       "conv2d": OpKind.CONV, "conv3d": OpKind.CONV, "conv_transpose1d": OpKind.CONV_TRANSPOSE,
+       "conv_transpose2d": OpKind.CONV_TRANSPOSE, "conv_transpose3d": OpKind.CONV_TRANSPOSE,
+       "embedding": OpKind.EMBEDDING}
+"""Graph op -> what it computes; other ops with a weight are OTHER, without one GRAPH_OP."""
 
 
 @dataclass
@@ -108,7 +117,7 @@ def load(path: str | Path) -> Checkpoint:
     layers, unrecognised, dead = builder.build()
     return Checkpoint(
         path=str(p), format=FORMAT + (" PT2E-quantized" if builder.quantized else ""),
-        stage="converted" if builder.quantized else "float",
+        family=Family.EXPORT, stage=Stage.CONVERTED if builder.quantized else Stage.FLOAT,
         file_size=p.stat().st_size, layers=tuple(layers), unrecognised=tuple(unrecognised),
         module_order_known=True, notes=tuple(notes + builder.notes), dead_weights=tuple(dead),
         order="graph order (the exported program)",
@@ -337,6 +346,8 @@ class Builder:
             scale=np.asarray(scale, dtype=np.float64).reshape(-1),
             zero_point=np.asarray(zp).astype(np.int64).reshape(-1),
             axis=int(axis) if per_channel and isinstance(axis, int) else None,
+            granularity=axis_granularity(int(axis) if per_channel and isinstance(axis, int)
+                                         else None),
             quant_min=qmin if isinstance(qmin, int) else None,
             quant_max=qmax if isinstance(qmax, int) else None,
         )
@@ -403,7 +414,9 @@ class Builder:
         if weight is not None and weight.quant and weight.quant.quant_min is not None:
             notes.append(Note(Level.INFO, f"weight quant range {weight.quant.quant_min}.."
                               f"{weight.quant.quant_max} ({weight.quant.dtype})"))
-        return Layer(name=name, kind=kind, mode=Mode.STATIC, keys=tuple(refs), weight=weight,
+        op = OPS.get(node.short, OpKind.OTHER if node.short in WEIGHT_OPS else OpKind.GRAPH_OP)
+        return Layer(name=name, kind=kind, op=op, mode=Mode.STATIC, keys=tuple(refs),
+                     weight=weight,
                      bias=bias, bias_key=bias_key, input=act_in, input_source=source,
                      output=output, notes=tuple(notes))
 

@@ -34,6 +34,7 @@ from qinspect.model import (
     Level,
     Mode,
     Note,
+    OpKind,
     Role,
     SourceKind,
     Unrecognised,
@@ -117,7 +118,8 @@ def root_layers(root: FxRoot) -> tuple[list[Layer], list[Layer], list[Layer], li
         act = eager._act(pair["scale"][1], pair["zero_point"][1], keys)
         quantizers.append(Layer(
             name=input_layer_name(prefix, n), kind="quantize_per_tensor (FX input)",
-            mode=Mode.QUANTIZE, keys=tuple(KeyRef(k, Role.INPUT_QPARAMS) for k in keys),
+            op=OpKind.QUANTIZE, mode=Mode.QUANTIZE,
+            keys=tuple(KeyRef(k, Role.INPUT_QPARAMS) for k in keys),
             output=act,
             input_source=InputSource(SourceKind.NOT_QUANTIZED, None, False,
                                      "a float tensor, quantized here"),
@@ -131,7 +133,8 @@ def root_layers(root: FxRoot) -> tuple[list[Layer], list[Layer], list[Layer], li
         ops.append(Layer(
             name=op_layer_name(prefix, n),
             kind="functional quantized op (FX: add/mul/cat/linear/requantize)",
-            mode=Mode.STATIC, keys=tuple(KeyRef(k, Role.OUTPUT_QPARAMS) for k in keys),
+            op=OpKind.GRAPH_OP, mode=Mode.STATIC,
+            keys=tuple(KeyRef(k, Role.OUTPUT_QPARAMS) for k in keys),
             output=act,
             input_source=InputSource(SourceKind.UNKNOWN, None, True,
                                      "the op's inputs are in the graph, which a state_dict "
@@ -159,12 +162,14 @@ def packed_weight_layer(name: str, key: str, value: Any) -> Layer | None:
     w, b = weight_bias
     notes: list[Note] = []
     weight = eager._weight(key, w, None, notes)
-    kind = "functional Linear (F.linear)" if len(weight.shape) == 2 else \
+    linear = len(weight.shape) == 2
+    kind = "functional Linear (F.linear)" if linear else \
         f"functional {eager.CONV_KINDS.get(len(weight.shape), 'Conv')} (F.conv)"
     bias = T.float_values(b) if T.is_tensor(b) else None
     source = InputSource(SourceKind.UNKNOWN, None, True, "the op's input is in the graph, "
                          "which a state_dict does not store")
-    return Layer(name=name, kind=kind, mode=Mode.STATIC, keys=(KeyRef(key, Role.WEIGHT),),
+    return Layer(name=name, kind=kind, op=OpKind.LINEAR if linear else OpKind.CONV,
+                 functional=True, mode=Mode.STATIC, keys=(KeyRef(key, Role.WEIGHT),),
                  weight=weight, bias=bias, bias_key=key if bias is not None else None,
                  input_source=source, notes=tuple(notes))
 

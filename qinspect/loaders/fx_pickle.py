@@ -13,15 +13,14 @@ connect layers. No class named by the file is imported and nothing in it is call
 
 from __future__ import annotations
 
-import ast
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from qinspect.errors import UnsupportedFormatError
 from qinspect.loaders.safe_pickle import Stub, load_pickle
+from qinspect.loaders.tscode import Code, parse_fx
 from qinspect.loaders.zipread import Archive
-from qinspect.model import Checkpoint, Level, Note
+from qinspect.model import Checkpoint, Family, Level, Note
 
 ROOT = "<pickled GraphModule>"
 FORMAT = "FX GraphModule pickle (torch.save(model)), read without unpickling code"
@@ -33,8 +32,8 @@ def load(path: str | Path) -> Checkpoint:
     from qinspect.loaders.torchscript import assemble
 
     p = Path(path)
-    root, classes, problems = _read(p)
-    ckpt = assemble(p, root, classes, ROOT, FORMAT, problems)
+    root, code = _read(p)
+    ckpt = assemble(p, root, code, ROOT, FORMAT, Family.FX_PICKLE)
     note = Note(Level.INFO, "torch.save(model) pickles need code execution to load (and "
                 "torch 2.13 cannot load them with quantized convs); qinspect read the "
                 "tensors and the forward code as data. Prefer saving model.state_dict() or "
@@ -42,16 +41,16 @@ def load(path: str | Path) -> Checkpoint:
     return replace(ckpt, notes=(note, *ckpt.notes))
 
 
-def read_script(p: Path) -> tuple[Stub, dict, str]:
+def read_script(p: Path) -> tuple[Stub, Code, str]:
     """(module tree with torch tensors, parsed forward, root name): what ``verify``
     runs."""
     from qinspect.loaders.tensors import to_torch
 
-    root, classes, _ = _read(p)
-    return to_torch(root), classes, ROOT
+    root, code = _read(p)
+    return to_torch(root), code, ROOT
 
 
-def _read(p: Path) -> tuple[Stub, dict, list[str]]:
+def _read(p: Path) -> tuple[Stub, Code]:
     from qinspect.loaders.archive import printable, view_budget
 
     with Archive(p) as archive:
@@ -66,8 +65,7 @@ def _read(p: Path) -> tuple[Stub, dict, list[str]]:
     root = Stub.__new__(Stub)
     root.__dict__["qualname"] = ROOT
     root.__dict__["state"] = body
-    classes, problems = _classes(body.get("_code"))
-    return root, classes, problems
+    return root, parse_fx(body.get("_code"), ROOT)
 
 
 def _body(obj: Any) -> dict | None:
@@ -77,14 +75,3 @@ def _body(obj: Any) -> dict | None:
             return body
     return None
 
-
-def _classes(code: Any) -> tuple[dict[str, ast.ClassDef], list[str]]:
-    if not isinstance(code, str):
-        return {}, ["no _code in the pickle: layer inputs are not known"]
-    try:
-        tree = ast.parse("class Root:\n" + textwrap.indent(code, "    ") + "\n    pass\n")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-        return {}, [f"the pickled forward code is not parseable ({type(exc).__name__})"]
-    cls = tree.body[0]
-    assert isinstance(cls, ast.ClassDef)
-    return {ROOT: cls}, []

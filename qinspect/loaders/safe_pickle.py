@@ -69,8 +69,7 @@ class Stub:
     """An object of a class the file names; it records and never runs anything."""
 
     qualname: str = "?"
-    # What __new__, BUILD and the setters record, in the instance's __dict__ (declared
-    # here for the type checker only: no class attributes).
+    # set by __new__ / __setstate__ (through __dict__: __setattr__ records attributes)
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     state: Any

@@ -28,7 +28,7 @@ import numpy as np
 
 from qinspect.errors import LoadError
 from qinspect.loaders._quiet import silence_torch_notices
-from qinspect.model import TensorQuant
+from qinspect.model import PerAxis, PerTensor, TensorQuant
 
 if TYPE_CHECKING:
     import torch
@@ -343,11 +343,12 @@ def tensor_quant(t: Any) -> TensorQuant:
         if qscheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
             scale = np.array([t.q_scale()], dtype=np.float64)
             zero_point = np.array([t.q_zero_point()], dtype=np.int64)
-            return TensorQuant(dtype, name, scale, zero_point, None)
+            return TensorQuant(dtype, name, scale, zero_point, None, granularity=PerTensor())
         scale = t.q_per_channel_scales().detach().to(torch.float64).numpy()
         zps = t.q_per_channel_zero_points().detach()
         zero_point = zps.numpy().astype(np.float64 if zps.is_floating_point() else np.int64)
-        return TensorQuant(dtype, name, scale, zero_point, int(t.q_per_channel_axis()))
+        axis = int(t.q_per_channel_axis())
+        return TensorQuant(dtype, name, scale, zero_point, axis, granularity=PerAxis(axis))
 
 
 def _array_quant(t: ArrayTensor) -> TensorQuant:
@@ -361,7 +362,8 @@ def _array_quant(t: ArrayTensor) -> TensorQuant:
     if qscheme in ("per_tensor_affine", "per_tensor_symmetric"):
         _, scale, zero_point = t.qparams
         return TensorQuant(dtype, qscheme, np.array([float(scale)], dtype=np.float64),
-                           np.array([int(zero_point)], dtype=np.int64), None)
+                           np.array([int(zero_point)], dtype=np.int64), None,
+                           granularity=PerTensor())
     _, scales, zero_points, axis = t.qparams
     floating = qscheme == "per_channel_affine_float_qparams"
     scale = _param_values(scales, np.float64 if not floating else np.float32)
@@ -373,7 +375,7 @@ def _array_quant(t: ArrayTensor) -> TensorQuant:
         qscheme = "per_channel_affine_float_qparams"
     return TensorQuant(dtype, qscheme, scale.astype(np.float64).reshape(-1),
                        zps.astype(np.float64 if zp_floating else np.int64).reshape(-1),
-                       int(axis))
+                       int(axis), granularity=PerAxis(int(axis)))
 
 
 def _param_values(value: Any, list_dtype: Any) -> np.ndarray:

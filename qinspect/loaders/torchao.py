@@ -27,12 +27,19 @@ from qinspect.loaders.safe_pickle import Stub, WrapperSubclass, load_pickle
 from qinspect.loaders.zipread import Archive
 from qinspect.model import (
     Checkpoint,
+    Family,
+    Granularity,
     InputSource,
     KeyRef,
     Layer,
     Level,
     Mode,
     Note,
+    OpKind,
+    PerAxis,
+    PerBlock,
+    PerGroup,
+    PerTensor,
     Role,
     SourceKind,
     TensorQuant,
@@ -109,7 +116,8 @@ def build(path: str, size: int, entries: dict[str, Any], wrapper: str | None,
                                   f"'{wrapper}')") for k, v in extras.items()]
     if not any(lay.mode is not Mode.FLOAT for lay in layers):
         raise LoadError(f"{path}: no torchao quantized weight found")
-    return Checkpoint(path=path, format=FORMAT, stage=stage_of(layers), file_size=size,
+    return Checkpoint(path=path, format=FORMAT, family=Family.TORCHAO, stage=stage_of(layers),
+                      file_size=size,
                       layers=tuple(layers), unrecognised=tuple(unrecognised), wrapper=wrapper,
                       module_order_known=False,
                       notes=(Note(Level.INFO, f"read without torchao (no code from the file "
@@ -132,11 +140,12 @@ def _layer(module: str, key: str, value: WrapperSubclass, bias_key: str | None,
     zp_np = (T.float_values(zp).astype(np.int64).reshape(-1) if T.is_tensor(zp)
              else np.zeros_like(scale_np, dtype=np.int64))
     shape = tuple(int(d) for d in qdata.shape)
-    granularity, axis = _granularity(shape, block)
-    quant = TensorQuant(dtype=dtype, qscheme=granularity, scale=scale_np, zero_point=zp_np,
-                        axis=axis, block_size=block)
+    scheme, granularity = _granularity(shape, block)
+    axis = granularity.axis if isinstance(granularity, PerAxis) else None
+    quant = TensorQuant(dtype=dtype, qscheme=scheme, scale=scale_np, zero_point=zp_np,
+                        axis=axis, block_size=block, granularity=granularity)
     notes = [Note(Level.INFO, f"torchao {cls}: qdata {stored} {list(shape)}, scale "
-                  f"{list(scale.shape)}, block_size {list(block or ())} ({granularity})")]
+                  f"{list(scale.shape)}, block_size {list(block or ())} ({scheme})")]
     if dtype != stored:
         notes.append(Note(Level.INFO, f"{dtype} values stored unpacked, one per {stored} "
                           "byte (IntxUnpackedToInt8Tensor)"))
@@ -146,21 +155,25 @@ def _layer(module: str, key: str, value: WrapperSubclass, bias_key: str | None,
     if bias_key:
         refs.append(KeyRef(bias_key, Role.BIAS))
     kind = "Linear" if len(shape) == 2 else f"{len(shape)}-D weight"
-    return Layer(name=module, kind=f"{kind} ({cls})", mode=mode, keys=tuple(refs),
+    return Layer(name=module, kind=f"{kind} ({cls})",
+                 op=OpKind.LINEAR if len(shape) == 2 else OpKind.OTHER, tensor_class=cls,
+                 mode=mode, keys=tuple(refs),
                  weight=weight, bias=T.float_values(bias) if bias_key else None,
                  bias_key=bias_key, input_source=source, notes=tuple(notes))
 
 
-def _granularity(shape: tuple[int, ...], block: tuple[int, ...] | None) -> tuple[str, int | None]:
+def _granularity(shape: tuple[int, ...], block: tuple[int, ...] | None
+                 ) -> tuple[str, Granularity]:
+    """torchao's ``block_size`` -> the qscheme label shown and the granularity as data."""
     if not block or len(block) != len(shape):
-        return "block_affine", None
+        return "block_affine", PerBlock(tuple(block or ()))
     if all(b == n for b, n in zip(block, shape, strict=True)):
-        return "per_tensor_affine", None
+        return "per_tensor_affine", PerTensor()
     if block[0] == 1 and all(b == n for b, n in zip(block[1:], shape[1:], strict=True)):
-        return "per_channel_affine", 0
+        return "per_channel_affine", PerAxis(0)
     if block[0] == 1 and len(block) == 2:
-        return f"per_group_affine (group {block[1]})", None
-    return "block_affine", None
+        return f"per_group_affine (group {block[1]})", PerGroup(block[1], 1)
+    return "block_affine", PerBlock(block)
 
 
 def _activation(state: dict[str, Any]) -> tuple[Mode, InputSource]:

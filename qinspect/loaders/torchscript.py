@@ -10,8 +10,9 @@ Never ``torch.jit.load``: that compiles and runs the archive's code. Instead:
   (``fc1._packed_params._packed_params``, ``conv.weight``, ``fc1_input_scale_0``...), so
   the eager and FX classifiers attribute them with the same roles; each layer's kind is the
   exact class TorchScript recorded (``LinearReLU``, ``ConvReLU2d``, ``QFunctional``...);
-* ``code/__torch__/**.py`` is parsed (:mod:`qinspect.loaders.tsgraph`, ``ast`` only) to
-  follow ``forward``: each layer's input source comes from the graph, not from order.
+* ``code/__torch__/**.py`` is parsed (:mod:`qinspect.loaders.tscode`, ``ast`` only) and
+  ``forward`` walked (:mod:`qinspect.loaders.tsgraph`): each layer's input source comes
+  from the graph, not from order.
 """
 
 from __future__ import annotations
@@ -26,22 +27,27 @@ from qinspect.errors import LoadError, UnsupportedFormatError
 from qinspect.loaders import eager, fx
 from qinspect.loaders import tensors as T
 from qinspect.loaders.archive import view_budget
+from qinspect.loaders.modclass import class_op
 from qinspect.loaders.reader import RawCheckpoint, ScriptObjectState
 from qinspect.loaders.safe_pickle import Stub, load_pickle
 from qinspect.loaders.sniff import printable
-from qinspect.loaders.tsgraph import AttrRef, Graph, Walker, parse_classes
+from qinspect.loaders.tscode import AttrRef, Code, parse_archive
+from qinspect.loaders.tsgraph import Graph, GraphWalker
 from qinspect.loaders.zipread import Archive
 from qinspect.model import (
     ActQuant,
     Checkpoint,
+    Family,
     InputSource,
     KeyRef,
     Layer,
     Level,
     Mode,
     Note,
+    OpKind,
     Role,
     SourceKind,
+    Stage,
     Unrecognised,
 )
 
@@ -58,20 +64,20 @@ def demangle(qualname: str) -> str:
 
 def load(path: str | Path) -> Checkpoint:
     p = Path(path)
-    root, classes, problems = _read(p)
+    root, code = _read(p)
     is_fx = root.qualname.endswith("torch.fx.graph_module.GraphModule")
     fmt = f"TorchScript archive ({'FX GraphModule' if is_fx else demangle(root.qualname)})"
-    return assemble(p, root, classes, root.qualname, fmt, problems)
+    return assemble(p, root, code, root.qualname, fmt)
 
 
-def read_script(p: Path) -> tuple[Stub, dict, str]:
-    """(module tree with torch tensors, parsed classes, root class name): what ``verify``
+def read_script(p: Path) -> tuple[Stub, Code, str]:
+    """(module tree with torch tensors, parsed code, root class name): what ``verify``
     runs."""
-    root, classes, _ = _read(p)
-    return T.to_torch(root), classes, root.qualname
+    root, code = _read(p)
+    return T.to_torch(root), code, root.qualname
 
 
-def _read(p: Path) -> tuple[Stub, dict, list[str]]:
+def _read(p: Path) -> tuple[Stub, Code]:
     with Archive(p) as archive:
         root = load_pickle(archive.read("data.pkl"), archive.storage_loader("data"),
                            f"{printable(str(p))} (data.pkl)",
@@ -82,12 +88,11 @@ def _read(p: Path) -> tuple[Stub, dict, list[str]]:
         raise UnsupportedFormatError(f"{printable(str(p))}: a TorchScript archive whose "
                                      f"data.pkl holds {printable(type(root).__name__)}, not "
                                      "a module; re-export it")
-    classes, problems = parse_classes(sources)
-    return root, classes, problems
+    return root, parse_archive(sources)
 
 
-def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
-             problems: list[str]) -> Checkpoint:
+def assemble(p: Path, root: Stub, code: Code, root_qualname: str, fmt: str,
+             family: Family = Family.TORCHSCRIPT) -> Checkpoint:
     """Module tree + parsed code -> Checkpoint (shared with whole pickled GraphModules)."""
     flat = Flattener()
     flat.module(root, "")
@@ -100,12 +105,14 @@ def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
     quantizers, ops, packed, bad = fx.root_layers(fx_root)
     unrecognised += bad + flat.unrecognised
     by_name = {lay.name: lay for lay in layers + quantizers + ops + packed}
-    graph = _walk(classes, modules, root_qualname, by_name)
+    graph = _walk(code, modules, root_qualname, by_name)
     final = _connect(graph, layers, quantizers, ops, packed)
-    notes = [Note(Level.WARNING, f"graph code: {msg}") for msg in problems + graph.problems]
+    notes = [Note(Level.WARNING, f"graph code: {msg}")
+             for msg in [*code.problems, *graph.problems]]
     return Checkpoint(
         path=str(p),
         format=fmt,
+        family=family,
         stage=_stage(final),
         file_size=p.stat().st_size,
         layers=tuple(final),
@@ -116,7 +123,7 @@ def assemble(p: Path, root: Stub, classes: dict, root_qualname: str, fmt: str,
     )
 
 
-def _stage(layers: list[Layer]) -> str:
+def _stage(layers: list[Layer]) -> Stage:
     from qinspect.loaders import stage_of
 
     return stage_of(layers)
@@ -265,10 +272,13 @@ def _exact_kind(layer: Layer, modules: dict[str, str]) -> Layer:
         return layer
     short = demangle(qualname).rsplit(".", 1)[-1]
     notes = tuple(n for n in layer.notes if "same keys" not in n.message)
-    return replace(layer, kind=short, notes=notes)
+    known = class_op(short)
+    if known is None:
+        return replace(layer, kind=short, notes=notes)
+    return replace(layer, kind=short, op=known.op, fused_relu=known.fused_relu, notes=notes)
 
 
-def _walk(classes: dict, modules: dict[str, str], root: str,
+def _walk(code: Code, modules: dict[str, str], root: str,
           layers: dict[str, Layer]) -> Graph:
     taken: set[str] = set()
 
@@ -283,8 +293,8 @@ def _walk(classes: dict, modules: dict[str, str], root: str,
                 return name
         return None
 
-    walker = Walker(classes, modules, {n for n in layers if "." in n or n in modules},
-                    match_literal)
+    walker = GraphWalker(code, modules, {n for n in layers if "." in n or n in modules},
+                         match_literal)
     return walker.run(root)
 
 
@@ -301,7 +311,8 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
             alias[q.name] = key_owner[q.scale.key]
         else:
             extra[q.name] = _literal_layer(q.name, "quantize_per_tensor (in the code)",
-                                           Mode.QUANTIZE, q.scale, q.zero_point)
+                                           OpKind.QUANTIZE, Mode.QUANTIZE, q.scale,
+                                           q.zero_point)
             alias[q.name] = q.name
     merged_ops: dict[str, Layer] = {lay.name: lay for lay in ops}
     for q in graph.quantizes:  # FX root _scale_<n> buffers the graph uses to requantize
@@ -309,7 +320,8 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
         if owner in merged_ops:
             base = merged_ops[owner]
             merged_ops[owner] = replace(
-                base, kind="quantize_per_tensor (FX requantize)", mode=Mode.QUANTIZE,
+                base, kind="quantize_per_tensor (FX requantize)", op=OpKind.QUANTIZE,
+                mode=Mode.QUANTIZE,
                 keys=tuple(KeyRef(r.key, Role.INPUT_QPARAMS) for r in base.keys), notes=())
     packed_by: dict[str, Layer] = {lay.name: lay for lay in packed}
     for op in graph.ops:
@@ -331,11 +343,12 @@ def _connect(graph: Graph, layers: list[Layer], quantizers: list[Layer], ops: li
         elif out_owner is not None:
             base = merged_ops[out_owner]
             merged_ops[out_owner] = replace(base, kind=f"quantized.{op.op} (FX functional op)",
-                                            notes=())
+                                            op=OpKind.GRAPH_OP, notes=())
             alias[op.name] = out_owner
         else:
             extra[op.name] = _literal_layer(op.name, f"quantized.{op.op} (in the code)",
-                                            Mode.STATIC, op.scale, op.zero_point)
+                                            OpKind.GRAPH_OP, Mode.STATIC, op.scale,
+                                            op.zero_point)
             alias[op.name] = op.name
         inputs[alias[op.name]] = op.inputs
     for q in graph.quantizes:
@@ -393,12 +406,13 @@ def _with_graph_input(layer: Layer, sources: list[str | None],
         f"archive's code){more}"))
 
 
-def _literal_layer(name: str, kind: str, mode: Mode, scale: Any, zp: Any) -> Layer:
+def _literal_layer(name: str, kind: str, op: OpKind, mode: Mode, scale: Any, zp: Any
+                   ) -> Layer:
     output = None
     if isinstance(scale, float) and isinstance(zp, int):
         output = ActQuant(scale, zp, "quint8", True, (f"{name} scale (literal in the code)",
                                                       f"{name} zero_point (literal in the code)"))
-    return Layer(name=name, kind=kind, mode=mode, keys=(), output=output,
+    return Layer(name=name, kind=kind, op=op, mode=mode, keys=(), output=output,
                  notes=(Note(Level.INFO, "qparams written as literals in the archive's "
                              "code; no attribute stores them"),))
 

@@ -23,6 +23,12 @@ accumulator (kept in int32, wrapping like the kernels' int32 registers).
       v = f32(f32(d * f32(1 / so)) + zo)                           (1/so in float64)
       q = clamp(rint(v), 0, 255)            (saturated in float: no integer overflow)
 
+* ``onednn_int16`` (oneDNN int8 convolution on a VNNI CPU with oneDNN capped below VNNI
+  by ``ONEDNN_MAX_CPU_ISA``: one combined scale, byte-product pairs saturated to int16)::
+
+      d = f32(f32(acc) * f32(f32(sx) * f32(sw[c]))) + f32(b[c])     [max(d, 0) if relu]
+      v, q as ``onednn``
+
 * ``qnnpack`` (bias quantized to int32 first, one multiplier per channel)::
 
       qb   = quantize(b, f64(sw[c]) * f64(f32(sx)), 0, qint32)   (torch's QuantizeBias)
@@ -51,7 +57,7 @@ The accumulator is summed in float64 by BLAS: every product ``(x_q - zx)(w_q - z
 is an integer of at most 2**16 in magnitude, so every partial sum of fewer than 2**37
 terms is an integer below 2**53 and exact in float64 whatever the summation order;
 longer sums fall back to int64 arithmetic. Verified against torch 2.13.0+cpu on an
-AVX512-VNNI x86-64 machine and on an AVX2 one without VNNI (``tests/test_reference.py``).
+AVX512-VNNI x86-64 machine and on an AVX2 one without VNNI (``tests/quant/test_reference.py``).
 fbgemm without VNNI sums pairs of raw byte products in int16 with saturation
 (``vpmaddubsw``), which activations in the full 0..255 range can overflow
 (``reduce_range`` activations, the fbgemm default, never do): ``int16_gemm=True``
@@ -83,7 +89,7 @@ __all__ = [
     "requantize",
 ]
 
-KERNELS = ("fbgemm", "onednn", "qnnpack")
+KERNELS = ("fbgemm", "onednn", "onednn_int16", "qnnpack")
 """Requantization recipes :func:`requantize` implements."""
 
 QMIN, QMAX = 0, 255
@@ -407,8 +413,12 @@ def requantize(
                     * (f32(1.0) / f32(out_scale))).astype(f32)
             v = (_wrap_int32(a).astype(f32) * ch(mult)).astype(f32)
             return np.clip(_sat_rint(v) + out_zp, lo, QMAX).astype(np.uint8)
-        d = ((_wrap_int32(a).astype(f32) * f32(x_scale)).astype(f32)
-             * ch(sw.astype(f32))).astype(f32)
+        if kernel == "onednn_int16":
+            d = (_wrap_int32(a).astype(f32)
+                 * ch((f32(x_scale) * sw.astype(f32)).astype(f32))).astype(f32)
+        else:
+            d = ((_wrap_int32(a).astype(f32) * f32(x_scale)).astype(f32)
+                 * ch(sw.astype(f32))).astype(f32)
         if b is not None:
             d = (d + ch(b)).astype(f32)
         if relu:

@@ -61,8 +61,8 @@ def _header(r: DiffReport) -> RenderableType:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("A", Text.assemble(text(r.a.path), f"  ({r.a.stage}, {size(s.file_size_a)})"))
-    grid.add_row("B", Text.assemble(text(r.b.path), f"  ({r.b.stage}, {size(s.file_size_b)})"))
+    for label, c, file_size in (("A", r.a, s.file_size_a), ("B", r.b, s.file_size_b)):
+        grid.add_row(label, Text.assemble(text(c.path), f"  ({c.stage.value}, {size(file_size)})"))
     grid.add_row("layers", Text(_layers_line(r)))
     grid.add_row("weights", Text(_sqnr_line(s)))
     grid.add_row("size", Text(_size_line(s)))
@@ -311,7 +311,7 @@ def diff_json(report: DiffReport) -> dict[str, Any]:
 
 
 def _file_json(c: Checkpoint) -> dict[str, Any]:
-    return {"file": c.path, "format": c.format, "stage": c.stage, "file_size": c.file_size,
+    return {"file": c.path, "format": c.format, "stage": c.stage.value, "file_size": c.file_size,
             "layers": len(c.layers),
             "unrecognised": [{"key": u.key, "description": u.description, "reason": u.reason}
                              for u in c.unrecognised]}

@@ -13,7 +13,7 @@ from rich.text import Text
 from qinspect.analyse.explain_packed import explain_packed
 from qinspect.analyse.packed import PackedHealth
 from qinspect.analyse.summary import LayerSummary, Summary
-from qinspect.model import Layer, Level, Mode, Note, PackedWeight, ScaleOp, SourceKind
+from qinspect.model import Layer, Level, Mode, Note, OpKind, PackedWeight, ScaleOp, SourceKind
 from qinspect.render.text import num, percent, safe, size, text
 
 SHOW_SCHEMA_2 = "qinspect.show/2"
@@ -34,7 +34,7 @@ def render_hf_show(summary: Summary, explain: bool) -> RenderableType:
     if rows:
         parts.append(_table(rows))
     parts.append(_float_modules(summary))
-    kv = [r.layer for r in summary.layers if r.layer.kind.startswith("attention")]
+    kv = [r.layer for r in summary.layers if r.layer.op is OpKind.ATTENTION_KV]
     if kv:
         parts.append(Text(f"KV cache scales: {len(kv)} attention modules store k/v scales "
                           "(see --explain)"))
@@ -174,7 +174,7 @@ def _explanations(s: Summary) -> RenderableType:
         lay = r.layer
         if lay.packed is not None:
             sentences = explain_packed(lay, r.packed)
-        elif lay.kind.startswith("attention"):
+        elif lay.op is OpKind.ATTENTION_KV:
             sentences = [f"{k.key}: scale of the attention {'key' if 'k_' in k.key else 'value'}"
                          " cache (multiplies the cached FP8 values)" for k in lay.keys]
         else:

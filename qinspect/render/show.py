@@ -12,7 +12,7 @@ from rich.text import Text
 from qinspect.analyse.explain import act_range, explain_layer
 from qinspect.analyse.health import WeightHealth
 from qinspect.analyse.summary import LayerSummary, Summary
-from qinspect.model import ActQuant, Layer, Level, Weight
+from qinspect.model import ActQuant, Layer, Level, PerBlock, PerGroup, Weight
 from qinspect.render.table import (
     Column,
     FitTable,
@@ -62,7 +62,7 @@ def _header(s: Summary) -> RenderableType:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("file", text(c.path))
-    fmt = f"{c.format}, {c.stage}"
+    fmt = f"{c.format}, {c.stage.value}"
     if c.wrapper:
         fmt += f" (inside the '{safe(c.wrapper)}' entry)"
     grid.add_row("format", Text(fmt))
@@ -119,7 +119,7 @@ def _weight_cell(w: Weight | None) -> list[Line]:
     q = w.quant
     scheme = ([("per-channel", ""), (f" (axis {q.axis})", "")] if q.axis is not None
               else atom("per-tensor"))
-    if q.axis is None and q.qscheme.startswith(("per_group", "block")):
+    if isinstance(q.granularity, (PerGroup, PerBlock)):
         scheme = atom(q.qscheme.replace("_affine", "").replace("_", "-"))
     dtype = q.dtype if w.is_quantized else f"float -> {q.dtype}"
     zps = np.unique(q.zero_point)
@@ -242,7 +242,7 @@ def _show_json_1(summary: Summary, explain: bool) -> dict[str, Any]:
         "schema": SHOW_SCHEMA,
         "file": c.path,
         "format": c.format,
-        "stage": c.stage,
+        "stage": c.stage.value,
         "wrapper": c.wrapper,
         "file_size": c.file_size,
         "fp32_equivalent_bytes": summary.fp32_equivalent_bytes,

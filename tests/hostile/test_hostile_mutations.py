@@ -1,7 +1,7 @@
 """Truncations and byte flips of every sample checkpoint: a few thousand broken files.
 
 Seeds: every ``sample_checkpoints/*.pt``/``*.pt2`` (all the formats qinspect reads) plus
-legacy-stream (pre-zip) copies of a few real flows from ``tests/torch_models.py``. Each
+legacy-stream (pre-zip) copies of a few real flows from ``tests/support/torch_models.py``. Each
 seed gets truncations (at random and at every structural boundary: local headers, member
 data, central directory, end record) and flips / overwrites of bytes, half of them aimed
 at the structure (the pickle, zip headers, central directory) rather than at tensor

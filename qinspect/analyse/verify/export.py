@@ -41,7 +41,7 @@ from qinspect.analyse.verify.types import (
     VerifyReport,
 )
 from qinspect.errors import InputError, VerifyError
-from qinspect.model import Checkpoint, Layer
+from qinspect.model import Checkpoint, Family, Layer
 
 ALLOWED = ("torch.ops.aten.", "torch.ops.quantized_decomposed.")
 ENGINE = "decomposed"
@@ -462,7 +462,7 @@ class Pt2Runner:
     }
 
     def accepts(self, ckpt: Checkpoint, options: Options) -> bool:
-        return ckpt.format.startswith("torch.export")
+        return ckpt.family is Family.EXPORT
 
     def run(self, ckpt: Checkpoint, options: Options, progress: Progress | None
             ) -> VerifyReport:

@@ -16,6 +16,7 @@ convolutions with a kernel that adds byte products in int16 (:func:`fbgemm_depth
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,57 @@ def fbgemm_int16_gemm() -> bool:
     return not has_avx512_vnni()
 
 
+@functools.cache
+def torchao_int8_pairs_saturate() -> bool:
+    """Whether torchao's CPU int8 matmul (``torchao.kernel.int_scaled_matmul``) adds pairs of
+    byte products in int16 with saturation on this machine, measured on the kernel itself.
+
+    On a CPU with VNNI and no AMX, torchao shifts the int8 activations to uint8 (+128) and
+    calls ``torch._int_mm`` (u8s8, then subtracts 128 x the weight's column sums); oneDNN
+    runs that with VNNI (exact) unless its ISA is capped below VNNI (``ONEDNN_MAX_CPU_ISA``
+    = SSE41, AVX2, AVX512_CORE...: measured on an AVX512-VNNI CPU, 1834 of 2048 random
+    int8 outputs differ), where ``vpmaddubsw`` saturates each pair to int16. One row of
+    127s against a column of 127s tells: each pair is 2 x 255 x 127 = 64770 > 32767."""
+    import torch
+    from torchao.kernel import int_scaled_matmul
+
+    k = 16
+    a = torch.full((1, k), 127, dtype=torch.int8)
+    b = torch.full((k, 1), 127, dtype=torch.int8)
+    got = int_scaled_matmul(a, b, torch.ones((1, 1), dtype=torch.float32))
+    return float(got.reshape(-1)[0]) != float(k * 127 * 127)
+
+
+@functools.cache
+def onednn_int16_pairs() -> bool:
+    """Whether oneDNN's int8 convolution here adds byte-product pairs in int16 with
+    saturation, measured on the kernel: a CPU with AVX512-VNNI (so ATen hands symmetric
+    x86 convolutions to oneDNN) whose oneDNN is capped below VNNI by
+    ``ONEDNN_MAX_CPU_ISA`` (SSE41, AVX2, AVX512_CORE...; the test suite and the sample
+    scripts set SSE41). Then the arithmetic is :mod:`qinspect.quant.reference`'s
+    ``onednn_int16`` (measured: 0 of a million outputs differ). A 1x1 convolution of
+    sixteen 255s by sixteen 127s tells: each pair is 2 x 255 x 127 = 64770 > 32767."""
+    if not has_avx512_vnni():
+        return False
+    import torch
+
+    k = 16
+    exact = k * 255 * 127
+    with engine_context("x86"):
+        w = torch.quantize_per_channel(torch.full((1, k, 1, 1), 127.0), torch.ones(1),
+                                       torch.zeros(1, dtype=torch.long), 0, torch.qint8)
+        packed = torch.ops.quantized.conv2d_prepack(w, None, [1, 1], [0, 0], [1, 1], 1)
+        x = torch.quantize_per_tensor(torch.full((1, k, 1, 1), 255.0), 1.0, 0, torch.quint8)
+        out = torch.ops.quantized.conv2d(x, packed, exact / 200.0, 0)
+    return int(out.int_repr().reshape(-1)[0]) != 200
+
+
+def int16_gemm(arith: str) -> bool:
+    """Whether the GEMM of kernel arithmetic ``arith`` saturates byte-product pairs to
+    int16 on this machine (``int16_gemm`` of :mod:`qinspect.quant.reference`)."""
+    return arith == "onednn_int16" or (arith == "fbgemm" and fbgemm_int16_gemm())
+
+
 def linear_kernel(engine: str) -> str:
     """Arithmetic of static/dynamic Linear and of add under ``engine``."""
     return "qnnpack" if engine == "qnnpack" else "fbgemm"
@@ -108,7 +160,8 @@ def conv_kernel(engine: str, weight_zero_points: np.ndarray, groups: int) -> str
     if engine == "x86":
         symmetric = bool(np.all(np.asarray(weight_zero_points) == 0))
         if has_avx512_vnni() and symmetric and groups <= ONEDNN_MAX_GROUPS:
-            return "onednn"
+            # capped oneDNN: its grouped kernels were measured exact, its plain ones not
+            return "onednn_int16" if groups == 1 and onednn_int16_pairs() else "onednn"
     return "fbgemm"
 
 

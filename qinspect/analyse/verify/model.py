@@ -37,7 +37,7 @@ from qinspect.analyse.verify.statedict import kind_of, unsupported_reason
 from qinspect.analyse.verify.types import InputKind, LayerVerify
 from qinspect.errors import InputError, VerifyError
 from qinspect.inputs import UserInput, shape_text
-from qinspect.model import Checkpoint, Layer, Mode
+from qinspect.model import Checkpoint, Layer, Mode, OpKind
 
 QF_METHODS = ("add", "add_relu", "mul", "mul_relu", "cat", "add_scalar", "mul_scalar",
               "matmul")
@@ -169,7 +169,7 @@ def _qconfig(layer: Layer) -> Any:
 
 def module_name(layer: Layer) -> str:
     """The module that holds a layer (RNN gate layers live in their RNN module)."""
-    if layer.mode is Mode.DYNAMIC and "gates" in layer.kind:
+    if layer.mode is Mode.DYNAMIC and layer.op is OpKind.RNN_GATES:
         return layer.name.rsplit(".weight_", 1)[0]
     return layer.name
 
@@ -544,7 +544,8 @@ def _lstm(ctx: Context, ckpt: Checkpoint, name: str, module: Any, f_calls: list
 
     from qinspect.analyse.verify.kernels import lstm_sequence
 
-    gates = [lay for lay in ckpt.layers if module_name(lay) == name and "gates" in lay.kind]
+    gates = [lay for lay in ckpt.layers if module_name(lay) == name
+             and lay.op is OpKind.RNN_GATES]
     if not isinstance(module, torch.nn.LSTM) or module.bidirectional or module.proj_size:
         return [V.not_verified(g, "verify runs unidirectional LSTMs without projections")
                 for g in gates]

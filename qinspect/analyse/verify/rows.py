@@ -43,12 +43,12 @@ if TYPE_CHECKING:
 
 
 def check_stage(ckpt: Checkpoint) -> None:
-    if ckpt.stage in ("qat-prepared", "ptq-prepared"):
-        raise VerifyError(f"{ckpt.path}: a {ckpt.stage} checkpoint holds float weights and "
+    if ckpt.stage.prepared:
+        raise VerifyError(f"{ckpt.path}: a {ckpt.stage.value} checkpoint holds float weights and "
                           "observers, nothing quantized to run yet; convert it "
                           "(torch.ao.quantization.convert) and verify the converted file")
     if not any(lay.mode in (Mode.STATIC, Mode.DYNAMIC, Mode.QUANTIZE) for lay in ckpt.layers):
-        raise VerifyError(f"{ckpt.path}: no quantized layer to verify (stage {ckpt.stage}); "
+        raise VerifyError(f"{ckpt.path}: no quantized layer to verify (stage {ckpt.stage.value}); "
                           "pass a converted quantized checkpoint")
 
 
@@ -319,7 +319,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         op = "quantized::linear" + ("_relu" if relu else "")
     floats, kernels_q, refs, outs = [], [], [], []
     depthwise = False
-    pairs = arith == "fbgemm" and K.fbgemm_int16_gemm()
+    pairs = K.int16_gemm(arith)
     for call in calls:
         kq = runner(call.q, call.scale, call.zero_point, out.scale, out.zero_point, relu)
         x = dequant(call.q, call.scale, call.zero_point)
@@ -353,7 +353,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     if relu and inferred:
         extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "
                      "the float domain applies it")
-    suffix = "+ReLU" if relu and "ReLU" not in layer.kind else ""
+    suffix = "+ReLU" if relu and not layer.fused_relu else ""
     row = LayerVerify(
         name=layer.name, kind=layer.kind + suffix, mode=layer.mode.value,
         verified=True, input_kind=kind, input_text=text,
@@ -458,7 +458,7 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
         ko = runner(x32)
         ro, xq, sx, zx = R.dynamic_linear(x32, wq.values, wq.quant.scale, wq.quant.zero_point,
                                           layer.bias, kernel=arith, reduce_range=True,
-                                          int16_gemm=arith == "fbgemm" and K.fbgemm_int16_gemm())
+                                          int16_gemm=K.int16_gemm(arith))
         floats.append(x32.astype(np.float64) @ w_f.T + (0.0 if b_f is None else b_f))
         kouts.append(ko)
         routs.append(ro)

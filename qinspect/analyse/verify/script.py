@@ -22,19 +22,29 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from qinspect.analyse.verify import rows as V
 from qinspect.analyse.verify import types as T
 from qinspect.errors import InputError, VerifyError
-from qinspect.model import Checkpoint, Layer, Mode
+from qinspect.loaders.tscode import (
+    AttrRef,
+    Bound,
+    Code,
+    CodeWalker,
+    Env,
+    GlobalName,
+    ModRef,
+    flatten,
+    quantized_op_name,
+)
+from qinspect.model import ActQuant, Checkpoint, Family, Layer, Mode, OpKind
 
-MAX_DEPTH = 64
-MAX_STEPS = 200_000
 QDTYPES = {13: "quint8", 12: "qint8", 14: "qint32"}
 QDTYPE_RANGES = {"quint8": (0, 255), "qint8": (-128, 127), "qint32": (-2**31, 2**31 - 1)}
 TORCH_FUNCS = ("flatten", "relu", "relu_", "reshape", "cat", "squeeze", "unsqueeze", "mean",
@@ -53,26 +63,16 @@ QUANTIZED_OPS = ("add", "add_relu", "mul", "mul_relu", "cat", "linear", "linear_
 COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
            ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
            ast.Is: operator.is_, ast.IsNot: operator.is_not}
-BUILTINS = {"torch.len": len, "torch.ne": operator.ne, "torch.eq": operator.eq,
-            "torch.lt": operator.lt, "torch.gt": operator.gt, "torch.le": operator.le,
-            "torch.ge": operator.ge, "torch.__is__": operator.is_,
-            "torch.__isnot__": operator.is_not, "torch.__not__": operator.not_,
-            "torch.dim": lambda t: t.dim(), "torch.size": lambda t, d=None: (
-                list(t.size()) if d is None else t.size(d)),
-            "len": len, "float": float, "int": int, "bool": bool,
-            "annotate": lambda _t, v: v, "unchecked_cast": lambda _t, v: v,
-            "uninitialized": lambda _t: None}
-
-
-@dataclass(frozen=True)
-class ModRef:
-    path: str
-    qualname: str
-
-
-@dataclass(frozen=True)
-class _Name:
-    name: str
+BUILTINS: dict[str, Callable[..., Any]] = {
+    "torch.len": len, "torch.ne": operator.ne, "torch.eq": operator.eq,
+    "torch.lt": operator.lt, "torch.gt": operator.gt, "torch.le": operator.le,
+    "torch.ge": operator.ge, "torch.__is__": operator.is_,
+    "torch.__isnot__": operator.is_not, "torch.__not__": operator.not_,
+    "torch.dim": lambda t: t.dim(), "torch.size": lambda t, d=None: (
+        list(t.size()) if d is None else t.size(d)),
+    "len": len, "float": float, "int": int, "bool": bool,
+    "annotate": lambda _t, v: v, "unchecked_cast": lambda _t, v: v,
+    "uninitialized": lambda _t: None}
 
 
 @dataclass
@@ -104,14 +104,13 @@ def float_op(op: str, args: list[Any]) -> Any:
 
 def _runs_kernel(layer: Layer) -> bool:
     """Layers run with torch kernels rebuilt from the file (not from their own code)."""
-    kind = layer.kind
-    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or kind.startswith("Linear")
-            or ("Conv" in kind and "Transpose" not in kind))
+    return (layer.mode in (Mode.QUANTIZE, Mode.FLOAT) or _module_linear(layer)
+            or layer.op is OpKind.CONV)
 
 
-class _Return(Exception):
-    def __init__(self, value: Any) -> None:
-        self.value = value
+def _module_linear(layer: Layer) -> bool:
+    """A Linear module (F.linear on an FX packed weight runs as a graph op instead)."""
+    return layer.op is OpKind.LINEAR and not layer.functional
 
 
 def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
@@ -127,9 +126,9 @@ def verify_script(ckpt: Checkpoint, kind: str, options: T.Options,
     user = read_input(options.input).limited(options.batch)
     validate_layers(ckpt)
     reader = torchscript if kind == "torchscript" else fx_pickle
-    root, classes, root_qualname = reader.read_script(Path(ckpt.path))
+    root, code, root_qualname = reader.read_script(Path(ckpt.path))
     ctx = V.Context.make(ckpt, options, progress)
-    interp = Interpreter(ckpt, root, classes, ctx)
+    interp = Interpreter(ckpt, root, code, ctx)
     inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
               for a in user.arrays]
     ctx.tick("running the quantized graph", 0, 3)
@@ -183,12 +182,12 @@ class TorchScriptRunner:
     """A TorchScript archive: its stored code interpreted, never ``torch.jit.load``."""
 
     name = "torchscript"
-    format_prefix = "TorchScript archive"
+    family = Family.TORCHSCRIPT
     needs = {"input": NEEDS_INPUT}
     refuses = {"seed": NO_SEED, "model": NO_MODEL}
 
     def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
-        return ckpt.format.startswith(self.format_prefix)
+        return ckpt.family is self.family
 
     def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
             ) -> T.VerifyReport:
@@ -200,23 +199,22 @@ class FxPickleRunner(TorchScriptRunner):
     """A pickled FX GraphModule: its stored code interpreted, nothing unpickled."""
 
     name = "fx-pickle"
-    format_prefix = "FX GraphModule"
+    family = Family.FX_PICKLE
 
 
-class Interpreter:
-    """Executes parsed forward code with an allow-list of operations."""
+class Interpreter(CodeWalker):
+    """Runs the parsed forward code (:class:`CodeWalker`, the walker ``load`` uses too)
+    on real tensors, with an allow-list of operations."""
 
-    def __init__(self, ckpt: Checkpoint, root: Any, classes: dict[str, ast.ClassDef],
-                 ctx: V.Context) -> None:
+    def __init__(self, ckpt: Checkpoint, root: Any, code: Code, ctx: V.Context) -> None:
         from qinspect.loaders.torchscript import Flattener
 
         flat = Flattener()
         flat.module(root, "")
-        self.modules = flat.modules
+        super().__init__(code, flat.modules)
         self.entries = flat.entries
         self.geometry = flat.geometry
         self.states = _states(root)
-        self.classes = classes
         self.layers = {lay.name: lay for lay in ckpt.layers}
         self.key_layer = {ref.key: lay for lay in ckpt.layers for ref in lay.keys}
         self.ctx = ctx
@@ -224,7 +222,6 @@ class Interpreter:
         self.engine = ctx.engine
         self.quantized = True
         self.captures: dict[str, Capture] = {}
-        self.steps = 0
         self.where = "the graph"
         self.module = ""
         """The module whose code is running ("" for the root), to name it in errors."""
@@ -254,20 +251,21 @@ class Interpreter:
         self.captures = {}
         self.steps = 0
         try:
-            out = self.call_method(ModRef("", root_qualname), "forward", list(inputs), 0)
+            out = self.call_module(ModRef("", root_qualname), "forward", list(inputs), {}, 0)
         except RecursionError as exc:
             raise VerifyError("the graph code is nested too deeply to run") from exc
-        return [t for t in _flatten([out]) if _is_tensor(t)]
+        return [t for t in flatten([out]) if _is_tensor(t)]
 
-    def call_method(self, mod: ModRef, method: str, args: list[Any], depth: int,
-                    kwargs: dict[str, Any] | None = None) -> Any:
+    # --- calls ------------------------------------------------------------------------
+    def call_module(self, mod: ModRef, method: str, args: list[Any],
+                    kwargs: dict[str, Any], depth: int) -> Any:
         """A module's method: a layer with torch kernels runs them (rebuilt from the
         file); any other module, its own code from the archive, interpreted (a
         QFunctional's add/cat, a quantized Hardswish's forward...)."""
         layer = self.layers.get(mod.path) if mod.path else None
         if layer is not None and _runs_kernel(layer):
             return self.layer_call(layer, args)
-        func = self._method(mod.qualname, method)
+        func = self.code.method(mod.qualname, method)
         if func is None:
             raise VerifyError(f"cannot run {method} of {mod.path or 'the root'} "
                               f"({mod.qualname}): no code for it in the file")
@@ -275,112 +273,48 @@ class Interpreter:
         self.current = layer if layer is not None else outer
         self.module = mod.path
         try:
-            return self.invoke(func, [mod, *args], kwargs or {}, depth)
+            return self.call_function(func, [mod, *args], kwargs, depth)
         finally:
             self.current, self.module = outer, outer_module
 
-    def invoke(self, func: ast.FunctionDef, args: list[Any], kwargs: dict[str, Any],
-               depth: int) -> Any:
-        """Run ``func``'s body with its parameters bound (positionally, by keyword, or to
-        their defaults)."""
-        if depth > MAX_DEPTH:
-            raise VerifyError("calls nested too deeply to run")
-        params = [a.arg for a in func.args.args]
-        if len(args) > len(params) or set(kwargs) - set(params):
-            raise VerifyError(f"the graph code calls {func.name} with arguments it does not "
-                              "take")
-        env: dict[str, Any] = {}
-        defaults = func.args.defaults
-        for i, name in enumerate(params):
-            if i < len(args):
-                env[name] = args[i]
-            elif name in kwargs:
-                env[name] = kwargs[name]
-            else:
-                k = i - (len(params) - len(defaults))
-                env[name] = self.expr(defaults[k], env, depth) if k >= 0 else None
-        try:
-            self.block(func.body, env, depth + 1)
-        except _Return as ret:
-            return ret.value
-        return None
+    def call_bound(self, owner: Any, name: str, args: list[Any],
+                   kwargs: dict[str, Any]) -> Any:
+        if name == "dequantize":
+            return owner.dequantize() if self.quantized else owner
+        if name in METHODS:
+            return getattr(owner, name)(*args)
+        raise VerifyError(f"verify cannot run the tensor method {name!r} yet")
 
-    def _method(self, qualname: str, method: str) -> ast.FunctionDef | None:
-        cls = self.classes.get(qualname)
-        for node in cls.body if cls is not None else []:
-            if isinstance(node, ast.FunctionDef) and node.name == method:
-                return node
-        return None
+    def call_global(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        import torch
+        import torch.nn.functional as F
 
-    # --- statements -------------------------------------------------------------------
-    def block(self, body: list[ast.stmt], env: dict[str, Any], depth: int) -> None:
-        for stmt in body:
-            self.steps += 1
-            if self.steps > MAX_STEPS:
-                raise VerifyError("the graph is too large to run")
-            if isinstance(stmt, ast.Return):
-                raise _Return(self.expr(stmt.value, env, depth) if stmt.value else None)
-            if isinstance(stmt, ast.Assign):
-                value = self.expr(stmt.value, env, depth)
-                for target in stmt.targets:
-                    self.assign(target, value, env)
-            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-                self.assign(stmt.target, self.expr(stmt.value, env, depth), env)
-            elif isinstance(stmt, ast.Expr):
-                self.expr(stmt.value, env, depth)
-            elif isinstance(stmt, ast.If):
-                test = self.expr(stmt.test, env, depth)
-                if not isinstance(test, (bool, int)) or _is_tensor(test):
-                    raise VerifyError("an if in the graph code depends on something "
-                                      "verify cannot evaluate")
-                self.block(stmt.body if test else stmt.orelse, env, depth)
-            elif isinstance(stmt, ast.Pass):
-                continue
-            else:
-                raise VerifyError(f"cannot run a {type(stmt).__name__} statement of the "
-                                  "graph code")
+        self.where = repr(name)
+        if name in BUILTINS:
+            return BUILTINS[name](*args, **kwargs)
+        if name == "ops.prim.RaiseException":
+            what = str(args[0])[:120] if args else "an exception"
+            raise VerifyError(f"the graph code raised on this input: {what}")
+        if name == "torch.quantize_per_tensor":
+            return self.quantize(args)
+        if name == "torch.dequantize":
+            return args[0].dequantize() if self.quantized else args[0]
+        short = name.rsplit(".", 1)[-1]
+        if name.startswith(("__torch__.torch.nn.functional.", "torch.nn.functional.")) and \
+                short in FUNCTIONAL:
+            return getattr(F, short)(*args, **kwargs)
+        if name.startswith("torch.") and name.count(".") == 1 and short in TORCH_FUNCS:
+            fn = getattr(torch, short, None) if short != "slice" else None
+            return (fn or getattr(torch.ops.aten, short))(*args, **kwargs)
+        op = quantized_op_name(name)
+        if op in QUANTIZED_OPS:
+            return self.quantized_op(str(op), args)
+        raise VerifyError(f"verify cannot run {name!r} from a graph yet (called in "
+                          f"{repr(self.module) if self.module else 'the root forward'}); "
+                          "verify runs allow-listed operators only")
 
-    def assign(self, target: ast.expr, value: Any, env: dict[str, Any]) -> None:
-        if isinstance(target, ast.Name):
-            env[target.id] = value
-        elif isinstance(target, (ast.Tuple, ast.List)):
-            values = list(value)
-            if len(values) != len(target.elts):
-                raise VerifyError("tuple unpacking of the wrong length in the graph code")
-            for sub, part in zip(target.elts, values, strict=True):
-                self.assign(sub, part, env)
-        else:
-            raise VerifyError("cannot run an assignment to an attribute or item")
-
-    # --- expressions ------------------------------------------------------------------
-    def expr(self, node: ast.expr | None, env: dict[str, Any], depth: int) -> Any:
-        if node is None:
-            return None
-        if isinstance(node, ast.Name):
-            return env[node.id] if node.id in env else _Name(node.id)
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, (ast.Tuple, ast.List)):
-            items = [self.expr(e, env, depth) for e in node.elts]
-            return tuple(items) if isinstance(node, ast.Tuple) else items
-        if isinstance(node, ast.Attribute):
-            return self.attribute(self.expr(node.value, env, depth), node.attr)
-        if isinstance(node, ast.Subscript):
-            base = self.expr(node.value, env, depth)
-            if isinstance(base, _Name):  # a type in an annotation: List[int], Optional[...]
-                return _Name(f"{base.name}[...]")
-            if isinstance(node.slice, ast.Slice):
-                parts = [self.expr(p, env, depth) for p in (node.slice.lower,
-                                                            node.slice.upper, node.slice.step)]
-                if isinstance(base, (list, tuple)) and all(p is None or isinstance(p, int)
-                                                           for p in parts):
-                    return base[slice(*parts)]
-                raise VerifyError("cannot run a slice of the graph code")
-            index = self.expr(node.slice, env, depth)
-            if isinstance(base, (list, tuple)) and isinstance(index, int) \
-                    and -len(base) <= index < len(base):
-                return base[index]
-            raise VerifyError("cannot run a subscript of the graph code")
+    # --- values -----------------------------------------------------------------------
+    def operator(self, node: ast.expr, env: Env, depth: int) -> Any:
         if isinstance(node, ast.UnaryOp):
             value = self.expr(node.operand, env, depth)
             if isinstance(node.op, ast.USub) and isinstance(value, (int, float)):
@@ -397,88 +331,57 @@ class Interpreter:
             values = [self.expr(v, env, depth) for v in node.values]
             if all(isinstance(v, (bool, int)) for v in values):
                 return all(values) if isinstance(node.op, ast.And) else any(values)
-        if isinstance(node, ast.Call):
-            return self.call(node, env, depth)
-        raise VerifyError(f"cannot run a {type(node).__name__} expression of the graph code")
+        return self.unsupported(f"a {type(node).__name__} expression")
 
-    def attribute(self, base: Any, name: str) -> Any:
-        if isinstance(base, ModRef):
-            path = f"{base.path}.{name}" if base.path else name
-            if path in self.modules:
-                return ModRef(path, self.modules[path])
-            if path in self.entries:
-                return self.entries[path]
-            state = self.states.get(base.path, {})
-            if name in state and isinstance(state[name], (bool, int, float, str, type(None))):
-                return state[name]
-            return _Bound(base, name)
-        if isinstance(base, _Name):
-            if base.name == "torch":
-                import torch
+    def module_attribute(self, ref: AttrRef) -> Any:
+        if ref.key in self.entries:
+            return self.entries[ref.key]
+        state = self.states.get(ref.owner.path, {})
+        value = state.get(ref.name)
+        if ref.name in state and isinstance(value, (bool, int, float, str, type(None))):
+            return value
+        return ref
 
-                value = vars(torch).get(name)
-                if isinstance(value, (torch.dtype, torch.qscheme)):
-                    return value
-            return _Name(f"{base.name}.{name}")
+    def global_attribute(self, base: GlobalName, name: str) -> Any:
+        if base.name == "torch":
+            import torch
+
+            value = vars(torch).get(name)
+            if isinstance(value, (torch.dtype, torch.qscheme)):
+                return value
+        return GlobalName(f"{base.name}.{name}")
+
+    def value_attribute(self, base: Any, name: str) -> Any:
         if _is_tensor(base):
-            return _Bound(base, name)
-        raise VerifyError(f"cannot run attribute {name!r} of the graph code")
+            return Bound(base, name)
+        return self.unsupported(f"attribute {name!r}")
 
-    def call(self, node: ast.Call, env: dict[str, Any], depth: int) -> Any:
-        func = self.expr(node.func, env, depth)
-        args = [self.expr(a, env, depth) for a in node.args]
-        kwargs = {k.arg: self.expr(k.value, env, depth) for k in node.keywords if k.arg}
-        if isinstance(func, ModRef):  # FX code: self.fc1(x)
-            return self.call_method(func, "forward", args, depth + 1, kwargs)
-        if isinstance(func, _Bound) and isinstance(func.owner, ModRef):
-            return self.call_method(func.owner, func.name, args, depth + 1, kwargs)
-        if isinstance(func, _Bound):
-            return self.tensor_method(func.owner, func.name, args)
-        if isinstance(func, _Name):
-            helper = self.classes.get(func.name)
-            if isinstance(helper, ast.FunctionDef):  # a scripted helper the archive holds
-                return self.invoke(helper, args, kwargs, depth + 1)
-            return self.function(func.name, args, kwargs)
-        raise VerifyError("cannot run a call of the graph code")
+    def unpack(self, value: Any, count: int) -> list[Any]:
+        values = list(value)
+        if len(values) != count:
+            raise VerifyError("tuple unpacking of the wrong length in the graph code")
+        return values
+
+    def truth(self, test: Any) -> bool:
+        if not isinstance(test, (bool, int)) or _is_tensor(test):
+            raise VerifyError("an if in the graph code depends on something verify cannot "
+                              "evaluate")
+        return bool(test)
+
+    def unsupported(self, what: str) -> NoReturn:
+        raise VerifyError(f"cannot run {what} of the graph code")
+
+    def bad_arguments(self, func: ast.FunctionDef) -> None:
+        raise VerifyError(f"the graph code calls {func.name} with arguments it does not "
+                          "take")
+
+    def too_deep(self, args: list[Any]) -> NoReturn:
+        raise VerifyError("calls nested too deeply to run")
+
+    def too_many_steps(self) -> NoReturn:
+        raise VerifyError("the graph is too large to run")
 
     # --- operations -------------------------------------------------------------------
-    def tensor_method(self, t: Any, name: str, args: list[Any]) -> Any:
-        if name == "dequantize":
-            return t.dequantize() if self.quantized else t
-        if name in METHODS:
-            return getattr(t, name)(*args)
-        raise VerifyError(f"verify cannot run the tensor method {name!r} yet")
-
-    def function(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        import torch
-        import torch.nn.functional as F
-
-        self.where = repr(name)
-        if name in BUILTINS:
-            return BUILTINS[name](*args, **kwargs)
-        if name == "ops.prim.RaiseException":
-            what = str(args[0])[:120] if args else "an exception"
-            raise VerifyError(f"the graph code raised on this input: {what}")
-        if name == "getattr" and len(args) == 2 and isinstance(args[0], ModRef):
-            return self.attribute(args[0], str(args[1]))
-        if name == "torch.quantize_per_tensor":
-            return self.quantize(args)
-        if name == "torch.dequantize":
-            return args[0].dequantize() if self.quantized else args[0]
-        short = name.rsplit(".", 1)[-1]
-        if name.startswith(("__torch__.torch.nn.functional.", "torch.nn.functional.")) and \
-                short in FUNCTIONAL:
-            return getattr(F, short)(*args, **kwargs)
-        if name.startswith("torch.") and name.count(".") == 1 and short in TORCH_FUNCS:
-            fn = getattr(torch, short, None) if short != "slice" else None
-            return (fn or getattr(torch.ops.aten, short))(*args, **kwargs)
-        if name.startswith(("ops.quantized.", "torch.ops.quantized.")) and \
-                short in QUANTIZED_OPS:
-            return self.quantized_op(short, args)
-        raise VerifyError(f"verify cannot run {name!r} from a graph yet (called in "
-                          f"{repr(self.module) if self.module else 'the root forward'}); "
-                          "verify runs allow-listed operators only")
-
     def quantize(self, args: list[Any]) -> Any:
         import torch
 
@@ -488,7 +391,7 @@ class Interpreter:
             dtype = getattr(torch, QDTYPES.get(dtype, "quint8"))
         s = float(scale)
         z = int(zp)
-        layer = self._quantize_layer(scale)
+        layer = self._layer_holding(scale)
         info = QDTYPE_RANGES.get(str(dtype).removeprefix("torch."))
         if not (math.isfinite(s) and s > 0) or (info is not None
                                                  and not info[0] <= z <= info[1]):
@@ -503,9 +406,10 @@ class Interpreter:
             self.captures[layer.name] = Capture(x, y)
         return y
 
-    def _quantize_layer(self, scale: Any) -> Layer | None:
+    def _layer_holding(self, obj: Any) -> Layer | None:
+        """The layer whose file entry is ``obj`` itself (not an equal value)."""
         for key, value in self.entries.items():
-            if value is scale and key in self.key_layer:
+            if value is obj and key in self.key_layer:
                 return self.key_layer[key]
         return None
 
@@ -513,8 +417,7 @@ class Interpreter:
         import torch
         import torch.nn.functional as F
 
-        packed = next((a for a in args if isinstance(a, _Bound) is False and
-                       _is_packed(a)), None)
+        packed = next((a for a in args if _is_packed(a)), None)
         if op.startswith("linear"):
             layer = self._packed_layer(packed)
             if self.quantized:
@@ -539,16 +442,17 @@ class Interpreter:
         op's scale as ``self.<op>_scale_0``)."""
         for arg in args:
             if _is_tensor(arg) or isinstance(arg, float):  # small ints are shared objects
-                for key, value in self.entries.items():
-                    if value is arg and key in self.key_layer:
-                        return self.key_layer[key]
+                layer = self._layer_holding(arg)
+                if layer is not None:
+                    return layer
         return None
 
     def _packed_layer(self, packed: Any) -> Layer:
-        for key, value in self.entries.items():
-            if value is packed and key in self.key_layer:
-                return self.key_layer[key]
-        raise VerifyError("a quantized op reads packed weights qinspect did not attribute")
+        layer = self._layer_holding(packed)
+        if layer is None:
+            raise VerifyError("a quantized op reads packed weights qinspect did not "
+                              "attribute")
+        return layer
 
     # --- layers -----------------------------------------------------------------------
     def layer_call(self, layer: Layer, args: list[Any]) -> Any:
@@ -566,9 +470,9 @@ class Interpreter:
         import torch.nn.functional as F
 
         kind = layer.kind
-        relu = "ReLU" in kind
+        relu = layer.fused_relu
         if layer.mode is Mode.QUANTIZE:
-            out = layer.output
+            out = _output(layer)
             return torch.quantize_per_tensor(x, out.scale, out.zero_point, torch.quint8) \
                 if quantized else x
         if layer.mode is Mode.FLOAT:
@@ -578,24 +482,23 @@ class Interpreter:
             w, b, _, _ = self.weights.get(layer)
             wt = torch.from_numpy(w).to(x.dtype)
             bt = None if b is None else torch.from_numpy(b).to(x.dtype)
-            if kind.startswith("Linear"):
+            if _module_linear(layer):
                 y = F.linear(x, wt, bt)
-            elif "Conv" in kind and "Transpose" not in kind:
+            elif layer.op is OpKind.CONV:
                 geo = self._geometry(layer)
                 conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[wt.dim()]
                 y = conv(x, wt, bt, geo.stride, geo.padding, geo.dilation, geo.groups)
             else:
                 raise VerifyError(f"{layer.name}: verify cannot run {kind} from a graph yet")
             return F.relu(y) if relu else y
-        if layer.mode is Mode.DYNAMIC and kind.startswith("Linear"):
+        if layer.mode is Mode.DYNAMIC and _module_linear(layer):
             return torch.ops.quantized.linear_dynamic(x, self._prepack(layer))
-        out = layer.output
-        if kind.startswith("Linear"):
+        out = _output(layer)
+        if _module_linear(layer):
             op = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
             return op(x, self._prepack(layer), out.scale, out.zero_point)
-        if "Conv" in kind and "Transpose" not in kind:
-            dims = len(layer.weight.shape) - 2
-            name = f"conv{dims}d" + ("_relu" if relu else "")
+        if layer.op is OpKind.CONV:
+            name = f"conv{_conv_dims(layer)}d" + ("_relu" if relu else "")
             return getattr(torch.ops.quantized, name)(x, self._prepack(layer), out.scale,
                                                       out.zero_point)
         raise VerifyError(f"{layer.name}: verify cannot run {kind} from a graph yet")
@@ -604,9 +507,8 @@ class Interpreter:
         from qinspect.analyse.verify.kernels import ConvGeometry
 
         g = self.geometry.get(layer.name)
-        dims = len(layer.weight.shape) - 2
         if g is None:
-            return ConvGeometry.default(dims)
+            return ConvGeometry.default(_conv_dims(layer))
         return ConvGeometry(tuple(g["stride"]), tuple(g["padding"]), tuple(g["dilation"]),
                             int(g["groups"]))
 
@@ -620,11 +522,11 @@ class Interpreter:
         w = kernels.weight_tensor(layer)
         b = None if layer.bias is None else torch.from_numpy(
             np.asarray(layer.bias, np.float32).copy())
-        if len(layer.weight.shape) == 2:
+        dims = _conv_dims(layer)
+        if dims == 0:
             packed = torch.ops.quantized.linear_prepack(w, b)
         else:
             geo = self._geometry(layer)
-            dims = len(layer.weight.shape) - 2
             prepack = getattr(torch.ops.quantized, f"conv{dims}d_prepack")
             packed = prepack(w, b, list(geo.stride), list(geo.padding), list(geo.dilation),
                              geo.groups)
@@ -642,21 +544,19 @@ class Interpreter:
             return self._op_row(layer, cap)
         x = cap.x
         text = f"its real input {tuple(int(d) for d in x.shape)} in a run of the whole graph"
-        relu = "ReLU" in layer.kind
+        relu = layer.fused_relu
         if layer.mode is Mode.QUANTIZE and layer.output is not None:
             row, _ = V.quantize_row(self.ctx, layer, x.detach().numpy(), T.InputKind.MODEL,
                                     text)
             return row
-        if layer.mode is Mode.DYNAMIC and layer.kind.startswith("Linear"):
+        if layer.mode is Mode.DYNAMIC and _module_linear(layer):
             row, _ = V.dynamic_row(self.ctx, layer, [x.detach().numpy()], T.InputKind.MODEL,
                                    text)
             return row
         if layer.mode is Mode.STATIC and getattr(x, "is_quantized", False) and \
-                (layer.kind.startswith("Linear") or ("Conv" in layer.kind
-                                                     and "Transpose" not in layer.kind)):
+                (_module_linear(layer) or layer.op is OpKind.CONV):
             call = V.Call(x.int_repr().numpy(), float(x.q_scale()), int(x.q_zero_point()))
-            conv = len(layer.weight.shape) > 2
-            geo = self._geometry(layer) if conv else None
+            geo = self._geometry(layer) if _conv_dims(layer) else None
             notes = (f"conv hyper-parameters from the file: {geo.describe()}",) if geo else ()
             row, outs = V.static_row(self.ctx, layer, [call], T.InputKind.MODEL, text, geo=geo,
                                      notes=notes, packed=self._prepack(layer), relu=relu)
@@ -673,7 +573,7 @@ class Interpreter:
         import torch
 
         args = cap.args or [cap.x]
-        tensors = [a for a in _flatten(list(args)) if _is_tensor(a)]
+        tensors = [a for a in flatten(list(args)) if _is_tensor(a)]
         first = tensors[0] if tensors else None
         shape = tuple(int(d) for d in first.shape) if first is not None else ()
         text = f"its real input {shape} in a run of the whole graph"
@@ -702,8 +602,9 @@ class Interpreter:
         return T.LayerVerify(
             name=layer.name, kind=f"{layer.kind} {cap.op}", mode=layer.mode.value,
             verified=True, input_kind=T.InputKind.MODEL, input_text=text, input_shape=shape,
-            input_scale=float(first.q_scale()) if quantized else None,
-            input_zero_point=int(first.q_zero_point()) if quantized else None,
+            input_scale=float(first.q_scale()) if quantized and first is not None else None,
+            input_zero_point=int(first.q_zero_point()) if quantized and first is not None
+            else None,
             output_scale=float(y.q_scale()), output_zero_point=int(y.q_zero_point()),
             float_domain=f"{cap.op} in float64 on the dequantized real inputs",
             relu=cap.op.endswith("_relu"), elements=int(ref.size),
@@ -723,38 +624,46 @@ class Interpreter:
                 if layer.mode is not Mode.QUANTIZE else x_float.to(torch.float64)
         ref_np = ref.detach().numpy()
         y = cap.y
-        common = dict(name=layer.name, kind=layer.kind, mode=layer.mode.value, verified=True,
-                      input_kind=T.InputKind.MODEL,
-                      input_text="its real input in a run of the whole graph",
-                      input_shape=tuple(int(d) for d in x.shape),
-                      input_scale=layer.input.scale if layer.input else None,
-                      input_zero_point=layer.input.zero_point if layer.input else None,
-                      relu="ReLU" in layer.kind, elements=int(ref_np.size),
-                      float_domain="float64 on the dequantized real input",
-                      notes=("no integer reference for this op: kernel vs reference not "
-                             "checked",))
+        row = T.LayerVerify(
+            name=layer.name, kind=layer.kind, mode=layer.mode.value, verified=True,
+            input_kind=T.InputKind.MODEL,
+            input_text="its real input in a run of the whole graph",
+            input_shape=tuple(int(d) for d in x.shape),
+            input_scale=layer.input.scale if layer.input else None,
+            input_zero_point=layer.input.zero_point if layer.input else None,
+            relu=layer.fused_relu, elements=int(ref_np.size),
+            float_domain="float64 on the dequantized real input",
+            notes=("no integer reference for this op: kernel vs reference not checked",))
         if getattr(y, "is_quantized", False) and out is not None:
             m = V.metrics_static(ref_np, y.int_repr().numpy(), out.scale, out.zero_point)
-            return T.LayerVerify(output_scale=out.scale, output_zero_point=out.zero_point,
-                                 **common, **m)
+            return replace(row, output_scale=out.scale, output_zero_point=out.zero_point, **m)
         from qinspect.quant.metrics import sqnr_db
 
         got = y.detach().to(torch.float64).numpy()
         err = np.abs(ref_np - got)
-        return T.LayerVerify(sqnr_db=sqnr_db(ref_np, got), max_abs_error=float(err.max()),
-                             mean_abs_error=float(err.mean()), **common)
+        return replace(row, sqnr_db=sqnr_db(ref_np, got), max_abs_error=float(err.max()),
+                       mean_abs_error=float(err.mean()))
 
 
-@dataclass(frozen=True)
-class _Bound:
-    owner: Any
-    name: str
+def _output(layer: Layer) -> ActQuant:
+    if layer.output is None:
+        raise VerifyError(f"{layer.name}: the file stores no output qparams for it, so the "
+                          "graph cannot run through it (qinspect show lists its qparams)")
+    return layer.output
 
 
-def _states(root: Any) -> dict[str, dict]:
+def _conv_dims(layer: Layer) -> int:
+    """Spatial dimensions of the layer's weight: 0 for a Linear, 2 for a Conv2d."""
+    if layer.weight is None:
+        raise VerifyError(f"{layer.name}: the file stores no weight for it, so the graph "
+                          "cannot run through it")
+    return len(layer.weight.shape) - 2
+
+
+def _states(root: Any) -> dict[str, dict[str, Any]]:
     from qinspect.loaders.safe_pickle import Stub
 
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     todo = [(root, "")]
     seen: set[int] = set()
     while todo:
@@ -764,7 +673,8 @@ def _states(root: Any) -> dict[str, dict]:
         seen.add(id(obj))
         state = obj.state
         out[path] = state
-        children = state.get("_modules") if isinstance(state.get("_modules"), dict) else state
+        modules = state.get("_modules")
+        children = modules if isinstance(modules, dict) else state
         for name, value in children.items():
             if isinstance(value, Stub) and isinstance(name, str):
                 todo.append((value, f"{path}.{name}" if path else name))
@@ -782,16 +692,6 @@ def _is_packed(value: Any) -> bool:
 
     return isinstance(value, ScriptObjectState) or (isinstance(value, tuple) and bool(value)
                                                     and _is_tensor(value[0]))
-
-
-def _flatten(values: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for v in values:
-        if isinstance(v, (list, tuple)):
-            out.extend(_flatten(list(v)))
-        else:
-            out.append(v)
-    return out
 
 
 def _end_to_end(quant: list[Any], floats: list[Any]) -> T.EndToEnd | None:

@@ -22,7 +22,7 @@ from qinspect.analyse.verify.rows import Call, Context
 from qinspect.analyse.verify.types import InputKind, LayerVerify
 from qinspect.errors import InputError, VerifyError
 from qinspect.inputs import UserInput, shape_text
-from qinspect.model import ActQuant, Checkpoint, Layer, Mode
+from qinspect.model import ActQuant, Checkpoint, Layer, Mode, OpKind, RnnCell
 
 SYNTH_BATCH = 8
 SYNTH_SEQ = 5
@@ -59,26 +59,26 @@ def kind_of(layer: Layer) -> str:
     quantized_w = w if w is not None and w.is_quantized else None
     if layer.mode is Mode.QUANTIZE:
         return "stub"
+    module_linear = layer.op is OpKind.LINEAR and not layer.functional
     if layer.mode is Mode.STATIC:
-        if layer.kind.startswith("QFunctional"):
+        if layer.op is OpKind.FUNCTIONAL:
             return "add"
-        if quantized_w and layer.kind == "Linear":
+        if quantized_w and module_linear:
             return "linear"
-        if quantized_w and layer.kind.startswith("Conv") and len(quantized_w.shape) in (3, 4, 5):
+        if quantized_w and layer.op in (OpKind.CONV, OpKind.CONV_TRANSPOSE) \
+                and not layer.functional and len(quantized_w.shape) in (3, 4, 5):
             return "conv"
         return "other"
     if layer.mode is Mode.DYNAMIC:
-        if layer.kind == "Linear":
+        if module_linear:
             return "dynamic"
-        if layer.kind.startswith("LSTM gates"):
-            return "lstm"
-        if "gates" in layer.kind:
-            return "gate"
+        if layer.rnn is not None:
+            return "lstm" if layer.rnn.cell is RnnCell.LSTM else "gate"
     return "other"
 
 
 def unsupported_reason(layer: Layer) -> str:
-    if "Transpose" in layer.kind:
+    if layer.op is OpKind.CONV_TRANSPOSE:
         return "ConvTranspose is not covered by verify yet"
     if layer.mode is Mode.WEIGHT_ONLY:
         return "weight-only: a lookup of dequantized rows, nothing to requantize"
@@ -135,7 +135,7 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> T.VerifyRepor
                     flow.real = None if flow.real is None else flow.real[None]
             first_consumer_done = True
         try:
-            if how == "lstm" and layer.kind.endswith("(ih)"):
+            if how == "lstm" and layer.rnn is not None and layer.rnn.input_side:
                 hh = _sibling(layers, layer)
                 if hh is None:
                     rows.append(V.not_verified(layer, "its hidden-to-hidden gates (weight_hh) are "
@@ -440,7 +440,7 @@ def _lstm(ctx: Context, ih: Layer, hh: Layer, flow: Flow | None
 
 def _gate_isolated(ctx: Context, layer: Layer) -> LayerVerify:
     k = _weight_shape(layer)[1]
-    if "weight_hh_" in layer.name.rsplit(".", 1)[-1]:
+    if layer.rnn is not None and not layer.rnn.input_side:
         x = ctx.rng.uniform(-1, 1, size=(_batch(ctx), k)).astype(np.float32)
         text = f"isolated, synthetic hidden state {shape_text(x.shape)} uniform over [-1, 1]"
     else:

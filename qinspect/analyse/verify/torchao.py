@@ -35,8 +35,9 @@ import numpy as np
 
 from qinspect.analyse.verify import rows as V
 from qinspect.analyse.verify import types as T
+from qinspect.analyse.verify.kernels import torchao_int8_pairs_saturate
 from qinspect.errors import VerifyError
-from qinspect.model import Checkpoint, Layer, Mode
+from qinspect.model import Checkpoint, Family, Layer, Mode
 from qinspect.quant.affine import block_grid, dequantize_blockwise
 
 ENGINE = "torchao"
@@ -100,9 +101,7 @@ class TorchaoRunner:
     }
 
     def accepts(self, ckpt: Checkpoint, options: T.Options) -> bool:
-        from qinspect.loaders.torchao import FORMAT
-
-        return ckpt.format == FORMAT
+        return ckpt.family is Family.TORCHAO
 
     def run(self, ckpt: Checkpoint, options: T.Options, progress: T.Progress | None
             ) -> T.VerifyReport:
@@ -153,9 +152,8 @@ def _spec(layer: Layer) -> _Spec | str:
         return str(exc)
     if int(np.prod(grid)) != q.scale.size:
         return f"{q.scale.size} scales for a grid of {list(grid)} blocks"
-    cls = ("Int8Tensor" if "(Int8Tensor)" in layer.kind else
-           "IntxUnpackedToInt8Tensor" if "(IntxUnpackedToInt8Tensor)" in layer.kind else None)
-    if cls is None:
+    cls = layer.tensor_class
+    if cls not in ("Int8Tensor", "IntxUnpackedToInt8Tensor"):
         return f"{layer.kind}: not a torchao weight class verify knows"
     return _Spec(cls, np.asarray(w.values), np.asarray(q.scale).astype(np.float32).reshape(grid),
                  np.asarray(q.zero_point).astype(np.int8).reshape(grid), tuple(q.block_size),
@@ -227,8 +225,12 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
         return V.not_verified(layer, f"torchao's kernel refused the layer: "
                               f"{type(exc).__name__}: {exc}")
     if dynamic:
-        refo, xq, sx = dynamic_linear_reference(x2, spec.qdata, spec.scale, bias)
-        agreement = V.agreement(ENGINE, "int8 x int8 -> int32, rescaled in float32",
+        pairs = torchao_int8_pairs_saturate()
+        refo, xq, sx = dynamic_linear_reference(x2, spec.qdata, spec.scale, bias,
+                                                int16_pairs=pairs)
+        arith = "int8 x int8 -> int32, rescaled in float32" + (
+            " (byte-product pairs saturated to int16)" if pairs else "")
+        agreement = V.agreement(ENGINE, arith,
                                  "torchao Int8Tensor linear (dynamic per-token int8)",
                                  kern, refo, "abs")
         in_sqnr = _sqnr(x2, xq.astype(np.float64) * sx.astype(np.float64))
@@ -238,6 +240,13 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
                      "symmetric, scale max|x| / 127.5 (it never clips; its rounding is the "
                      "error); the output is float (no output LSB); the reference is "
                      "qinspect's numpy arithmetic")
+        if pairs:
+            exact, _, _ = dynamic_linear_reference(x2, spec.qdata, spec.scale, bias)
+            changed = int(np.count_nonzero(exact.view(np.uint32) != refo.view(np.uint32)))
+            notes.append("torchao's int8 matmul here adds byte-product pairs in int16 with "
+                         "saturation (its u8s8 path on a VNNI CPU, oneDNN capped below VNNI by "
+                         f"ONEDNN_MAX_CPU_ISA); the reference does the same: {changed} of "
+                         f"{refo.size} outputs differ from exact int32 arithmetic")
     else:
         refo = (x2 @ dq.T).astype(np.float32)
         if bias is not None:
@@ -317,13 +326,23 @@ def quantize_per_token_symmetric(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def dynamic_linear_reference(x: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray,
-                             bias: np.ndarray | None
+                             bias: np.ndarray | None, *, int16_pairs: bool = False
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """torchao's Int8Tensor dynamic linear in numpy: ``(y float32, x_q, x_scale)``.
 
-    ``acc = x_q @ w_q.T`` (exact, int64); ``y = f32(f32(f32(acc) * s_x) * s_w) + b``."""
+    ``acc = x_q @ w_q.T`` (exact, int64); ``y = f32(f32(f32(acc) * s_x) * s_w) + b``.
+    ``int16_pairs``: torchao's u8s8 path on a kernel that saturates byte-product pairs
+    (:func:`~qinspect.analyse.verify.kernels.torchao_int8_pairs_saturate`): ``x_q + 128``
+    (uint8) times ``w_q``, neighbours (0, 1), (2, 3)... along K clipped to int16, minus
+    128 x the weight's row sums."""
     xq, sx = quantize_per_token_symmetric(x)
-    acc = xq.astype(np.int64) @ np.asarray(w_q, np.int64).T
+    if int16_pairs:
+        from qinspect.quant.reference import accumulate_linear
+
+        acc = accumulate_linear(xq.astype(np.int64) + 128, 128, w_q, 0,
+                                int16_gemm=True).astype(np.int64)
+    else:
+        acc = xq.astype(np.int64) @ np.asarray(w_q, np.int64).T
     y = (acc.astype(np.float32) * sx).astype(np.float32)
     y = (y * np.asarray(w_scale, np.float32).reshape(-1)).astype(np.float32)
     if bias is not None:

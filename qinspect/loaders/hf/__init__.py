@@ -33,7 +33,7 @@ def is_hf_input(path: str | os.PathLike[str]) -> bool:
 def load(path: str | os.PathLike[str]):  # -> Checkpoint (import kept lazy)
     """A Hugging Face checkpoint -> :class:`qinspect.model.Checkpoint` (torch-free)."""
     from qinspect.loaders.hf import container, formats, hfconfig
-    from qinspect.model import Checkpoint, HFInfo, Level, Note
+    from qinspect.model import Checkpoint, Family, HFInfo, Level, Note, Stage
 
     ts = container.open_set(path)
     _, cfg = hfconfig.read_config(ts.root)
@@ -51,7 +51,8 @@ def load(path: str | os.PathLike[str]):  # -> Checkpoint (import kept lazy)
                   model_dtype=cfg.model_dtype, shards=tuple(s.path.name for s in ts.shards),
                   index=ts.index_path.name if ts.index_path else None,
                   quantization_config=cfg.raw, ignored=tuple(formats.ignore_patterns(cfg)))
-    return Checkpoint(path=str(path), format=fmt, stage="converted" if quantized else "float",
+    return Checkpoint(path=str(path), format=fmt, family=Family.HUGGING_FACE,
+                      stage=Stage.CONVERTED if quantized else Stage.FLOAT,
                       file_size=ts.file_size, layers=tuple(built.layers),
                       unrecognised=tuple(built.unrecognised), module_order_known=True,
                       order="tensor order of the safetensors header(s)",

@@ -3,7 +3,7 @@
 Each decoder reads its tensors from the memory-mapped shards only when asked, so loading a
 checkpoint unpacks nothing. ``dequantize`` reproduces the producing library's arithmetic
 and rounding order (sources cited per class; checked bit for bit against the libraries in
-tests/hf).
+tests/loaders/hf and tests/support/libref.py).
 """
 
 from __future__ import annotations

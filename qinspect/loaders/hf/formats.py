@@ -29,7 +29,9 @@ from qinspect.model import (
     Level,
     Mode,
     Note,
+    OpKind,
     PackedQuant,
+    PackedScheme,
     PackedWeight,
     PerAxis,
     PerBlock,
@@ -218,10 +220,16 @@ def _activation(ts: TensorSet, leaves: dict[str, str], dynamic: bool | None,
                              "weight-only: the input stays in the model's float dtype"), refs, None
 
 
-def _layer(module: str, kind: str, mode: Mode, packed: PackedWeight, keys: list[KeyRef],
+LABELS = {OpKind.LINEAR: "linear", OpKind.EXPERTS: "experts", OpKind.NORM: "norm",
+          OpKind.EMBEDDING: "embedding", OpKind.ATTENTION_KV: "attention (KV cache)",
+          OpKind.PARAMETERS: "parameters"}
+"""The label shown for each op of a Hugging Face checkpoint (OTHER: "vector" / "tensor")."""
+
+
+def _layer(module: str, op: OpKind, mode: Mode, packed: PackedWeight, keys: list[KeyRef],
            bias: np.ndarray | None, bias_key: str | None, act: ActQuant | None,
            src: InputSource, notes: list[Note]) -> Layer:
-    return Layer(name=module, kind=kind, mode=mode, keys=tuple(keys), bias=bias,
+    return Layer(name=module, kind=LABELS[op], op=op, mode=mode, keys=tuple(keys), bias=bias,
                  bias_key=bias_key, input=act, input_source=src, notes=tuple(notes),
                  packed=packed)
 
@@ -319,7 +327,8 @@ def _build_ct_int(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str
     fmt = ("compressed-tensors pack-quantized" if packed else
            "compressed-tensors int-quantized")
     quant = PackedQuant(
-        format=fmt, element=int_type(bits, True), granularity=gran, symmetric=symmetric,
+        format=fmt, scheme=PackedScheme.CT_INT, element=int_type(bits, True), granularity=gran,
+        symmetric=symmetric,
         scale_dtype=ts.tensors[scale_key].dtype, tensors=tuple(tensors),
         formula=f"w = {DTYPE_NAMES.get(ts.tensors[scale_key].dtype, '?')}((q - zp) x scale), "
                 "one rounding (compressed-tensors _dequantize)",
@@ -376,7 +385,8 @@ def _build_ct_float(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[s
                     tuple(shape), {"block": blk, "out_dtype": OUT.get(cfg.model_dtype, "BF16")})
     sdt = ts.tensors[keys["weight_scale"]].dtype
     quant = PackedQuant(
-        format="compressed-tensors float-quantized (FP8)", element=FP8_E4M3, granularity=gran,
+        format="compressed-tensors float-quantized (FP8)", scheme=PackedScheme.CT_FP8,
+        element=FP8_E4M3, granularity=gran,
         symmetric=True, scale_dtype=sdt,
         tensors=(_ref(ts, keys["weight"], "the weight's FP8 E4M3 codes, one per byte"),
                  _ref(ts, keys["weight_scale"], f"{gran.describe()} weight scale (multiplies "
@@ -393,11 +403,12 @@ def _build_ct_float(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[s
 NVFP4_VARIANTS: dict[bool, dict[str, Any]] = {
     True: {"tensors": ("weight_packed", "weight_scale", "weight_global_scale"),
            "op": "divide", "format": "compressed-tensors nvfp4-pack-quantized",
+           "scheme": PackedScheme.CT_NVFP4,
            "global": "float32 global weight scale, a DIVISOR: each block scale is divided "
                      "by it (448 x 6 / amax)",
            "formula": "w = fp4 x float32(float32(block_scale) / weight_global_scale)"},
     False: {"tensors": ("weight", "weight_scale", "weight_scale_2"),
-            "op": "multiply", "format": "ModelOpt NVFP4",
+            "op": "multiply", "format": "ModelOpt NVFP4", "scheme": PackedScheme.MODELOPT_NVFP4,
             "global": "float32 second-level weight scale, MULTIPLIED into each block scale "
                       "(amax / (6 x 448))",
             "formula": "w = fp4 x float32(float32(block_scale) x weight_scale_2)"},
@@ -417,7 +428,8 @@ def _build_nvfp4(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str,
     dec = D.NVFP4(ts, roles, tuple(shape), {"global_op": op,
                                            "out_dtype": OUT.get(cfg.model_dtype, "BF16")})
     quant = PackedQuant(
-        format=fmt, element=FP4_E2M1, granularity=PerGroup(16, 1), symmetric=True,
+        format=fmt, scheme=variant["scheme"], element=FP4_E2M1, granularity=PerGroup(16, 1),
+        symmetric=True,
         scale_dtype="F8_E4M3",
         tensors=(_ref(ts, roles["packed"], "the weight's FP4 (E2M1) codes, two per byte, low "
                       "nibble = even column"),
@@ -438,25 +450,28 @@ def _build_mxfp4_ct(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[s
                     ) -> tuple[Layer | None, dict[str, str]]:
     keys = _take(leaves, "weight_packed", "weight_scale")
     roles = {"packed": keys["weight_packed"], "scale": keys["weight_scale"]}
-    return _mxfp4(ts, cfg, module, leaves, keys, roles, "compressed-tensors mxfp4-pack-quantized")
+    return _mxfp4(ts, cfg, module, leaves, keys, roles, "compressed-tensors mxfp4-pack-quantized",
+                  PackedScheme.CT_MXFP4)
 
 
 def _build_mxfp4_gptoss(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
                         ) -> tuple[Layer | None, dict[str, str]]:
     keys = _take(leaves, "blocks", "scales")
     roles = {"packed": keys["blocks"], "scale": keys["scales"]}
-    return _mxfp4(ts, cfg, module, leaves, keys, roles, "MXFP4 (gpt-oss experts)")
+    return _mxfp4(ts, cfg, module, leaves, keys, roles, "MXFP4 (gpt-oss experts)",
+                  PackedScheme.GPTOSS_MXFP4)
 
 
 def _mxfp4(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str],
-           keys: dict[str, str], roles: dict[str, str], fmt: str
+           keys: dict[str, str], roles: dict[str, str], fmt: str, scheme: PackedScheme
            ) -> tuple[Layer | None, dict[str, str]]:
     pshape = ts.tensors[roles["packed"]].shape
     shape = ((*pshape[:-2], pshape[-2] * 32) if len(pshape) == 4
              else (*pshape[:-1], pshape[-1] * 2))
     dec = D.MXFP4(ts, roles, tuple(shape), {"out_dtype": "BF16"})
     quant = PackedQuant(
-        format=fmt, element=FP4_E2M1, granularity=PerGroup(32, len(shape) - 1), symmetric=True,
+        format=fmt, scheme=scheme, element=FP4_E2M1, granularity=PerGroup(32, len(shape) - 1),
+        symmetric=True,
         scale_dtype="E8M0 (uint8)",
         tensors=(_ref(ts, roles["packed"], "the weight's FP4 (E2M1) codes, two per byte, low "
                       "nibble = even element"),
@@ -468,7 +483,7 @@ def _mxfp4(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str],
                       nbytes=_nbytes(ts, list(keys.values())), quant=quant, source=dec)
     _, aargs = _weights_args(cfg, module)
     return _finish(ts, cfg, module, leaves, pw, keys, aargs,
-                   kind="experts" if len(shape) == 3 else "linear")
+                   op=OpKind.EXPERTS if len(shape) == 3 else OpKind.LINEAR)
 
 
 # --- GPTQ / AWQ ------------------------------------------------------------------------------
@@ -528,7 +543,8 @@ def _build_gptq(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, 
                             + (" (act-order: not monotonic)" if s["desc_act"] else
                                " (i // group_size without act-order)")))
     quant = PackedQuant(
-        format=f"GPTQ {'v2' if v2 else 'v1'} ({fmt_name})", element=int_type(bits, False),
+        format=f"GPTQ {'v2' if v2 else 'v1'} ({fmt_name})",
+        scheme=PackedScheme.GPTQ_V2 if v2 else PackedScheme.GPTQ_V1, element=int_type(bits, False),
         granularity=gran, symmetric=s["sym"],
         scale_dtype=ts.tensors[keys["scales"]].dtype, tensors=tuple(tensors),
         formula="w[o, i] = fp16(scales[g, o] x (q[i, o] - zero[g, o])), g = g_idx[i]",
@@ -557,7 +573,8 @@ def _build_awq(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, s
     dec = D.AWQ(ts, dict(keys), shape, {"group_size": gs})
     gran = PerGroup(gs, 1)
     quant = PackedQuant(
-        format="AWQ GEMM", element=int_type(4, False), granularity=gran, symmetric=False,
+        format="AWQ GEMM", scheme=PackedScheme.AWQ_GEMM, element=int_type(4, False),
+        granularity=gran, symmetric=False,
         scale_dtype=ts.tensors[keys["scales"]].dtype,
         tensors=(_ref(ts, keys["qweight"], "the weight's 4-bit unsigned codes, 8 per int32 "
                       "word along the OUTPUT in the order 0,2,4,6,1,3,5,7; stored [I, O/8]"),
@@ -631,6 +648,7 @@ def _build_bnb4(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, 
                         "dtype, nested offset)"))
     quant = PackedQuant(
         format=f"bitsandbytes 4-bit {safe(qtype).upper()}" + (" (double quant)" if nested else ""),
+        scheme=PackedScheme.BNB_4BIT,
         element=element, granularity=PerGroup(blocksize, None), symmetric=True,
         scale_dtype="U8 (double quant)" if nested else "F32", tensors=tuple(tensors),
         formula="w = cast(code_table[q] x absmax[block]) computed in float32",
@@ -672,7 +690,8 @@ def _build_bnb8(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, 
         tensors.append(_ref(ts, keys["weight_format"], "layout of the int8 weight (0 = row "
                             "major; other values are GPU tile layouts)"))
     quant = PackedQuant(
-        format="bitsandbytes LLM.int8", element=int_type(8, True), granularity=PerAxis(0),
+        format="bitsandbytes LLM.int8", scheme=PackedScheme.BNB_INT8, element=int_type(8, True),
+        granularity=PerAxis(0),
         symmetric=True, scale_dtype="F32", tensors=tuple(tensors),
         formula="w = float32(float32(CB x SCB) x float32(1/127))", packing="one int8 per value",
         compute_dtype="float32")
@@ -715,7 +734,8 @@ def _build_fp8(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, s
     fmt = ("ModelOpt FP8" if modelopt else
            "FP8 block-wise (weight_scale_inv)" if blk else "FP8 per-tensor")
     quant = PackedQuant(
-        format=fmt, element=FP8_E4M3, granularity=gran, symmetric=True,
+        format=fmt, scheme=PackedScheme.MODELOPT_FP8 if modelopt else PackedScheme.FP8,
+        element=FP8_E4M3, granularity=gran, symmetric=True,
         scale_dtype=ts.tensors[scale_key].dtype,
         tensors=(_ref(ts, keys["weight"], "the weight's FP8 E4M3 codes, one per byte"),
                  _ref(ts, scale_key, meaning, ScaleOp.MULTIPLY)),
@@ -742,7 +762,7 @@ BUILDERS = {
 
 def _finish(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str],
             pw: PackedWeight, keys: dict[str, str], aargs: dict[str, Any], fp8: bool = False,
-            kind: str = "linear", global_keys: set[str] | None = None
+            op: OpKind = OpKind.LINEAR, global_keys: set[str] | None = None
             ) -> tuple[Layer, dict[str, str]]:
     refs = [KeyRef(pw.key, Role.WEIGHT)] + [
         KeyRef(k, Role.WEIGHT_SCALE) for k in keys.values() if k != pw.key]
@@ -763,7 +783,7 @@ def _finish(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
     if _ignored(cfg, module):
         notes.append(Note(Level.WARNING, "the config leaves this module unquantized "
                           "(ignore / modules_to_not_convert), yet it is stored quantized"))
-    layer = _layer(module, kind, mode, pw, refs, bias, bias_key, act, src, notes)
+    layer = _layer(module, op, mode, pw, refs, bias, bias_key, act, src, notes)
     return layer, leaves
 
 
@@ -798,7 +818,7 @@ def _plain(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
         leaves.pop("weight")
         refs.insert(0, KeyRef(weight_key, Role.WEIGHT))
         info = ts.tensors[weight_key]
-        kind = _float_kind(module, info.shape)
+        kind, op = _float_kind(module, info.shape)
         bias, bias_key = _bias(ts, leaves)
         if bias_key:
             refs.append(KeyRef(bias_key, Role.BIAS))
@@ -806,21 +826,23 @@ def _plain(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
             key = leaves[leaf]
             if ts.tensors[key].dtype in FLOAT_DTYPES and leaf in ("running_mean", "running_var"):
                 refs.append(KeyRef(leaves.pop(leaf), Role.PARAM))
-        notes.append(_why_float(cfg, module, kind))
+        notes.append(_why_float(cfg, module, kind, op))
         from qinspect.model import Weight
 
         weight = Weight(key=weight_key, shape=info.shape, stored_dtype=DTYPE_NAMES.get(
             info.dtype, info.dtype.lower()), values=_LazyFloat(ts, weight_key))  # type: ignore[arg-type]
-        return Layer(name=module, kind=kind, mode=Mode.FLOAT, keys=tuple(refs), weight=weight,
+        return Layer(name=module, kind=kind, op=op, mode=Mode.FLOAT, keys=tuple(refs),
+                     weight=weight,
                      bias=bias, bias_key=bias_key, notes=(notes[0],) if notes[0] else ()), leaves
     if refs:
-        return Layer(name=module, kind="attention (KV cache)", mode=Mode.STATIC,
-                     keys=tuple(refs)), leaves
+        return Layer(name=module, kind=LABELS[OpKind.ATTENTION_KV], op=OpKind.ATTENTION_KV,
+                     mode=Mode.STATIC, keys=tuple(refs)), leaves
     params = [leaf for leaf, key in leaves.items() if ts.tensors[key].dtype in FLOAT_DTYPES]
     if params:
         extras = {leaf: _LazyFloat(ts, leaves[leaf]) for leaf in params}
         refs = [KeyRef(leaves.pop(leaf), Role.PARAM) for leaf in params]
-        return Layer(name=module, kind="parameters", mode=Mode.FLOAT, keys=tuple(refs),
+        return Layer(name=module, kind=LABELS[OpKind.PARAMETERS], op=OpKind.PARAMETERS,
+                     mode=Mode.FLOAT, keys=tuple(refs),
                      extras=extras,  # type: ignore[arg-type]
                      notes=(Note(Level.INFO, "float parameters (" + ", ".join(params)
                                  + ") that are not quantized"),)), leaves
@@ -842,25 +864,29 @@ class _LazyFloat:
         return arr if dtype is None else arr.astype(dtype)
 
 
-def _float_kind(module: str, shape: tuple[int, ...]) -> str:
+def _float_kind(module: str, shape: tuple[int, ...]) -> tuple[str, OpKind]:
+    """Label and op of a float module, from its name and weight shape."""
     leaf = module.rsplit(".", 1)[-1].lower()
     if len(shape) == 1:
-        return "norm" if "norm" in leaf or "ln" in leaf else "vector"
+        op = OpKind.NORM if "norm" in leaf or "ln" in leaf else OpKind.OTHER
+        return LABELS.get(op, "vector"), op
     if len(shape) == 3 and module.rsplit(".", 2)[-2:-1] == ["experts"]:
-        return "experts"
-    if "embed" in leaf or "wte" in leaf or "wpe" in leaf:
-        return "embedding"
-    return "linear" if len(shape) == 2 else "tensor"
+        op = OpKind.EXPERTS
+    elif "embed" in leaf or "wte" in leaf or "wpe" in leaf:
+        op = OpKind.EMBEDDING
+    else:
+        op = OpKind.LINEAR if len(shape) == 2 else OpKind.OTHER
+    return LABELS.get(op, "tensor"), op
 
 
-def _why_float(cfg: QuantConfig, module: str, kind: str) -> Note:
+def _why_float(cfg: QuantConfig, module: str, kind: str, op: OpKind) -> Note:
     if cfg.method is None:
         return Note(Level.INFO, "stored in float")
     pattern = _ignored(cfg, module)
     if pattern is not None:
         return Note(Level.INFO, f"left in float on purpose: the config excludes it "
                                 f"('{pattern}')")
-    if kind != "linear":
+    if op is not OpKind.LINEAR:
         return Note(Level.INFO, f"left in float: a {kind}, not a Linear the quantizer targets")
     if cfg.method != "compressed-tensors" and module.rsplit(".", 1)[-1] == "lm_head":
         # transformers' quantizers keep the output embedding in float

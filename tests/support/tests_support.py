@@ -11,3 +11,7 @@ def raw_keys(path) -> set[str]:
     """The keys torch itself reads from ``path`` (weights-only, ScriptObjects as state)."""
     with torch.serialization.safe_globals([(ScriptObjectState, "torch.ScriptObject")]):
         return set(torch.load(path, weights_only=True))
+
+
+def keys_attributed(ckpt) -> set[str]:
+    return {ref.key for layer in ckpt.layers for ref in layer.keys}

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from torch_models import mlp_ptq, save
 
 from qinspect.quant.metrics import channel_sqnr_db, sqnr_db
-from tests.torch_models import mlp_ptq, save
 
 
 def _torch_channel_sqnr(w: torch.Tensor, dq: torch.Tensor) -> list[float]:
@@ -85,12 +85,13 @@ def test_show_histogram_counts_torchs_int_repr(tmp_path):
 def test_channel_sqnr_of_a_weight_with_any_axis_from_the_file(axis):
     """The file's axis is untrusted: out of range (or absent) falls back to axis 0."""
     from qinspect.analyse.diff import weight_error
-    from qinspect.model import TensorQuant
+    from qinspect.model import TensorQuant, axis_granularity
 
     rng = np.random.default_rng(1)
     ref = rng.standard_normal((4, 3))
     cand = ref + 0.01 * rng.standard_normal((4, 3))
-    quant = TensorQuant("qint8", "per_channel_affine", np.full(3, np.nan), np.zeros(3), axis)
+    quant = TensorQuant("qint8", "per_channel_affine", np.full(3, np.nan), np.zeros(3), axis,
+                        granularity=axis_granularity(axis))
     got = weight_error(ref, cand, quant, "a").channel_sqnr_db
     on = 1 if axis == 1 else 0
     want = [sqnr_db(np.take(ref, i, on), np.take(cand, i, on)) for i in range(ref.shape[on])]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import keys_attributed
+from tests_support import keys_attributed
 
 import qinspect
 from qinspect.model import Mode, Role, SourceKind

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import keys_attributed
+from tests_support import keys_attributed
 
 import qinspect
 from qinspect.model import Mode

@@ -23,7 +23,7 @@ from qinspect.errors import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore:must run observer:UserWarning")
 SCHEMA = json.loads(resources.files("qinspect").joinpath("schemas/check-1.json").read_text())
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"
 
 
 @pytest.fixture(autouse=True)

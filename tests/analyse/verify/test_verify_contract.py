@@ -19,7 +19,7 @@ from qinspect.analyse.verify.types import OPTION_FLAGS
 from qinspect.errors import InputError
 from qinspect.render.verify import verify_json
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+SAMPLES = Path(__file__).resolve().parents[3] / "sample_checkpoints"
 MLP_MODEL = f"{SAMPLES / 'models.py'}:MnistMLP"
 CASES = {  # runner -> (file, options that make it run on real data)
     "state_dict": ("mlp_int8_fbgemm.pt", {"input": "sample.npy"}),

@@ -15,7 +15,7 @@ from tests_support import raw_keys
 
 import qinspect
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_checkpoints"
 # the eager-mode samples; other formats have their own tests
 SAMPLES = [SAMPLE_DIR / name for name in sorted(make_samples.FILES)]
 SCHEMA = json.loads(resources.files("qinspect").joinpath("schemas/show-1.json").read_text())

@@ -22,7 +22,7 @@ SCHEMAS = resources.files("qinspect").joinpath("schemas")
 CHECK = json.loads(SCHEMAS.joinpath("check-1.json").read_text())
 FILES = json.loads(SCHEMAS.joinpath("check-files-1.json").read_text())
 REGISTRY = Registry().with_resource("qinspect.check/1", Resource.from_contents(CHECK))
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_checkpoints"
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_checkpoints"
 
 
 def validate(doc: dict) -> None:

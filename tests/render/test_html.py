@@ -25,16 +25,16 @@ import pytest
 import torch
 import torch.ao.quantization as tq
 from torch import nn
+from torch_models import engine
 
 from qinspect.render.html import esc, script_json
 from qinspect.render.text import safe
-from tests.torch_models import engine
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(2)>"
 HOSTILE = (SCRIPT, IMG)
 OWN_SCRIPTS = 4  # error guard, JSON data, Chart.js, page script
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- Chromium -------------------------------------------------------------------------

@@ -527,19 +527,20 @@ def test_layers_with_weights_on_one_side_are_called_out(cli, tmp_path):
 
 
 def _synthetic(path: str, weight) -> qinspect.model.Checkpoint:
-    from qinspect.model import Checkpoint, KeyRef, Layer, Mode, Role
+    from qinspect.model import Checkpoint, Family, KeyRef, Layer, Mode, OpKind, Role, Stage
 
     mode = Mode.FLOAT if weight.quant is None else Mode.STATIC
-    layer = Layer(name="fc", kind="Linear", mode=mode, keys=(KeyRef("fc.weight", Role.WEIGHT),),
-                  weight=weight)
-    return Checkpoint(path=path, format="test", stage="converted" if weight.quant else "float",
+    layer = Layer(name="fc", kind="Linear", op=OpKind.LINEAR, mode=mode,
+                  keys=(KeyRef("fc.weight", Role.WEIGHT),), weight=weight)
+    return Checkpoint(path=path, format="test", family=Family.EAGER,
+                      stage=Stage.CONVERTED if weight.quant else Stage.FLOAT,
                       file_size=1, layers=(layer,))
 
 
 def test_pt2e_int8_weights_dequantize_like_the_decomposed_ops(tmp_path):
     import torch.ao.quantization.fx._decomposed  # registers the ops
 
-    from qinspect.model import TensorQuant, Weight
+    from qinspect.model import PerAxis, TensorQuant, Weight
 
     g = torch.Generator().manual_seed(4)
     w = torch.randn(6, 10, generator=g)
@@ -550,7 +551,7 @@ def test_pt2e_int8_weights_dequantize_like_the_decomposed_ops(tmp_path):
     dq = torch.ops.quantized_decomposed.dequantize_per_channel(ints, scales, zps, 0, -127, 127,
                                                                torch.int8)
     quant = TensorQuant("int8", "per_channel_symmetric", scales.numpy(), zps.numpy(), 0,
-                        quant_min=-127, quant_max=127)
+                        quant_min=-127, quant_max=127, granularity=PerAxis(0))
     a = _synthetic("a", Weight("fc.weight", (6, 10), "float32", w.numpy()))
     b = _synthetic("b", Weight("fc.weight", (6, 10), "int8", ints.numpy(), quant))
     row = qinspect.diff(a, b).layers[0]
@@ -561,14 +562,14 @@ def test_pt2e_int8_weights_dequantize_like_the_decomposed_ops(tmp_path):
 
 
 def test_block_wise_weights_are_compared_per_block():
-    from qinspect.model import TensorQuant, Weight
+    from qinspect.model import PerGroup, TensorQuant, Weight
 
     w = np.ones((4, 8), np.float32)
     w[:, 4:] = 3.0
     scale = np.tile([1.0, 0.25], 4)  # one scale per block of 1x4, row-major over the grid
     ints = (w / scale.reshape(4, 2).repeat(4, axis=1)).astype(np.int8)
     quant = TensorQuant("int8", "per_group_affine (group 4)", scale, np.zeros(8, np.int64),
-                        None, block_size=(1, 4))
+                        None, block_size=(1, 4), granularity=PerGroup(4, 1))
     a = _synthetic("a", Weight("fc.weight", (4, 8), "float32", w))
     b = _synthetic("b", Weight("fc.weight", (4, 8), "int8", ints, quant))
     report = qinspect.diff(a, b)

@@ -54,7 +54,3 @@ def torchao_made(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("ao") / f"{request.param}.pt"
     torch.save(made.quantized.state_dict(), path)
     return request.param, made, path
-
-
-def keys_attributed(ckpt) -> set[str]:
-    return {ref.key for layer in ckpt.layers for ref in layer.keys}

@@ -42,8 +42,9 @@ def _weight(rng, shape, per_channel, symmetric):
 
 
 def _pairs(kernel: str) -> bool:
-    """fbgemm on a CPU without VNNI adds byte-product pairs in int16 (saturating)."""
-    return kernel == "fbgemm" and K.fbgemm_int16_gemm()
+    """fbgemm on a CPU without VNNI, and oneDNN capped below VNNI on a CPU with it, add
+    byte-product pairs in int16 (saturating)."""
+    return K.int16_gemm(kernel)
 
 
 def _act(rng, shape, scale, zp):

@@ -1,4 +1,4 @@
-"""Fixtures for the Hugging Face sample tests: libref on sys.path, one regeneration per run."""
+"""Fixtures for the Hugging Face sample tests: one regeneration of every sample per run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import zipfile
 
 import numpy as np
 import torch
-from conftest import keys_attributed
+from tests_support import keys_attributed
 
 import qinspect
 from qinspect.model import Mode, SourceKind

@@ -17,9 +17,9 @@ QUANTIZED = sorted(libref.TRUTH)
 ALL_FOLDERS = sorted([*QUANTIZED, *libref.BASES])
 
 # SQNR (dB) of the library's dequantized weight against the original bf16 weight, worst module.
-# Measured with `python tests/hf/libref.py` (torch 2.13.0 CPU); each bound is the measured worst
-# module minus about 0.5 dB, so a sample made wrongly (scale direction, nibble order, group
-# assignment, zero-point offset) fails.
+# Measured with `python tests/support/libref.py` (torch 2.13.0 CPU); each bound is the measured
+# worst module minus about 0.5 dB, so a sample made wrongly (scale direction, nibble order,
+# group assignment, zero-point offset) fails.
 SQNR_MIN_DB = {
     "ct_w4a16_group": 19.9,
     "ct_w4a16_asym": 21.2,
