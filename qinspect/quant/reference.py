@@ -68,10 +68,11 @@ im2col order per group: kernel taps outermost, channels innermost).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .affine import _fma_f32, quantize_per_channel, quantize_per_tensor
 
@@ -104,19 +105,24 @@ _CHUNK_ELEMENTS = 1 << 23
 
 f32 = np.float32
 f64 = np.float64
-ConvSum = Callable[..., NDArray]
+ConvSum = Callable[..., NDArray[np.float64]]
 """``conv_sum(x, w, stride, padding, dilation, groups, exact)`` of float64 arrays."""
+_Num = TypeVar("_Num", bound=np.number)
+Geometry = int | Sequence[int]
+"""A convolution's stride, padding or dilation: one value for every spatial axis, or one each."""
 
 
 # ----------------------------------------------------------------------- accumulation
 
 
-def _wrap_int32(v: NDArray[np.int64]) -> NDArray[np.int32]:
+def _wrap_int32(v: ArrayLike) -> NDArray[np.int32]:
+    """int64 (or integer-valued float) values wrapped to int32, as int32 arithmetic does."""
     return np.asarray(v, dtype=np.int64).astype(np.int32)
 
 
-def _centred(q: ArrayLike, zp: ArrayLike, dtype: type) -> NDArray:
-    return np.asarray(q).astype(dtype) - np.asarray(zp).astype(dtype)
+def _centred(q: ArrayLike, zp: ArrayLike, dtype: DTypeLike) -> NDArray[Any]:
+    centred: NDArray[Any] = np.asarray(q).astype(dtype) - np.asarray(zp).astype(dtype)
+    return centred
 
 
 def _matmul_exact(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -169,8 +175,9 @@ def _gemm_int16(x: NDArray[np.int64], x_zp: int, w_q: ArrayLike, w_zp: ArrayLike
     return acc
 
 
-def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride, padding,
-                dilation, groups: int, pairs_in_tap: bool = False) -> NDArray[np.int64]:
+def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride: Geometry,
+                padding: Geometry, dilation: Geometry, groups: int,
+                pairs_in_tap: bool = False) -> NDArray[np.int64]:
     """A convolution as fbgemm's im2col GEMM without VNNI: per group, K runs over kernel
     taps (outermost) and the group's channels (innermost), pairs saturate to int16.
     ``pairs_in_tap`` (capped oneDNN): a pair never spans two taps; an odd channel count is
@@ -197,33 +204,36 @@ def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stri
         wg = wg4.reshape(og, -1)
         acc = _gemm_int16(xg.reshape(-1, wg.shape[1]), int(x_zp), wg, zw[g * og:(g + 1) * og])
         parts.append(acc.reshape(n, *out_sp, og))
-    return np.moveaxis(np.concatenate(parts, axis=-1), -1, 1)
+    out: NDArray[np.int64] = np.moveaxis(np.concatenate(parts, axis=-1), -1, 1)
+    return out
 
 
-def _im2col(x: NDArray, ksize: Sequence[int], stride: Sequence[int],
-            dilation: Sequence[int]) -> NDArray:
+def _im2col(x: NDArray[_Num], ksize: Sequence[int], stride: Sequence[int],
+            dilation: Sequence[int]) -> NDArray[_Num]:
     """(N, C, *S) already padded -> view (N, *out, C, *k) of the receptive fields."""
     nd = len(ksize)
     span = [d * (k - 1) + 1 for k, d in zip(ksize, dilation, strict=True)]
     win = sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))
     index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride) \
         + tuple(slice(None, None, d) for d in dilation)
-    win = win[index]
     order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-    return win.transpose(order)
+    fields: NDArray[_Num] = win[index].transpose(order)
+    return fields
 
 
-def _conv_geometry(ndim: int, stride, padding, dilation) -> tuple[tuple[int, ...], ...]:
-    def tup(v, name):
-        t = (int(v),) * ndim if np.isscalar(v) else tuple(int(i) for i in v)
+def _conv_geometry(ndim: int, stride: Geometry, padding: Geometry, dilation: Geometry
+                   ) -> tuple[tuple[int, ...], ...]:
+    def tup(v: Geometry, name: str) -> tuple[int, ...]:
+        t = (int(v),) * ndim if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
         if len(t) != ndim:
             raise ValueError(f"{name} needs {ndim} values, got {len(t)}")
         return t
     return tup(stride, "stride"), tup(padding, "padding"), tup(dilation, "dilation")
 
 
-def _conv_sum(x: NDArray[np.float64], w: NDArray[np.float64], stride, padding, dilation,
-              groups: int, exact: bool) -> NDArray:
+def _conv_sum(x: NDArray[np.float64], w: NDArray[np.float64], stride: Geometry,
+              padding: Geometry, dilation: Geometry, groups: int, exact: bool
+              ) -> NDArray[np.float64]:
     """Grouped N-d cross-correlation of float64 arrays by im2col + BLAS, chunked on N."""
     nd = w.ndim - 2
     stride, padding, dilation = _conv_geometry(nd, stride, padding, dilation)
@@ -291,8 +301,9 @@ def accumulate_conv(
     return _wrap_int32(acc)
 
 
-def _depthwise_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride,
-                     padding, dilation, groups: int) -> NDArray[np.int64]:
+def _depthwise_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike,
+                     stride: Geometry, padding: Geometry, dilation: Geometry, groups: int
+                     ) -> NDArray[np.int64]:
     xa = np.asarray(x_q).astype(np.int64)
     wa = np.asarray(w_q).astype(np.int64)
     nd = wa.ndim - 2
@@ -321,7 +332,7 @@ def _depthwise_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike,
             if t + 1 < taps:
                 pair = pair + cols[..., t + 1] * wk[..., t + 1]
             acc += np.clip(pair, -(2**15), 2**15 - 1)
-        acc -= int(x_zp) * w.sum(1).reshape(chan)
+        acc -= w.sum(1).reshape(chan) * int(x_zp)
         acc -= zw.reshape(chan) * (cols.sum(-1) - int(x_zp) * taps)
         outs.append(acc)
     return np.concatenate(outs, axis=0)
@@ -343,7 +354,7 @@ def conv_float64(x: ArrayLike, w: ArrayLike, bias: ArrayLike | None = None, *,
 # ----------------------------------------------------------------------- requantization
 
 
-def _channels(v: ArrayLike, n: int, dtype: type) -> NDArray:
+def _channels(v: ArrayLike, n: int, dtype: DTypeLike) -> NDArray[Any]:
     a = np.asarray(v, dtype=dtype).reshape(-1)
     if a.size == 1 and n != 1:
         a = np.repeat(a, n)
@@ -359,7 +370,7 @@ def _sat_rint(v: NDArray[np.float32]) -> NDArray[np.int64]:
     return np.where(bad, _INT32_MIN, np.where(bad, 0, r)).astype(np.int64)
 
 
-def _bias_qint32(bias: NDArray, sw: NDArray[np.float64], sx: float, per_channel: bool
+def _bias_qint32(bias: NDArray[np.float32], sw: NDArray[np.float64], sx: float, per_channel: bool
                  ) -> NDArray[np.int64]:
     """torch's ``QuantizeBias``: float bias -> qint32 with scale w_scale x f32(x_scale)."""
     sxd = float(f32(sx))
@@ -390,7 +401,7 @@ def requantize(
     shape = [1] * a.ndim
     shape[ax] = n
 
-    def ch(v: NDArray) -> NDArray:
+    def ch(v: NDArray[Any]) -> NDArray[Any]:
         return v.reshape(shape)
 
     b = None if bias is None else _channels(bias, n, f32)
@@ -423,7 +434,8 @@ def requantize(
             d = np.maximum(d, f32(0.0))
         v = ((d * f32(1.0 / f64(out_scale))).astype(f32) + f32(out_zp)).astype(f32)
         v = np.where(np.isnan(v), f32(QMIN), v)
-        return np.rint(np.clip(v, QMIN, QMAX)).astype(np.uint8)
+        out: NDArray[np.uint8] = np.rint(np.clip(v, QMIN, QMAX)).astype(np.uint8)
+    return out
 
 
 def quantized_linear(
@@ -484,7 +496,8 @@ def quantized_add(
         acc = _wrap_int32(-(am * a_zp + bm * b_zp) + a * am + b * bm).astype(np.int64)
         remainder = (acc & mask) - (acc < 0)
         q = (acc >> shift) + (remainder > (mask >> 1)) + out_zp
-        return np.clip(q, out_zp if relu else QMIN, QMAX).astype(np.uint8)
+        out: NDArray[np.uint8] = np.clip(q, out_zp if relu else QMIN, QMAX).astype(np.uint8)
+        return out
     with np.errstate(over="ignore", invalid="ignore"):
         da = _fma_f32(f32(a_scale), a.astype(f32), f32(f32(a_scale) * f32(-a_zp)))
         db = _fma_f32(f32(b_scale), b.astype(f32), f32(f32(b_scale) * f32(-b_zp)))
@@ -565,4 +578,4 @@ def dynamic_linear(
             out = ((acc * mult).astype(f32) + b).astype(f32)
     if relu:
         out = np.maximum(out, f32(0.0))
-    return out.astype(f32), x_q, scale, zp
+    return out.astype(f32), np.asarray(x_q, np.uint8), scale, zp

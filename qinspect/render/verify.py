@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -83,10 +83,11 @@ def _header(r: VerifyReport) -> RenderableType:
 def _table(r: VerifyReport) -> Table:
     t = Table(header_style="bold", expand=False, title_justify="left",
               title=Text("layers, the one that loses most first", style="bold"))
-    for col, just in (("layer", "left"), ("kind", "left"), ("input", "left"),
-                      ("SQNR", "right"), ("error max / mean", "right"),
-                      ("outputs clipped", "right"), ("inputs clipped", "right"),
-                      ("kernel vs reference", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("layer", "left"), ("kind", "left"), ("input", "left"), ("SQNR", "right"),
+        ("error max / mean", "right"), ("outputs clipped", "right"),
+        ("inputs clipped", "right"), ("kernel vs reference", "left"))
+    for col, just in columns:
         t.add_column(col, justify=just, overflow="fold")
     worst = r.worst
     for row in r.ranked:
@@ -102,7 +103,8 @@ def _table(r: VerifyReport) -> Table:
             Text.assemble(text(row.name, name_style), (" (worst)" if row is worst else "",
                                                        "bold red")),
             text(row.kind, dim),
-            text(SOURCE_LABEL.get(row.input_kind, "-"), dim or _source_style(row)),
+            text(SOURCE_LABEL.get(row.input_kind, "-") if row.input_kind is not None else "-",
+                 dim or _source_style(row)),
             Text(fmt_db(row.sqnr_db), style=_sqnr_style(row.sqnr_db)),
             _error_cell(row),
             _clip_cell(row),
