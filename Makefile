@@ -31,8 +31,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
+# ruff, then mypy (configured in pyproject.toml: the whole package, strict for model.py,
+# quant/ and gate/config.py).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check qinspect tests sample_checkpoints benchmarks
+	$(VENV)/bin/mypy
 
 samples: $(STAMP)
 	$(PY) sample_checkpoints/make_samples.py

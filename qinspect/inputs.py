@@ -74,6 +74,8 @@ def read_input(path: str | os.PathLike[str]) -> UserInput:
         raise InputError(f"{p}: cannot read ({exc.strerror}); check permissions") from exc
     if not head:
         raise InputError(f"{p}: the input file is empty; save an array with numpy.save")
+    names: tuple[str, ...]
+    arrays: tuple[np.ndarray, ...]
     if head.startswith(NPY_MAGIC):
         names, arrays, fmt = ("input",), (_read_npy(p),), "npy"
     elif head.startswith(ZIP_MAGIC):
@@ -111,8 +113,7 @@ def _read_zip(p: Path) -> tuple[tuple[str, ...], tuple[np.ndarray, ...], str]:
         raise InputError(f"{p}: truncated or corrupt archive ({_line(exc)}); re-save it")\
             from exc
     if any(n.endswith("data.pkl") for n in names):
-        tensors, keys = _read_torch(p)
-        return tensors, keys, "pt"
+        return (*_read_torch(p), "pt")
     if not names or not all(n.endswith(".npy") for n in names):
         raise InputError(f"{p}: a zip archive that is neither .npz nor torch.save; save the "
                          "inputs with numpy.savez(path, x=array, ...)")

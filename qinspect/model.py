@@ -521,7 +521,7 @@ class ElementType:
 
     @property
     def levels(self) -> int:
-        return 2 ** self.bits
+        return 1 << self.bits
 
 
 @dataclass(frozen=True)

@@ -330,28 +330,34 @@ def _side_only(layer: Layer) -> SideOnly:
 def compare_pair(pair: Pair) -> LayerDiff:
     """Every number for one pair of layers."""
     a, b = pair.a, pair.b
-    base = dict(
-        name=a.name, name_b=b.name, how=pair.how, kind_a=a.kind, kind_b=b.kind,
-        mode_a=a.mode.value, mode_b=b.mode.value,
-        shape_a=a.weight.shape if a.weight else None, shape_b=b.weight.shape if b.weight else None,
-        output=_act_change(a.output, b.output), only_a=_components(a, b),
-        only_b=_components(b, a), extras_max_abs_error=_extras_error(a, b),
-    )
     if a.weight is None or b.weight is None:
         kind = Comparison.QPARAMS_ONLY if a.weight is b.weight else Comparison.WEIGHT_ONE_SIDE
-        row = LayerDiff(comparison=kind, bias_max_abs_error=_bias_error(a.bias, b.bias),
-                        bias_in=_presence(a.bias, b.bias), **base)
+        row = replace(_pair_row(pair, kind), bias_max_abs_error=_bias_error(a.bias, b.bias),
+                      bias_in=_presence(a.bias, b.bias))
         return _with_qat_output(row, a, b)
     if a.weight.shape != b.weight.shape:
         problem = (f"weight shapes differ: {_shape(a.weight.shape)} in A, "
                    f"{_shape(b.weight.shape)} in B (a different architecture under this name)")
-        return LayerDiff(comparison=Comparison.SHAPE_MISMATCH, bias_in=_presence(a.bias, b.bias),
-                         problem=problem, flags=(problem,), **base)
+        return replace(_pair_row(pair, Comparison.SHAPE_MISMATCH),
+                       bias_in=_presence(a.bias, b.bias), problem=problem, flags=(problem,))
     reason = _not_comparable(a.weight) or _not_comparable(b.weight)
     if reason is not None:
-        return LayerDiff(comparison=Comparison.UNSUPPORTED, bias_in=_presence(a.bias, b.bias),
-                         problem=reason, **base)
-    return _compare_weights(pair, base)
+        return replace(_pair_row(pair, Comparison.UNSUPPORTED),
+                       bias_in=_presence(a.bias, b.bias), problem=reason)
+    return _compare_weights(pair, a.weight, b.weight)
+
+
+def _pair_row(pair: Pair, comparison: Comparison) -> LayerDiff:
+    """The row of a pair with what every comparison reports (names, kinds, modes, shapes,
+    output qparams, one-sided parts, extras); the weight numbers are added by the caller."""
+    a, b = pair.a, pair.b
+    return LayerDiff(
+        name=a.name, name_b=b.name, how=pair.how, kind_a=a.kind, kind_b=b.kind,
+        mode_a=a.mode.value, mode_b=b.mode.value, comparison=comparison,
+        shape_a=a.weight.shape if a.weight else None, shape_b=b.weight.shape if b.weight else None,
+        output=_act_change(a.output, b.output), only_a=_components(a, b),
+        only_b=_components(b, a), extras_max_abs_error=_extras_error(a, b),
+    )
 
 
 def _not_comparable(w: Weight) -> str | None:
@@ -370,13 +376,12 @@ def _not_comparable(w: Weight) -> str | None:
     return None
 
 
-def _compare_weights(pair: Pair, base: dict) -> LayerDiff:
+def _compare_weights(pair: Pair, wa: Weight, wb: Weight) -> LayerDiff:
     a, b = pair.a, pair.b
-    wa, wb = a.weight, b.weight
-    assert wa is not None and wb is not None
     va, vb = real_values(wa), real_values(wb)
     bias_a, bias_b = a.bias, b.bias
-    comparison, ref_side = _classify(a, b)
+    comparison, ref_side = _classify(a, b, wa, wb)
+    row = _pair_row(pair, comparison)
     quant = _candidate_quant(wa, wb, ref_side)
     fold = None
     if pair.fold is not None:
@@ -391,17 +396,18 @@ def _compare_weights(pair: Pair, base: dict) -> LayerDiff:
     if comparison is Comparison.PREPARED_VS_CONVERTED:
         prep, conv = (a, b) if ref_side == "a" else (b, a)
         prep_values = va if ref_side == "a" else vb
-        qat = qat_check(prep, conv, prep_values, _oriented(base["output"], ref_side == "a"))
+        qat = qat_check(prep, conv, prep_values, _oriented(row.output, ref_side == "a"))
     change = quant_change(wa, wb) if comparison is Comparison.QUANTIZED_VS_QUANTIZED else None
-    row = LayerDiff(comparison=comparison, weight=error, quant_change=change, fold=fold,
-                    qat=qat, bias_max_abs_error=_bias_error(bias_a, bias_b),
-                    bias_in=_presence(bias_a, bias_b), **base)
+    row = replace(row, weight=error, quant_change=change, fold=fold, qat=qat,
+                  bias_max_abs_error=_bias_error(bias_a, bias_b),
+                  bias_in=_presence(bias_a, bias_b))
     return _with_flags(row)
 
 
-def _classify(a: Layer, b: Layer) -> tuple[Comparison, str]:
-    """The kind of comparison and which side is the reference (the float one)."""
-    qa, qb = a.weight.is_quantized, b.weight.is_quantized
+def _classify(a: Layer, b: Layer, wa: Weight, wb: Weight) -> tuple[Comparison, str]:
+    """The kind of comparison and which side is the reference (the float one);
+    ``wa``, ``wb``: the two layers' weights."""
+    qa, qb = wa.is_quantized, wb.is_quantized
     if qa and qb:
         return Comparison.QUANTIZED_VS_QUANTIZED, "a"
     if not qa and not qb:
@@ -456,15 +462,15 @@ def weight_error(ref: np.ndarray, cand: np.ndarray, quant: TensorQuant | None,
         ref, cand = _blocks(ref, quant.block_size), _blocks(cand, quant.block_size)
         granularity = _block_granularity(quant)
         quant = replace(quant, axis=0, block_size=None)
-    scaled = quant is not None and _usable_scales(quant.scale)
-    per_channel = scaled and quant.axis is not None
+    scaled = quant if quant is not None and _usable_scales(quant.scale) else None
+    per_channel = scaled is not None and scaled.axis is not None
     stats = metrics.pair_stats(
         ref, cand,
-        scale=(quant.scale if per_channel else quant.scale[0]) if scaled else None,
-        zero_point=(quant.zero_point if per_channel else quant.zero_point[0])
+        scale=(scaled.scale if per_channel else scaled.scale[0]) if scaled else None,
+        zero_point=(scaled.zero_point if per_channel else scaled.zero_point[0])
         if scaled else None,
-        dtype=quant.dtype if scaled else None,
-        axis=quant.axis if per_channel else None,
+        dtype=scaled.dtype if scaled else None,
+        axis=scaled.axis if scaled else None,
     )
     return WeightError(
         reference=reference,
@@ -560,13 +566,15 @@ def qat_check(prep: Layer, conv: Layer, values: np.ndarray, output: ActChange | 
     if prep.mode is not Mode.QAT_PREPARED:
         return None
     out_equal = output.equal if output is not None else None
-    fq, cq = prep.weight.quant if prep.weight else None, conv.weight.quant if conv.weight else None
-    if fq is None or cq is None or not conv.weight.is_quantized:
+    fq = prep.weight.quant if prep.weight else None
+    conv_w = conv.weight
+    if fq is None or conv_w is None or conv_w.quant is None or not conv_w.is_quantized:
         return QatCheck(False, None, None, None, None, None, None, out_equal, ())
+    cq = conv_w.quant
     notes: list[str] = []
     expected_fq = _quantize(values, fq, cq.dtype, notes, "the fake-quant's")
     expected_own = _quantize(values, cq, cq.dtype, notes, "the converted file's")
-    ints = conv.weight.values
+    ints = conv_w.values
     mism = _count_mismatch(expected_fq, ints)
     own = _count_mismatch(expected_own, ints)
     qp_equal, ratio = _qparams_equal(fq, cq)
@@ -942,8 +950,8 @@ def _normal_lines(rows: list[LayerDiff], s: DiffSummary) -> list[str]:
 
 def _quantized_normal_lines(quantized: list[LayerDiff]) -> list[str]:
     out = []
-    narrow = sorted({r.weight.dtype for r in quantized
-                     if r.weight and r.weight.bits is not None and r.weight.bits < 8})
+    narrow = sorted({r.weight.dtype for r in quantized if r.weight and r.weight.dtype
+                     and r.weight.bits is not None and r.weight.bits < 8})
     if not any(r.flags for r in quantized):
         int8 = any(r.weight and r.weight.bits == 8 for r in quantized)
         sqnr = f", SQNR >= {LOW_SQNR_DB:.0f} dB for the int8 ones" if int8 else ""

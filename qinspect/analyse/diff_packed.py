@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -85,18 +86,20 @@ def compare_layers(a: Layer, b: Layer) -> D.LayerDiff:
         sa = (*sa[:-2], sa[-1], sa[-2])
     if swap_b and sb is not None:
         sb = (*sb[:-2], sb[-1], sb[-2])
-    base = dict(name=a.name, name_b=b.name, how="same module name", kind_a=a.kind,
-                kind_b=b.kind, mode_a=a.mode.value, mode_b=b.mode.value, shape_a=sa,
-                shape_b=sb)
+
+    def row(comparison: D.Comparison) -> D.LayerDiff:
+        return D.LayerDiff(name=a.name, name_b=b.name, how="same module name", kind_a=a.kind,
+                           kind_b=b.kind, mode_a=a.mode.value, mode_b=b.mode.value,
+                           comparison=comparison, shape_a=sa, shape_b=sb,
+                           bias_in=D._presence(a.bias, b.bias))
+
     if sa is None or sb is None:
-        kind = (D.Comparison.QPARAMS_ONLY if sa is None and sb is None
-                else D.Comparison.WEIGHT_ONE_SIDE)
-        return D.LayerDiff(comparison=kind, bias_in=D._presence(a.bias, b.bias), **base)
+        return row(D.Comparison.QPARAMS_ONLY if sa is None and sb is None
+                   else D.Comparison.WEIGHT_ONE_SIDE)
     if sa != sb:
         problem = (f"weight shapes differ: {D._shape(sa)} in A, {D._shape(sb)} in B (a "
                    "different architecture under this name)")
-        return D.LayerDiff(comparison=D.Comparison.SHAPE_MISMATCH, problem=problem,
-                           flags=(problem,), bias_in=D._presence(a.bias, b.bias), **base)
+        return replace(row(D.Comparison.SHAPE_MISMATCH), problem=problem, flags=(problem,))
     qa, qb = a.packed is not None, b.packed is not None
     if qa and qb:
         comparison, ref, cand = D.Comparison.QUANTIZED_VS_QUANTIZED, a, b
@@ -111,12 +114,9 @@ def compare_layers(a: Layer, b: Layer) -> D.LayerDiff:
                              cand.packed, "a" if ref is a else "b")
     except (ValueError, IndexError, TypeError) as exc:
         problem = f"cannot dequantize ({type(exc).__name__}: {str(exc)[:100]})"
-        return D.LayerDiff(comparison=D.Comparison.UNSUPPORTED, problem=problem,
-                           flags=(problem,), bias_in=D._presence(a.bias, b.bias), **base)
-    row = D.LayerDiff(comparison=comparison, weight=error,
-                      bias_max_abs_error=D._bias_error(a.bias, b.bias),
-                      bias_in=D._presence(a.bias, b.bias), **base)
-    return _flag(row)
+        return replace(row(D.Comparison.UNSUPPORTED), problem=problem, flags=(problem,))
+    return _flag(replace(row(comparison), weight=error,
+                         bias_max_abs_error=D._bias_error(a.bias, b.bias)))
 
 
 def weight_error(ref: np.ndarray, cand: np.ndarray, packed: PackedWeight | None,
@@ -174,8 +174,6 @@ def _flag(row: D.LayerDiff) -> D.LayerDiff:
         if w.dtype is not None and w.max_error_lsb is None:
             flags.append("some scales are zero, negative, NaN or infinite: dequantized "
                          "values are wrong there")
-    from dataclasses import replace
-
     return replace(row, flags=tuple(flags))
 
 

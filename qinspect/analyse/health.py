@@ -73,14 +73,14 @@ def weight_health(weight: Weight) -> WeightHealth | None:
     worst = float(per_channel_used.min()) if per_channel_used.size else 0.0
     saturated = _saturated_fraction(q, lo, hi, qmin, qmax)
     problems = scale_problems(quant.scale)
-    lo, hi, spread = _scale_stats(quant.scale)
+    scale_lo, scale_hi, spread = _scale_stats(quant.scale)
     channels = int(quant.scale.size)
     excess = max(0.0, saturated - 2 * channels / q.size) if q.size else 0.0
     flags = _flags(used, worst, excess, problems, spread, quant)
     return WeightHealth(
         channels=channels, range_used=used, min_channel_range_used=worst,
         saturated_fraction=saturated, excess_saturated_fraction=excess,
-        scale_min=lo, scale_max=hi, scale_spread=spread,
+        scale_min=scale_lo, scale_max=scale_hi, scale_spread=spread,
         scale_problems=problems, flags=flags,
     )
 

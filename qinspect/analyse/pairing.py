@@ -112,7 +112,7 @@ def _attach_folds(pairs: list[Pair], layers: tuple[Layer, ...], unpaired: list[L
     for layer in unpaired:
         bn = batchnorm_of(layer)
         target = _fold_target(layer, order, by_name) if bn is not None else None
-        if target is None or pairs[target].fold is not None:
+        if bn is None or target is None or pairs[target].fold is not None:
             remaining.append(layer)
             continue
         pair = pairs[target]

@@ -8,9 +8,15 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import typer
 from typer.core import TyperArgument, TyperCommand
+
+if TYPE_CHECKING:
+    # The click Context that typer (>= 0.29, which vendors click) types Command's methods
+    # with; typer.Context is a subclass, too narrow for an override.
+    from typer._click.core import Context as ClickContext
 
 from qinspect.cli import check as _check
 from qinspect.cli import diff as _diff
@@ -32,7 +38,7 @@ class _Command(TyperCommand):
     """Usage lines as users expect them, ``qinspect diff [OPTIONS] A B`` and
     ``qinspect check [OPTIONS] CKPT...`` (typer writes ``{A} {B}`` and ``{CKPT}...``)."""
 
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: ClickContext) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):

@@ -18,6 +18,7 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
     from qinspect.loaders import hf
     from qinspect.loaders import sniff as S
 
+    path = os.fspath(path)
     if hf.is_hf_input(path):
         return hf.load(path)
     found = S.sniff(path)
@@ -34,7 +35,7 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
                         f"structure ({what}); re-export it") from exc
 
 
-def _load_graph_format(path: str | os.PathLike[str], kind: str) -> Checkpoint:
+def _load_graph_format(path: str, kind: str) -> Checkpoint:
     from qinspect.loaders import sniff as S
 
     found = S.Sniffed(kind)

@@ -304,10 +304,10 @@ def _check_legacy_stream(head: io.BytesIO, fh: BinaryIO, file_size: int) -> None
         st = walk.storages.get(str(key))
         if st is None:
             raise _Refused(f"storage {str(key)!r} is listed but never used")
-        head = fh.read(8)
-        if len(head) < 8:
+        size_field = fh.read(8)
+        if len(size_field) < 8:
             raise _Corrupt(f"the file ends before storage {str(key)!r} (truncated?)")
-        (count,) = struct.unpack("<q", head)
+        (count,) = struct.unpack("<q", size_field)
         if count != st.numel:
             raise _Refused(f"storage {str(key)!r} declares {st.numel} elements in the "
                            f"pickle but {count} in the data")

@@ -391,8 +391,7 @@ def _embedding(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]
 
 def _dynamic_rnn(f: Fields, ctx: Context) -> tuple[list[Layer], list[Unrecognised]]:
     bad: list[Unrecognised] = []
-    names = sorted((int(RNN_CELL.match(n).group(1)), n) for n in list(f.items)
-                   if RNN_CELL.match(n))
+    names = sorted((int(m.group(1)), n) for n in list(f.items) if (m := RNN_CELL.match(n)))
     cells: list[tuple[int, str, list[tuple[str, Any, Any]]]] = []
     for index, local in names:
         key, value = f.items.pop(local)
@@ -877,9 +876,9 @@ def _impossible_values(layer: Layer) -> list[Note]:
     quant = layer.weight.quant if layer.weight is not None else None
     if quant is not None and quant.zero_point.dtype.kind in "iu" and quant.zero_point.size:
         limits = QDTYPES.get(quant.dtype)
-        outside = quant.zero_point[(quant.zero_point < limits.qmin) | (
-            quant.zero_point > limits.qmax)] if limits is not None else ()
-        if len(outside):
+        zp = quant.zero_point
+        outside = zp[(zp < limits.qmin) | (zp > limits.qmax)] if limits is not None else zp[:0]
+        if limits is not None and len(outside):
             out.append(Note(Level.WARNING, f"{len(outside)} weight zero point(s) outside "
                             f"{quant.dtype}'s range [{limits.qmin}, {limits.qmax}] (e.g. "
                             f"{int(outside[0])}): no torch flow writes these"))

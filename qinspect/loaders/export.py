@@ -216,7 +216,7 @@ def _pickled(archive: Archive, record: str, p: Path) -> Any:
     from qinspect.loaders.archive import printable, view_budget
     from qinspect.loaders.safe_pickle import load_pickle
 
-    inner = Archive(io.BytesIO(archive.read(record)))  # type: ignore[arg-type]
+    inner = Archive(io.BytesIO(archive.read(record)))
     with inner:
         return load_pickle(inner.read("data.pkl"), inner.storage_loader("data"),
                            f"{printable(str(p))} ({printable(record)})",

@@ -237,12 +237,13 @@ def connect_by_name(layers: list[Layer], quantizers: list[Layer],
     connected = eager.connect_inputs(ordered, order_known)
     out = []
     for layer in connected:
-        q = feeds.get(layer.name)
-        if q is not None and layer.input_source is not None and layer.input_source.layer == q.name:
+        feed = feeds.get(layer.name)
+        if feed is not None and layer.input_source is not None \
+                and layer.input_source.layer == feed.name:
             layer = replace(layer, input_source=InputSource(
-                SourceKind.QUANT_STUB, q.name, False,
+                SourceKind.QUANT_STUB, feed.name, False,
                 f"the FX quantize_per_tensor in front of {layer.name!r} "
-                f"({q.keys[0].key} / {q.keys[1].key}; FX names these buffers after the "
+                f"({feed.keys[0].key} / {feed.keys[1].key}; FX names these buffers after the "
                 "layer they feed)"))
         out.append(layer)
     return out

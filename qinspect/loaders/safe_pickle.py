@@ -34,7 +34,7 @@ import io
 import math
 import pickletools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from qinspect.errors import LoadError, UnsafeCheckpointError
 from qinspect.loaders import tensors as T
@@ -62,6 +62,9 @@ COST_ITEM = 40
 COST_SCALAR = 40
 
 
+_S = TypeVar("_S", bound="Stub")
+
+
 class Stub:
     """An object of a class the file names; it records and never runs anything."""
 
@@ -73,7 +76,7 @@ class Stub:
     items: list[Any]
     setitems: dict[Any, Any]
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Stub:
+    def __new__(cls: type[_S], *args: Any, **kwargs: Any) -> _S:
         obj = object.__new__(cls)
         obj.__dict__["args"] = args
         obj.__dict__["kwargs"] = kwargs
@@ -111,7 +114,7 @@ class Stub:
 class Call(Stub):
     """The result of calling a stub: the name and the arguments, nothing else."""
 
-    def __new__(cls, qualname: str = "?", args: tuple = (), *rest: Any) -> Call:
+    def __new__(cls, qualname: str = "?", args: tuple[Any, ...] = (), *rest: Any) -> Call:
         obj = Stub.__new__(cls)
         obj.__dict__["qualname"] = qualname
         obj.__dict__["args"] = args
@@ -532,6 +535,7 @@ class Reader:
         if not isinstance(args, tuple):
             raise Corrupt("NEWOBJ with arguments that are not a tuple")
         self._charge(COST_OBJECT)
+        value: object
         if isinstance(cls, type) and issubclass(cls, Stub):
             value = cls.__new__(cls, *args)
         elif cls is ScriptObjectState:
@@ -616,7 +620,7 @@ class _LegacyView(Storage):
         self.root = root
         self.start = offset
 
-    @property  # type: ignore[override]
+    @property
     def data(self) -> Any:
         if self.root.data is None:
             return None
@@ -844,7 +848,7 @@ def _device_tensor(r: Reader, data: Any, dtype: Any, device: Any,
     return data
 
 
-REBUILDERS: dict[str, _Rebuilder] = {name: _Rebuilder(name, fn) for name, fn in {
+_REBUILD_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "_rebuild_tensor_v2": _rebuild_tensor_v2,
     "_rebuild_tensor": _rebuild_tensor,
     "_rebuild_tensor_v3": _rebuild_tensor_v3,
@@ -860,7 +864,8 @@ REBUILDERS: dict[str, _Rebuilder] = {name: _Rebuilder(name, fn) for name, fn in 
     "_rebuild_nested_tensor": _unreadable("a nested tensor; qinspect reads dense tensors"),
     "_rebuild_xla_tensor": _unreadable("a tensor on an XLA device"),
     "_rebuild_mtia_tensor": _unreadable("a tensor on an MTIA device"),
-}.items()}
+}
+REBUILDERS = {name: _Rebuilder(name, fn) for name, fn in _REBUILD_FUNCTIONS.items()}
 
 
 def _restore_type_tag(value: Any, type_str: Any = None) -> Any:
@@ -940,7 +945,8 @@ def scan_globals(data: bytes, limit: int = 10_000) -> list[str]:
                 break
             if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
                 names.append(arg.replace(" ", ".", 1))
-            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE",
+                             "BINUNICODE8") and isinstance(arg, str):
                 strings.append(arg)
                 strings = strings[-2:]
             elif op.name == "STACK_GLOBAL" and len(strings) == 2:

@@ -22,13 +22,16 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
 from qinspect.errors import LoadError
 from qinspect.loaders._quiet import silence_torch_notices
 from qinspect.model import PerAxis, PerTensor, TensorQuant
+
+if TYPE_CHECKING:
+    import torch
 
 silence_torch_notices()
 
@@ -187,10 +190,16 @@ class ArrayTensor:
         return values.reshape(-1)[0].item()
 
     def __float__(self) -> float:
-        return float(self.item())
+        return float(self._real_item())
 
     def __int__(self) -> int:
-        return int(self.item())
+        return int(self._real_item())
+
+    def _real_item(self) -> float | int | bool:
+        value = self.item()
+        if isinstance(value, complex):  # as float()/int() of a complex number
+            raise TypeError("a complex value converts to neither float nor int")
+        return value
 
     # values ------------------------------------------------------------------------------
     def raw(self) -> np.ndarray:
@@ -242,7 +251,8 @@ def is_dtype(value: Any) -> bool:
     return torch is not None and isinstance(value, torch.dtype)
 
 
-def is_tensor(value: Any) -> bool:
+def is_tensor(value: object) -> TypeGuard[ArrayTensor | torch.Tensor]:
+    """A tensor as the safe reader makes it, or a real torch tensor (torch loaded)."""
     if isinstance(value, ArrayTensor):
         return True
     torch = sys.modules.get("torch")  # a torch tensor exists only if torch is loaded
@@ -440,10 +450,12 @@ def _convert(value: Any, memo: dict[int, Any], todo: list) -> Any:
         todo.extend((out_l, i, v) for i, v in enumerate(value))
         return out_l
     if isinstance(value, Mapping):
-        try:
-            out_d = type(value)()
-        except TypeError:
-            out_d = {}
+        out_d: dict[Any, Any] = {}
+        if isinstance(value, dict):  # keep OrderedDict & co.
+            try:
+                out_d = type(value)()
+            except TypeError:
+                pass
         memo[id(value)] = out_d
         for k, v in value.items():
             out_d[k] = None

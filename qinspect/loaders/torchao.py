@@ -189,7 +189,7 @@ def _activation(state: dict[str, Any]) -> tuple[Mode, InputSource]:
         gran_name = gran.qualname.rsplit(".", 1)[-1] if isinstance(gran, Stub) else "?"
         mapping = info.get("mapping_type")
         code = mapping.args[0] if isinstance(mapping, Stub) and mapping.args else None
-        how = MAPPING_TYPES.get(code, "?")
+        how = MAPPING_TYPES.get(code, "?") if isinstance(code, int) else "?"
         text = (f"dynamic: each batch's activations are quantized at run time to int8 "
                 f"({how}, granularity {gran_name}: one scale per row/token), then multiplied "
                 "with the int8 weight")

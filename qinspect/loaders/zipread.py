@@ -51,7 +51,7 @@ class Archive:
     def __init__(self, path: str | Path | BinaryIO, file_size: int | None = None,
                  mmap_min: int = MMAP_MIN_BYTES) -> None:
         self.path = printable(str(path)) if not isinstance(path, io.IOBase) else "(nested)"
-        self._fh: BinaryIO = path if isinstance(path, io.IOBase) else open(path, "rb")  # type: ignore[assignment]
+        self._fh: BinaryIO = open(path, "rb") if isinstance(path, (str, Path)) else path
         try:
             self.file_size = file_size if file_size is not None else _size_of(self._fh)
             self._zip = zipfile.ZipFile(self._fh)

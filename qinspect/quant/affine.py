@@ -45,9 +45,10 @@ machines.  aarch64 builds use different (NEON / non-fbgemm) kernels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .dtypes import QDtype, qdtype
 
@@ -85,7 +86,8 @@ def _inv_f32(scale: ArrayLike) -> NDArray[np.float32]:
     """``inv = f32(1 / f32(scale))``: float32 division of 1 by the float32 scale."""
     s = np.asarray(np.asarray(scale, dtype=np.float64), dtype=np.float32)
     with np.errstate(divide="ignore"):
-        return np.float32(1.0) / s
+        inv: NDArray[np.float32] = np.float32(1.0) / s
+    return inv
 
 
 def _fma_f32(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> NDArray[np.float32]:
@@ -111,7 +113,8 @@ def _fma_f32(a: ArrayLike, b: ArrayLike, c: ArrayLike) -> NDArray[np.float32]:
         fix = np.isfinite(s) & (err != 0) & even
         if fix.any():
             s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-        return s.astype(np.float32).reshape(shape)
+        out: NDArray[np.float32] = s.astype(np.float32).reshape(shape)
+    return out
 
 
 def _lrint(v: NDArray[np.floating]) -> NDArray[np.int64]:
@@ -164,8 +167,8 @@ def _check_zero_point(zp: ArrayLike, lo: int, hi: int) -> None:
 
 
 def _channel_param(
-    p: ArrayLike, ndim: int, axis: int, size: int, dtype: type | np.dtype, name: str
-) -> NDArray:
+    p: ArrayLike, ndim: int, axis: int, size: int, dtype: DTypeLike, name: str
+) -> NDArray[Any]:
     """Reshape a per-channel parameter vector so that it broadcasts along ``axis``."""
     v = np.asarray(p, dtype=dtype).reshape(-1)
     if v.size != size:
@@ -241,14 +244,16 @@ def quantize_per_tensor(
     return _sub_byte_per_tensor(x32, scale, zp, d)
 
 
-def _fbgemm_avx2_legacy(x32: NDArray[np.float32], scale: float, zp: int, d: QDtype) -> NDArray:
+def _fbgemm_avx2_legacy(x32: NDArray[np.float32], scale: float, zp: int, d: QDtype
+                        ) -> NDArray[np.integer]:
     """fbgemm AVX2 8-bit path: ``clamp(rint(min(fma(x, inv, zp), 2147483520)))``."""
     t = _fma_f32(x32, _inv_f32(scale), float(zp))
     t = np.where(np.isnan(t) | (t > _FBGEMM_INT32_FLOAT_MAX), _FBGEMM_INT32_FLOAT_MAX, t)
     return _clamp(np.rint(t), d).astype(d.storage)
 
 
-def _fbgemm_scalar_legacy(x32: NDArray[np.float32], scale: float, zp: int, d: QDtype) -> NDArray:
+def _fbgemm_scalar_legacy(x32: NDArray[np.float32], scale: float, zp: int, d: QDtype
+                          ) -> NDArray[np.integer]:
     """fbgemm scalar LEGACY path: ``clamp_f64(rint(f32(f32(zp) + f32(x*inv))))``."""
     with np.errstate(over="ignore", invalid="ignore"):
         t = x32 * _inv_f32(scale)
@@ -256,7 +261,8 @@ def _fbgemm_scalar_legacy(x32: NDArray[np.float32], scale: float, zp: int, d: QD
     return _to_int(_clamp(v, d), d.storage)
 
 
-def _sub_byte_per_tensor(x32: NDArray[np.float32], scale: float, zp: int, d: QDtype) -> NDArray:
+def _sub_byte_per_tensor(x32: NDArray[np.float32], scale: float, zp: int, d: QDtype
+                         ) -> NDArray[np.integer]:
     """Sub-byte per-tensor path: ``clamp(lrintf(f32(rint(f32(x*inv)) + f32(zp))))``."""
     s = np.float32(scale)
     inv = np.float32(1.0) if s == 0 else _inv_f32(s)
@@ -276,7 +282,8 @@ def dequantize_per_tensor(q: ArrayLike, scale: float, zero_point: int) -> NDArra
     """
     diff = _wrap_int32(np.asarray(q, dtype=np.int64) - int(zero_point))
     with np.errstate(over="ignore"):
-        return diff.astype(np.float32) * np.float32(scale)
+        out: NDArray[np.float32] = diff.astype(np.float32) * np.float32(scale)
+    return out
 
 
 # --------------------------------------------------------------------------- per channel
@@ -443,7 +450,8 @@ def fake_quantize_per_tensor(
     with np.errstate(over="ignore", invalid="ignore"):
         t = np.float32(zp) + np.rint(_f32(x) * _inv_f32(sc))
         q = _clamp(np.where(np.isnan(t), lo, t), (lo, hi)).astype(np.int64)
-        return (q - zp).astype(np.float32) * sc
+        out: NDArray[np.float32] = (q - zp).astype(np.float32) * sc
+    return out
 
 
 def fake_quantize_per_channel(
@@ -555,7 +563,8 @@ def dequantize_per_tensor_decomposed(
     """
     with np.errstate(over="ignore"):
         qf = np.asarray(q).astype(np.float32)
-        return (qf - np.float32(int(zero_point))) * np.float32(scale)
+        out: NDArray[np.float32] = (qf - np.float32(int(zero_point))) * np.float32(scale)
+    return out
 
 
 def _decomposed_compute_dtype(scales: ArrayLike) -> type:
@@ -615,7 +624,8 @@ def dequantize_per_channel_decomposed(
     if zero_points is not None:
         diff = diff - _channel_param(zero_points, qa.ndim, ax, n, np.int64, "zero_points")
     with np.errstate(over="ignore"):
-        return (diff.astype(ct) * sc).astype(np.float32)
+        out: NDArray[np.float32] = (diff.astype(ct) * sc).astype(np.float32)
+    return out
 
 
 # --------------------------------------------------------------------------- torchao block-wise
@@ -639,7 +649,7 @@ def block_grid(shape: Sequence[int], block_size: Sequence[int]) -> tuple[int, ..
 
 
 def expand_blocks(param: ArrayLike, shape: Sequence[int], block_size: Sequence[int]
-                  ) -> NDArray:
+                  ) -> NDArray[Any]:
     """A per-block parameter (``scale``/``zero_point``, any shape with one value per block,
     row-major over the grid) broadcast to one value per element of ``shape``."""
     grid = block_grid(shape, block_size)

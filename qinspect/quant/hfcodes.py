@@ -32,10 +32,13 @@ _ML = {
 
 def decode_float(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Stored values (raw storage) as float32; exact for every format narrower than 32 bits."""
+    values: np.ndarray
     if dtype in _ML:
-        return raw.view(_ML[dtype]).astype(np.float32)
+        values = raw.view(_ML[dtype]).astype(np.float32)
+        return values
     if dtype == "F4":
-        return E2M1[unpack_nibbles(raw.reshape(-1), low_first=True)]
+        values = E2M1[unpack_nibbles(raw.reshape(-1), low_first=True)]
+        return values
     if dtype == "F64":
         return raw.astype(np.float64)
     return raw.astype(np.float32)
@@ -65,20 +68,17 @@ def unpack_stream(words: np.ndarray, bits: int, count: int) -> np.ndarray:
     last axis: element k at bits ``[k*bits, (k+1)*bits)`` (compressed-tensors >= 0.18
     ``pack_to_int32``; GPTQ ``qweight``/``qzeros`` including the 3-bit 10|1|10|1|10 layout).
     Returns ``[..., count]`` uint8 (bits <= 8) codes."""
+    if 32 % bits == 0:  # whole fields per word: the padded layout has no padding
+        return unpack_padded(words, bits, count)
     w = np.ascontiguousarray(words).view(np.uint32)
-    if 32 % bits == 0:
-        per = 32 // bits
-        shifts = (np.arange(per, dtype=np.uint32) * bits)
-        fields = (w[..., None] >> shifts) & np.uint32((1 << bits) - 1)
-        out = fields.reshape(*w.shape[:-1], w.shape[-1] * per)
-        return out[..., :count].astype(np.uint8)
     pos = np.arange(count, dtype=np.int64) * bits
     idx, off = pos // 32, (pos % 32).astype(np.uint64)
     padded = np.concatenate([w, np.zeros((*w.shape[:-1], 1), np.uint32)], axis=-1)
     lo = padded[..., idx].astype(np.uint64)
     hi = padded[..., idx + 1].astype(np.uint64)
     joined = lo | (hi << np.uint64(32))
-    return ((joined >> off) & np.uint64((1 << bits) - 1)).astype(np.uint8)
+    codes: np.ndarray = ((joined >> off) & np.uint64((1 << bits) - 1)).astype(np.uint8)
+    return codes
 
 
 def unpack_padded(words: np.ndarray, bits: int, count: int) -> np.ndarray:
@@ -88,7 +88,8 @@ def unpack_padded(words: np.ndarray, bits: int, count: int) -> np.ndarray:
     w = np.ascontiguousarray(words).view(np.uint32)
     shifts = np.arange(per, dtype=np.uint32) * bits
     fields = (w[..., None] >> shifts) & np.uint32((1 << bits) - 1)
-    return fields.reshape(*w.shape[:-1], w.shape[-1] * per)[..., :count].astype(np.uint8)
+    codes: np.ndarray = fields.reshape(*w.shape[:-1], w.shape[-1] * per)[..., :count]
+    return codes.astype(np.uint8)
 
 
 def unpack_awq(words: np.ndarray, count: int) -> np.ndarray:
@@ -96,7 +97,8 @@ def unpack_awq(words: np.ndarray, count: int) -> np.ndarray:
     codes in column order (nibble k of word w holds column ``8w + [0,2,4,6,1,3,5,7][k]``)."""
     nib = unpack_stream(words, 4, words.shape[-1] * 8)
     nib = nib.reshape(*nib.shape[:-1], -1, 8)[..., AWQ_REVERSE]
-    return nib.reshape(*nib.shape[:-2], -1)[..., :count]
+    codes: np.ndarray = nib.reshape(*nib.shape[:-2], -1)[..., :count]
+    return codes
 
 
 def group_index(columns: int, group_size: int) -> np.ndarray:

@@ -276,12 +276,14 @@ def pair_stats(
     r_all, t_all = np.asarray(reference), np.asarray(test)
     if r_all.shape != t_all.shape:
         raise ValueError(f"shape mismatch: reference {r_all.shape} vs test {t_all.shape}")
-    with_scale = scale is not None and zero_point is not None and dtype is not None
+    grid = (scale, zero_point, dtype) if scale is not None and zero_point is not None \
+        and dtype is not None else None
+    with_scale = grid is not None
     if axis is not None and r_all.ndim:
         r_all, t_all = np.moveaxis(r_all, axis, 0), np.moveaxis(t_all, axis, 0)
     acc = _Accumulator(with_scale)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is detected below
-        _accumulate(acc, r_all, t_all, scale, zero_point, dtype, axis, with_scale)
+        _accumulate(acc, r_all, t_all, grid, axis)
         stats = acc.result(r_all.size)
     if not np.isfinite(stats.reference_energy) or not np.isfinite(stats.error_energy):
         return _pair_stats_separately(reference, test, scale, zero_point, dtype, axis)
@@ -289,15 +291,18 @@ def pair_stats(
 
 
 def _accumulate(acc: _Accumulator, r_all: np.ndarray, t_all: np.ndarray,
-                scale: ArrayLike | None, zero_point: ArrayLike | None,
-                dtype: str | QDtype | None, axis: int | None, with_scale: bool) -> None:
+                grid: tuple[ArrayLike, ArrayLike, str | QDtype] | None,
+                axis: int | None) -> None:
+    """Add ``r_all``/``t_all`` to ``acc`` block by block; ``grid``: (scale, zero point,
+    dtype) of the test side's quantization, or None (no LSB/clipping numbers)."""
     for lo, hi in _blocks(r_all):
         rows = slice(lo, hi)
-        s = z = None
-        if with_scale:
-            s, z = _block_params(scale, zero_point, axis, rows, r_all.ndim)
+        s = z = d = None
+        if grid is not None:
+            s, z = _block_params(grid[0], grid[1], axis, rows, r_all.ndim)
+            d = qdtype(grid[2])
         acc.add(r_all[rows] if r_all.ndim else r_all, t_all[rows] if t_all.ndim else t_all,
-                s, z, qdtype(dtype) if with_scale else None)
+                s, z, d)
 
 
 def _blocks(a: np.ndarray) -> list[tuple[int, int]]:

@@ -68,10 +68,11 @@ im2col order per group: kernel taps outermost, channels innermost).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .affine import _fma_f32, quantize_per_channel, quantize_per_tensor
 
@@ -104,19 +105,24 @@ _CHUNK_ELEMENTS = 1 << 23
 
 f32 = np.float32
 f64 = np.float64
-ConvSum = Callable[..., NDArray]
+ConvSum = Callable[..., NDArray[np.float64]]
 """``conv_sum(x, w, stride, padding, dilation, groups, exact)`` of float64 arrays."""
+_Num = TypeVar("_Num", bound=np.number)
+Geometry = int | Sequence[int]
+"""A convolution's stride, padding or dilation: one value for every spatial axis, or one each."""
 
 
 # ----------------------------------------------------------------------- accumulation
 
 
-def _wrap_int32(v: NDArray[np.int64]) -> NDArray[np.int32]:
+def _wrap_int32(v: ArrayLike) -> NDArray[np.int32]:
+    """int64 (or integer-valued float) values wrapped to int32, as int32 arithmetic does."""
     return np.asarray(v, dtype=np.int64).astype(np.int32)
 
 
-def _centred(q: ArrayLike, zp: ArrayLike, dtype: type) -> NDArray:
-    return np.asarray(q).astype(dtype) - np.asarray(zp).astype(dtype)
+def _centred(q: ArrayLike, zp: ArrayLike, dtype: DTypeLike) -> NDArray[Any]:
+    centred: NDArray[Any] = np.asarray(q).astype(dtype) - np.asarray(zp).astype(dtype)
+    return centred
 
 
 def _matmul_exact(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -169,10 +175,13 @@ def _gemm_int16(x: NDArray[np.int64], x_zp: int, w_q: ArrayLike, w_zp: ArrayLike
     return acc
 
 
-def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride, padding,
-                dilation, groups: int) -> NDArray[np.int64]:
+def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride: Geometry,
+                padding: Geometry, dilation: Geometry, groups: int,
+                pairs_in_tap: bool = False) -> NDArray[np.int64]:
     """A convolution as fbgemm's im2col GEMM without VNNI: per group, K runs over kernel
-    taps (outermost) and the group's channels (innermost), pairs saturate to int16."""
+    taps (outermost) and the group's channels (innermost), pairs saturate to int16.
+    ``pairs_in_tap`` (capped oneDNN): a pair never spans two taps; an odd channel count is
+    padded with a zero weight (the last channel of each tap is alone)."""
     xa = np.asarray(x_q).astype(np.int64)
     wa = np.asarray(w_q).astype(np.int64)
     nd = wa.ndim - 2
@@ -188,36 +197,43 @@ def _conv_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stri
     for g in range(groups):
         xg = np.moveaxis(cols[(slice(None),) * (1 + nd) + (slice(g * cg, (g + 1) * cg),)],
                          1 + nd, -1)  # (n, *out, *k, cg)
-        wg = np.moveaxis(wa[g * og:(g + 1) * og], 1, -1).reshape(og, -1)
+        wg4 = np.moveaxis(wa[g * og:(g + 1) * og], 1, -1)  # (og, *k, cg)
+        if pairs_in_tap and cg % 2:
+            xg = np.concatenate([xg, np.full(xg.shape[:-1] + (1,), int(x_zp), np.int64)], -1)
+            wg4 = np.concatenate([wg4, np.zeros(wg4.shape[:-1] + (1,), np.int64)], -1)
+        wg = wg4.reshape(og, -1)
         acc = _gemm_int16(xg.reshape(-1, wg.shape[1]), int(x_zp), wg, zw[g * og:(g + 1) * og])
         parts.append(acc.reshape(n, *out_sp, og))
-    return np.moveaxis(np.concatenate(parts, axis=-1), -1, 1)
+    out: NDArray[np.int64] = np.moveaxis(np.concatenate(parts, axis=-1), -1, 1)
+    return out
 
 
-def _im2col(x: NDArray, ksize: Sequence[int], stride: Sequence[int],
-            dilation: Sequence[int]) -> NDArray:
+def _im2col(x: NDArray[_Num], ksize: Sequence[int], stride: Sequence[int],
+            dilation: Sequence[int]) -> NDArray[_Num]:
     """(N, C, *S) already padded -> view (N, *out, C, *k) of the receptive fields."""
     nd = len(ksize)
     span = [d * (k - 1) + 1 for k, d in zip(ksize, dilation, strict=True)]
     win = sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))
     index = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride) \
         + tuple(slice(None, None, d) for d in dilation)
-    win = win[index]
     order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-    return win.transpose(order)
+    fields: NDArray[_Num] = win[index].transpose(order)
+    return fields
 
 
-def _conv_geometry(ndim: int, stride, padding, dilation) -> tuple[tuple[int, ...], ...]:
-    def tup(v, name):
-        t = (int(v),) * ndim if np.isscalar(v) else tuple(int(i) for i in v)
+def _conv_geometry(ndim: int, stride: Geometry, padding: Geometry, dilation: Geometry
+                   ) -> tuple[tuple[int, ...], ...]:
+    def tup(v: Geometry, name: str) -> tuple[int, ...]:
+        t = (int(v),) * ndim if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
         if len(t) != ndim:
             raise ValueError(f"{name} needs {ndim} values, got {len(t)}")
         return t
     return tup(stride, "stride"), tup(padding, "padding"), tup(dilation, "dilation")
 
 
-def _conv_sum(x: NDArray[np.float64], w: NDArray[np.float64], stride, padding, dilation,
-              groups: int, exact: bool) -> NDArray:
+def _conv_sum(x: NDArray[np.float64], w: NDArray[np.float64], stride: Geometry,
+              padding: Geometry, dilation: Geometry, groups: int, exact: bool
+              ) -> NDArray[np.float64]:
     """Grouped N-d cross-correlation of float64 arrays by im2col + BLAS, chunked on N."""
     nd = w.ndim - 2
     stride, padding, dilation = _conv_geometry(nd, stride, padding, dilation)
@@ -250,7 +266,7 @@ def accumulate_conv(
     x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, *,
     stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
     dilation: int | Sequence[int] = 1, groups: int = 1, int16_pairs: bool = False,
-    conv_sum: ConvSum | None = None, int16_gemm: bool = False,
+    conv_sum: ConvSum | None = None, int16_gemm: bool = False, pairs_in_tap: bool = False,
 ) -> NDArray[np.int32]:
     """Integer accumulator of a quantized N-d convolution, (N, O, *out), as int32.
 
@@ -264,7 +280,9 @@ def accumulate_conv(
     subtracted afterwards through row/column sums. With activations in the full 0..255
     range and large weights a pair can exceed 32767: this reproduces that clipping.
 
-    ``int16_gemm``: fbgemm's im2col GEMM on a CPU without VNNI (see the module docstring).
+    ``int16_gemm``: fbgemm's im2col GEMM on a CPU without VNNI (see the module docstring);
+    with ``pairs_in_tap``, oneDNN's capped kernels (kernel ``onednn_int16``): pairs of
+    neighbouring channels within one kernel tap.
 
     ``conv_sum``: another implementation of :func:`_conv_sum` (same arguments; with
     ``exact`` it must return the exact integer sums, e.g. a float64 convolution, which
@@ -275,7 +293,7 @@ def accumulate_conv(
                                             groups))
     if int16_gemm:
         return _wrap_int32(_conv_int16(x_q, x_zp, w_q, w_zp, stride, padding, dilation,
-                                       groups))
+                                       groups, pairs_in_tap))
     w = np.asarray(w_q).astype(f64)
     w = w - np.asarray(w_zp, dtype=f64).reshape((-1,) + (1,) * (w.ndim - 1))
     acc = (conv_sum or _conv_sum)(_centred(x_q, x_zp, f64), w, stride, padding, dilation,
@@ -283,8 +301,9 @@ def accumulate_conv(
     return _wrap_int32(acc)
 
 
-def _depthwise_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike, stride,
-                     padding, dilation, groups: int) -> NDArray[np.int64]:
+def _depthwise_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike,
+                     stride: Geometry, padding: Geometry, dilation: Geometry, groups: int
+                     ) -> NDArray[np.int64]:
     xa = np.asarray(x_q).astype(np.int64)
     wa = np.asarray(w_q).astype(np.int64)
     nd = wa.ndim - 2
@@ -313,7 +332,7 @@ def _depthwise_int16(x_q: ArrayLike, x_zp: int, w_q: ArrayLike, w_zp: ArrayLike,
             if t + 1 < taps:
                 pair = pair + cols[..., t + 1] * wk[..., t + 1]
             acc += np.clip(pair, -(2**15), 2**15 - 1)
-        acc -= int(x_zp) * w.sum(1).reshape(chan)
+        acc -= w.sum(1).reshape(chan) * int(x_zp)
         acc -= zw.reshape(chan) * (cols.sum(-1) - int(x_zp) * taps)
         outs.append(acc)
     return np.concatenate(outs, axis=0)
@@ -335,7 +354,7 @@ def conv_float64(x: ArrayLike, w: ArrayLike, bias: ArrayLike | None = None, *,
 # ----------------------------------------------------------------------- requantization
 
 
-def _channels(v: ArrayLike, n: int, dtype: type) -> NDArray:
+def _channels(v: ArrayLike, n: int, dtype: DTypeLike) -> NDArray[Any]:
     a = np.asarray(v, dtype=dtype).reshape(-1)
     if a.size == 1 and n != 1:
         a = np.repeat(a, n)
@@ -351,7 +370,7 @@ def _sat_rint(v: NDArray[np.float32]) -> NDArray[np.int64]:
     return np.where(bad, _INT32_MIN, np.where(bad, 0, r)).astype(np.int64)
 
 
-def _bias_qint32(bias: NDArray, sw: NDArray[np.float64], sx: float, per_channel: bool
+def _bias_qint32(bias: NDArray[np.float32], sw: NDArray[np.float64], sx: float, per_channel: bool
                  ) -> NDArray[np.int64]:
     """torch's ``QuantizeBias``: float bias -> qint32 with scale w_scale x f32(x_scale)."""
     sxd = float(f32(sx))
@@ -382,7 +401,7 @@ def requantize(
     shape = [1] * a.ndim
     shape[ax] = n
 
-    def ch(v: NDArray) -> NDArray:
+    def ch(v: NDArray[Any]) -> NDArray[Any]:
         return v.reshape(shape)
 
     b = None if bias is None else _channels(bias, n, f32)
@@ -415,7 +434,8 @@ def requantize(
             d = np.maximum(d, f32(0.0))
         v = ((d * f32(1.0 / f64(out_scale))).astype(f32) + f32(out_zp)).astype(f32)
         v = np.where(np.isnan(v), f32(QMIN), v)
-        return np.rint(np.clip(v, QMIN, QMAX)).astype(np.uint8)
+        out: NDArray[np.uint8] = np.rint(np.clip(v, QMIN, QMAX)).astype(np.uint8)
+    return out
 
 
 def quantized_linear(
@@ -439,7 +459,8 @@ def quantized_conv(
     """``torch.ops.quantized.conv{1,2,3}d`` (``_relu``) with zero padding, (N, C, *S)."""
     acc = accumulate_conv(x_q, x_zp, w_q, w_zp, stride=stride, padding=padding,
                           dilation=dilation, groups=groups, int16_pairs=int16_pairs,
-                          conv_sum=conv_sum, int16_gemm=int16_gemm)
+                          conv_sum=conv_sum, int16_gemm=int16_gemm,
+                          pairs_in_tap=kernel == "onednn_int16")
     return requantize(acc, x_scale, w_scale, bias, out_scale, out_zp, kernel=kernel,
                       relu=relu, axis=1)
 
@@ -475,7 +496,8 @@ def quantized_add(
         acc = _wrap_int32(-(am * a_zp + bm * b_zp) + a * am + b * bm).astype(np.int64)
         remainder = (acc & mask) - (acc < 0)
         q = (acc >> shift) + (remainder > (mask >> 1)) + out_zp
-        return np.clip(q, out_zp if relu else QMIN, QMAX).astype(np.uint8)
+        out: NDArray[np.uint8] = np.clip(q, out_zp if relu else QMIN, QMAX).astype(np.uint8)
+        return out
     with np.errstate(over="ignore", invalid="ignore"):
         da = _fma_f32(f32(a_scale), a.astype(f32), f32(f32(a_scale) * f32(-a_zp)))
         db = _fma_f32(f32(b_scale), b.astype(f32), f32(f32(b_scale) * f32(-b_zp)))
@@ -556,4 +578,4 @@ def dynamic_linear(
             out = ((acc * mult).astype(f32) + b).astype(f32)
     if relu:
         out = np.maximum(out, f32(0.0))
-    return out.astype(f32), x_q, scale, zp
+    return out.astype(f32), np.asarray(x_q, np.uint8), scale, zp

@@ -13,7 +13,7 @@ from rich.text import Text
 from qinspect.analyse.explain_packed import explain_packed
 from qinspect.analyse.packed import PackedHealth
 from qinspect.analyse.summary import LayerSummary, Summary
-from qinspect.model import Layer, Level, Mode, OpKind, PackedWeight, ScaleOp, SourceKind
+from qinspect.model import Layer, Level, Mode, Note, OpKind, PackedWeight, ScaleOp, SourceKind
 from qinspect.render import table as tb
 from qinspect.render.text import num, percent, safe, size, text
 
@@ -31,7 +31,7 @@ def common_prefix(names: list[str]) -> str:
 
 def render_hf_show(summary: Summary, explain: bool) -> RenderableType:
     rows = [r for r in summary.layers if r.layer.packed is not None]
-    parts: list[RenderableType] = [_header(summary)]
+    parts: list[RenderableType | None] = [_header(summary)]
     if rows:
         parts.append(_table(rows))
     parts.append(_float_modules(summary))
@@ -200,7 +200,7 @@ def _explanations(s: Summary) -> RenderableType:
 
 
 def _notes(s: Summary) -> RenderableType | None:
-    lines = [("(file)", n) for n in s.checkpoint.notes]
+    lines: list[tuple[str, Note | str]] = [("(file)", n) for n in s.checkpoint.notes]
     lines += [(r.layer.name, n) for r in s.layers for n in r.layer.notes
               if n.level is Level.WARNING]
     lines += [(r.layer.name, f) for r in s.layers if r.packed for f in r.packed.flags]

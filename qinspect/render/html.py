@@ -80,7 +80,8 @@ def script_json(value: Any) -> str:
 
 @cache
 def _asset(name: str) -> str:
-    return resources.files("qinspect.render").joinpath(ASSETS, name).read_text("utf-8")
+    # One name per joinpath: Python 3.10's Traversable.joinpath takes a single child.
+    return resources.files("qinspect.render").joinpath(ASSETS).joinpath(name).read_text("utf-8")
 
 
 def _sha256(source: str) -> str:

@@ -33,7 +33,7 @@ from qinspect.render.html import (
 from qinspect.render.text import num
 
 if TYPE_CHECKING:
-    from qinspect.analyse.check import CheckResult
+    from qinspect.gate.report import CheckResult
 
 SEVERITY_ORDER = {"error": 0, "warning": 1}
 

@@ -31,7 +31,7 @@ def text(value: object, style: str = "") -> Text:
     return Text(safe(value), style=style)
 
 
-def num(x: float, digits: int = 4) -> str:
+def num(x: float | None, digits: int = 4) -> str:
     if x is None:
         return "-"
     if isinstance(x, float) and not math.isfinite(x):

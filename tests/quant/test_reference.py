@@ -152,6 +152,30 @@ def test_fbgemm_without_vnni_adds_byte_pairs_in_int16(op):
     assert np.count_nonzero(run() != want) > 0
 
 
+@pytest.mark.skipif(not K.onednn_int16_pairs(),
+                    reason="oneDNN here is exact (VNNI, or no VNNI CPU: x86 convs use fbgemm)")
+@pytest.mark.parametrize("cin", [1, 3, 8])
+def test_capped_onednn_adds_channel_pairs_of_one_tap_in_int16(cin):
+    """oneDNN capped below VNNI on a VNNI CPU (the suite's ONEDNN_MAX_CPU_ISA=SSE41):
+    neighbouring channels of one kernel tap saturate to int16, an odd last channel stays
+    alone, and one combined scale rescales; full-range activations and large weights hit
+    the saturation, so the exact reference misses what the int16 one reproduces."""
+    rng = np.random.default_rng(cin)
+    x = _act(rng, (3, cin, 9, 9), 0.05, 3)
+    wq, sw, zw = _weight(rng, (6, cin, 3, 3), True, True)
+    assert K.conv_kernel("x86", zw, 1) == "onednn_int16"
+    b = torch.from_numpy(rng.standard_normal(6).astype(np.float32))
+    with K.engine_context("x86"):
+        packed = torch.ops.quantized.conv2d_prepack(wq, b, [1, 1], [1, 1], [1, 1], 1)
+        want = torch.ops.quantized.conv2d(x, packed, 0.2, 60).int_repr().numpy()
+    args = (x.int_repr().numpy(), 0.05, 3, wq.int_repr().numpy(), sw, zw, b.numpy(), 0.2, 60)
+    got = R.quantized_conv(*args, kernel="onednn_int16", padding=1, int16_gemm=True)
+    np.testing.assert_array_equal(got, want)
+    if cin > 1:  # one channel: no pair to saturate
+        exact = R.quantized_conv(*args, kernel="onednn", padding=1)
+        assert np.count_nonzero(exact != want) > 0
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("out_scale", [1e-9, 1e-5, 1e3])
 def test_requantization_overflow_behaves_like_torch(engine, out_scale):

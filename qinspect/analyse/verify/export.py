@@ -203,7 +203,7 @@ class Interpreter:
             layer = by_name.get(name)
             if weights.reference is not None and layer is not None and layer.weight is not None:
                 w, _b, _how, _notes = weights.get(layer)
-                value = None if w is None else np.asarray(w, np.float32)
+                value = np.asarray(w, np.float32)
             for t in node.tensor_args():
                 producer = self.b.producer.get(t)
                 if producer is None or producer.target not in (self.export.DQ_CHANNEL +

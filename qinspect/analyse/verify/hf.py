@@ -135,7 +135,9 @@ class HFRun:
 
     def report(self) -> VerifyReport:
         real = self.tokens is not None and self.has_transformers and self.config
-        inputs, e2e, notes = ({}, None, [])
+        inputs: dict[str, np.ndarray] = {}
+        e2e: EndToEnd | None = None
+        notes: list[str] = []
         if real:
             inputs, e2e, notes = self.run_model()
         rows = []
@@ -184,6 +186,7 @@ class HFRun:
         from qinspect.analyse.verify import hfmodel
 
         assert self.tokens is not None
+        ids = self.tokens.ids
         model = hfmodel.build(self.config, self.root)
         linears = hfmodel.linear_names(model)
         names = {lay.name for lay in self.layers if lay.name in linears}
@@ -191,18 +194,18 @@ class HFRun:
         float_state = self.reference if self.reference is not None else quant_state
         hfmodel.load_weights(model, float_state, self.options.reference or self.ckpt.path)
         with hfmodel.captured(model, names) as got:
-            f_logits = hfmodel.logits(model, self.tokens.ids)
+            f_logits = hfmodel.logits(model, ids)
         inputs = dict(got)
         hfmodel.load_weights(model, quant_state, self.ckpt.path)
         schemes = {lay.name: s for lay in self.layers if lay.name in names
                    and (s := hfact.scheme_for(lay, self.qconfig, lay.name)) is not None}
         with hfmodel.replaced_inputs(model, {n: _qdq(s) for n, s in schemes.items()}):
-            q_logits = hfmodel.logits(model, self.tokens.ids)
+            q_logits = hfmodel.logits(model, ids)
         e2e = end_to_end(f_logits, q_logits)
         notes: list[str] = []
         try:
             reload = self.library_reload(
-                q_logits, lambda: hfmodel.logits(model, self.tokens.ids) if schemes
+                q_logits, lambda: hfmodel.logits(model, ids) if schemes
                 else q_logits)
         except Exception as exc:
             reload = None

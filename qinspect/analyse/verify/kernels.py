@@ -25,6 +25,7 @@ import numpy as np
 
 from qinspect.errors import VerifyError
 from qinspect.model import Layer, TensorQuant
+from qinspect.quant.reference import Geometry
 
 ENGINES = ("fbgemm", "x86", "qnnpack")
 ONEDNN_MAX_GROUPS = 100
@@ -276,7 +277,14 @@ class ConvKernel:
 
         self.layer, self.engine, self.geo, self.packed = layer, engine, geo, packed
         w = weight_tensor(layer) if packed is None else None
-        self.nd = (w.dim() if w is not None else len(layer.weight.shape)) - 2
+        if w is not None:
+            dims = w.dim()
+        elif layer.weight is not None:
+            dims = len(layer.weight.shape)
+        else:
+            raise VerifyError(f"{layer.name}: no weight in the file to tell the convolution's "
+                              "dimensions")
+        self.nd = dims - 2
         if self.nd not in (1, 2, 3):
             raise VerifyError(f"{layer.name}: {self.nd}-d convolutions are not supported")
         if packed is not None:
@@ -308,8 +316,8 @@ class ConvKernel:
         return _int_repr(y)
 
 
-def conv_sum(x: np.ndarray, w: np.ndarray, stride: Sequence[int], padding: Sequence[int],
-             dilation: Sequence[int], groups: int, exact: bool) -> np.ndarray:
+def conv_sum(x: np.ndarray, w: np.ndarray, stride: Geometry, padding: Geometry,
+             dilation: Geometry, groups: int, exact: bool) -> np.ndarray:
     """:func:`qinspect.quant.reference._conv_sum` by torch's float64 convolution (im2col +
     double GEMM on CPU, no Winograd): same result, exact on integer-valued inputs (sums
     of 8-bit products stay far below 2**53), several times faster than numpy's im2col."""
@@ -319,8 +327,8 @@ def conv_sum(x: np.ndarray, w: np.ndarray, stride: Sequence[int], padding: Seque
     nd = w.ndim - 2
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
 
-    def tup(v: Any) -> tuple[int, ...]:
-        return (int(v),) * nd if np.isscalar(v) else tuple(int(i) for i in v)
+    def tup(v: Geometry) -> tuple[int, ...]:
+        return (int(v),) * nd if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
 
     with torch.no_grad():
         out = fn(torch.from_numpy(np.ascontiguousarray(x, np.float64)),

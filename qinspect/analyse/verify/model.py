@@ -196,7 +196,7 @@ def build_quantized(float_model: Any, ckpt: Checkpoint, ctx: Context) -> Any:
     m = copy.deepcopy(float_model).eval()
     modules = dict(m.named_modules())
     folds = [[p.a.name, p.fold.name] for p in ctx.weights.pairs.values()
-             if getattr(p, "fold", None) is not None and p.fold_side == "b"
+             if p.fold is not None and p.fold_side == "b"
              and p.a.name in modules and p.fold.name in modules]
     static, dynamic = {}, {}
     for layer in ckpt.layers:
@@ -265,6 +265,8 @@ def _load_cells(m: Any, cells: dict[str, Any]) -> None:
         index = int(rest.split(".")[0])
         payload = getattr(state, "payload", None)
         try:
+            if payload is None:
+                raise ValueError("the file holds no packed parameters for it")
             _tag, biases, _doubles, longs, packed = payload
             pairs = [p.payload for p in packed]
             packs = [torch.ops.quantized.linear_prepack(w, b) for w, b in pairs]
@@ -383,8 +385,9 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None, spec: str,
     modules_q = dict(qmodel.named_modules())
     rows: list[LayerVerify] = []
     done: set[str] = set()
+    steps = max(len(layers), 1)  # the comparison is the third of four phases
     for i, layer in enumerate(layers):
-        ctx.tick(layer.name, 2 + i / max(len(layers), 1), 4)
+        ctx.tick(layer.name, 2 * steps + i, 4 * steps)
         if layer.name in done:
             continue
         name = module_name(layer)

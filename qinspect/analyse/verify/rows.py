@@ -14,7 +14,7 @@ For each quantized op, from its quantized input ``x_q``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -31,6 +31,15 @@ from qinspect.analyse.verify.types import (
 )
 from qinspect.errors import InputError, VerifyError
 from qinspect.model import Checkpoint, Layer, Mode, Weight
+
+if TYPE_CHECKING:
+    from qinspect.analyse.pairing import Pair
+    from qinspect.analyse.verify.kernels import (
+        ConvGeometry,
+        ConvKernel,
+        DynamicLinearKernel,
+        LinearKernel,
+    )
 
 
 def check_stage(ckpt: Checkpoint) -> None:
@@ -85,7 +94,7 @@ class FloatWeights:
 
     def __init__(self, ckpt: Checkpoint, reference: Checkpoint | None) -> None:
         self.reference = reference
-        self.pairs: dict[str, object] = {}
+        self.pairs: dict[str, Pair] = {}
         if reference is not None:
             from qinspect.analyse.pairing import pair_layers
 
@@ -101,8 +110,10 @@ class FloatWeights:
                 "checkpoint fused it): the SQNR includes weight error")
 
     def get(self, layer: Layer) -> tuple[np.ndarray, np.ndarray | None, str, tuple[str, ...]]:
-        """(weight f64, bias f64 or None, description, notes) for the float domain."""
-        deq = dequantized(layer.weight) if layer.weight is not None else None
+        """(weight f64, bias f64 or None, description, notes) for the float domain of a
+        layer with a weight."""
+        assert layer.weight is not None, "the float domain of a layer without a weight"
+        deq = dequantized(layer.weight)
         bias = None if layer.bias is None else np.asarray(layer.bias, np.float64)
         if self.reference is None:
             return deq, bias, "dequantized weights", ()
@@ -122,7 +133,7 @@ class FloatWeights:
             how += f" with BatchNorm '{pair.fold.name}' folded (eps {choice.eps:g})"
             if not choice.matched:
                 notes = (choice.message,)
-        if deq is not None and tuple(w.shape) != tuple(deq.shape):
+        if tuple(w.shape) != tuple(deq.shape):
             return deq, bias, "dequantized weights", (
                 f"reference weight {tuple(w.shape)} does not match {tuple(deq.shape)}: "
                 "dequantized weights used",)
@@ -156,7 +167,9 @@ class Context:
     batch: int | None
     rng: np.random.Generator
     progress: Progress | None = None
-    cache: dict[str, object] = field(default_factory=dict)
+    cache: dict[str, LinearKernel | ConvKernel | DynamicLinearKernel] = field(
+        default_factory=dict)
+    """torch's packed kernel of each layer (and convolution geometry), built once."""
     engine_reason: str = ""
 
     @classmethod
@@ -199,8 +212,21 @@ def dequant(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (np.asarray(q, np.float64) - zero_point) * float(np.float32(scale))
 
 
+class OutputMetrics(TypedDict):
+    """The output of a static op against its float domain, in :class:`LayerVerify`'s
+    fields (a row takes them as ``**metrics``)."""
+
+    sqnr_db: float
+    max_error_lsb: float
+    mean_error_lsb: float
+    max_abs_error: float
+    mean_abs_error: float
+    clipped_low: float
+    clipped_high: float
+
+
 def metrics_static(float_out: np.ndarray, q_kernel: np.ndarray, scale: float, zp: int
-                    ) -> dict[str, float]:
+                    ) -> OutputMetrics:
     from qinspect.quant.affine import dequantize_per_tensor
     from qinspect.quant.metrics import error_in_lsb, sqnr_db
 
@@ -226,13 +252,13 @@ def _input_stats(calls: list[Call]) -> tuple[float | None, float | None]:
     """(fraction of real inputs clipped when quantized, input SQNR) where the real is known."""
     from qinspect.quant.metrics import clipped_fraction, sqnr_db
 
-    known = [c for c in calls if c.real is not None]
+    known = [(c, c.real) for c in calls if c.real is not None]
     if not known:
         return None, None
-    real = np.concatenate([np.asarray(c.real, np.float64).ravel() for c in known])
-    deq = np.concatenate([dequant(c.q, c.scale, c.zero_point).ravel() for c in known])
-    clipped = sum(clipped_fraction(c.real, float(np.float32(c.scale)), c.zero_point, ACT_DTYPE)
-                  * c.real.size for c in known) / max(real.size, 1)
+    real = np.concatenate([np.asarray(r, np.float64).ravel() for _, r in known])
+    deq = np.concatenate([dequant(c.q, c.scale, c.zero_point).ravel() for c, _ in known])
+    clipped = sum(clipped_fraction(r, float(np.float32(c.scale)), c.zero_point, ACT_DTYPE)
+                  * r.size for c, r in known) / max(real.size, 1)
     return float(clipped), sqnr_db(real, deq)
 
 
@@ -254,7 +280,7 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, text: str,
-               geo: object | None = None, notes: tuple[str, ...] = (), packed: Any = None,
+               geo: ConvGeometry | None = None, notes: tuple[str, ...] = (), packed: Any = None,
                relu: bool | None = None) -> tuple[LayerVerify, list[np.ndarray]]:
     """Verify a static Linear or Conv on ``calls``; returns the row and the kernel outputs.
 
@@ -264,9 +290,10 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     from qinspect.analyse.verify import kernels as K
     from qinspect.quant import reference as R
 
-    out = layer.output
-    if out is None or layer.weight is None or layer.weight.quant is None:
+    out, wq = layer.output, layer.weight
+    if out is None or wq is None or wq.quant is None:
         return not_verified(layer, "no output qparams or quantized weight to run"), []
+    q = wq.quant
     if (bad := unusable_qparams(layer)) is not None:
         return not_verified(layer, f"{bad}: torch cannot run it"), []
     if out.dtype != ACT_DTYPE:
@@ -274,21 +301,19 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     inferred = relu is None
     relu = relu_fused(layer) if relu is None else relu
     w_f, b_f, how, wnotes = ctx.weights.get(layer)
-    wq = layer.weight
-    q = wq.quant
-    is_conv = len(wq.shape) > 2
-    if is_conv:
+    if len(wq.shape) > 2:
         geo = geo or K.ConvGeometry.default(len(wq.shape) - 2)
         arith = K.conv_kernel(ctx.engine, q.zero_point, geo.groups)
         runner = ctx.cache.get(f"conv:{layer.name}:{geo}")
-        if runner is None:
+        if not isinstance(runner, K.ConvKernel):
             runner = ctx.cache[f"conv:{layer.name}:{geo}"] = K.ConvKernel(layer, ctx.engine, geo,
                                                                           packed)
         op = f"quantized::conv{len(wq.shape) - 2}d" + ("_relu" if relu else "")
     else:
+        geo = None  # a Linear
         arith = K.linear_kernel(ctx.engine)
         runner = ctx.cache.get(f"linear:{layer.name}")
-        if runner is None:
+        if not isinstance(runner, K.LinearKernel):
             runner = ctx.cache[f"linear:{layer.name}"] = K.LinearKernel(layer, ctx.engine,
                                                                         packed)
         op = "quantized::linear" + ("_relu" if relu else "")
@@ -298,7 +323,7 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     for call in calls:
         kq = runner(call.q, call.scale, call.zero_point, out.scale, out.zero_point, relu)
         x = dequant(call.q, call.scale, call.zero_point)
-        if is_conv:
+        if geo is not None:
             depthwise = arith == "fbgemm" and K.fbgemm_depthwise(call.q.shape[1], wq.shape, geo)
             rq = R.quantized_conv(call.q, call.scale, call.zero_point, wq.values, q.scale,
                                   q.zero_point, layer.bias, out.scale, out.zero_point,
@@ -425,7 +450,7 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
     w_f, b_f, how, wnotes = ctx.weights.get(layer)
     arith = K.linear_kernel(ctx.engine)
     runner = ctx.cache.get(f"dyn:{layer.name}")
-    if runner is None:
+    if not isinstance(runner, K.DynamicLinearKernel):
         runner = ctx.cache[f"dyn:{layer.name}"] = K.DynamicLinearKernel(layer, ctx.engine)
     floats, kouts, routs, xreal, xdeq, scales = [], [], [], [], [], []
     for x in xs:

@@ -25,12 +25,22 @@ from qinspect.model import Checkpoint
 class Runner(Protocol):
     """One format's way of running every quantized layer of a checkpoint."""
 
-    name: str
-    """Short id, written to the report (``runner``): ``state_dict``, ``model``..."""
-    needs: Mapping[str, str]
-    """Option field -> the message when it is missing (it must then be given)."""
-    refuses: Mapping[str, str]
-    """Option field -> why this runner cannot honour it (refused, exit 2)."""
+    # Read-only members (properties), so that a runner may declare them with a narrower
+    # type (a dict class attribute is a Mapping).
+    @property
+    def name(self) -> str:
+        """Short id, written to the report (``runner``): ``state_dict``, ``model``..."""
+        ...
+
+    @property
+    def needs(self) -> Mapping[str, str]:
+        """Option field -> the message when it is missing (it must then be given)."""
+        ...
+
+    @property
+    def refuses(self) -> Mapping[str, str]:
+        """Option field -> why this runner cannot honour it (refused, exit 2)."""
+        ...
 
     def accepts(self, ckpt: Checkpoint, options: Options) -> bool:
         """Whether this runner is the one for ``ckpt`` with these options."""

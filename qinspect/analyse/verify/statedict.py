@@ -22,7 +22,7 @@ from qinspect.analyse.verify.rows import Call, Context
 from qinspect.analyse.verify.types import InputKind, LayerVerify
 from qinspect.errors import InputError, VerifyError
 from qinspect.inputs import UserInput, shape_text
-from qinspect.model import Checkpoint, Layer, Mode, OpKind, RnnCell
+from qinspect.model import ActQuant, Checkpoint, Layer, Mode, OpKind, RnnCell
 
 SYNTH_BATCH = 8
 SYNTH_SEQ = 5
@@ -56,7 +56,7 @@ class Flow:
 def kind_of(layer: Layer) -> str:
     """How verify handles a layer: stub, linear, conv, add, dynamic, lstm, gate, or other."""
     w = layer.weight
-    quantized_w = w is not None and w.is_quantized
+    quantized_w = w if w is not None and w.is_quantized else None
     if layer.mode is Mode.QUANTIZE:
         return "stub"
     module_linear = layer.op is OpKind.LINEAR and not layer.functional
@@ -66,7 +66,7 @@ def kind_of(layer: Layer) -> str:
         if quantized_w and module_linear:
             return "linear"
         if quantized_w and layer.op in (OpKind.CONV, OpKind.CONV_TRANSPOSE) \
-                and not layer.functional and len(w.shape) in (3, 4, 5):
+                and not layer.functional and len(quantized_w.shape) in (3, 4, 5):
             return "conv"
         return "other"
     if layer.mode is Mode.DYNAMIC:
@@ -103,21 +103,23 @@ def run(ckpt: Checkpoint, ctx: Context, user: UserInput | None) -> T.VerifyRepor
             flow = None
             continue
         how = kind_of(layer)
-        if how == "stub" and (bad := V.unusable_qparams(layer)) is not None:
-            rows.append(V.not_verified(layer, f"{bad}: torch cannot run it"))
-            if arrays and (flow is None or flow.from_user):
-                arrays.pop(0)  # the input this stub would have quantized
-            flow = None
-            continue
         if how == "stub":
+            out = layer.output
+            bad = V.unusable_qparams(layer) if out is not None else "no output qparams"
+            if out is None or bad is not None:
+                rows.append(V.not_verified(layer, f"{bad}: torch cannot run it"))
+                if arrays and (flow is None or flow.from_user):
+                    arrays.pop(0)  # the input this stub would have quantized
+                flow = None
+                continue
             if arrays and (flow is None or flow.from_user):
                 x = arrays.pop(0)
                 text = f"user input {shape_text(x.shape)}"
                 row, q = V.quantize_row(ctx, layer, x.astype(np.float32), InputKind.USER, text)
-                flow = Flow(layer.name, q, True, layer.output.scale, layer.output.zero_point,
+                flow = Flow(layer.name, q, True, out.scale, out.zero_point,
                             real=x.astype(np.float32), from_user=True)
             else:
-                x = _uniform(ctx, layer.output, (_batch(ctx), SYNTH_BATCH * 8))
+                x = _uniform(ctx, out, (_batch(ctx), SYNTH_BATCH * 8))
                 row, _ = V.quantize_row(ctx, layer, x, InputKind.SYNTHETIC,
                                         "isolated, synthetic input (uniform over its range)")
                 flow = None
@@ -215,11 +217,18 @@ def _batch(ctx: Context) -> int:
     return ctx.batch or SYNTH_BATCH
 
 
+def _weight_shape(layer: Layer) -> tuple[int, ...]:
+    """The shape of a layer's weight; a layer the file gives none is not verified."""
+    if layer.weight is None:
+        raise VerifyError(f"{layer.name}: the file holds no weight for it")
+    return layer.weight.shape
+
+
 # --- first layer ----------------------------------------------------------------------
 
 
-def _expected(layer: Layer, how: str) -> str:
-    w = layer.weight.shape
+def _expected(w: tuple[int, ...], how: str) -> str:
+    """The input shapes a first layer of weight shape ``w`` accepts."""
     if how in ("linear", "dynamic"):
         return f"(N, {w[1]}) or (..., {w[1]})"
     if how == "conv":
@@ -231,6 +240,8 @@ def _expected(layer: Layer, how: str) -> str:
 
 def _check_first_fits(layer: Layer, how: str, flow: Flow, ckpt: Checkpoint,
                       user: UserInput | None) -> None:
+    if layer.weight is None:  # nothing to check against (the layer is not verified)
+        return
     shape = tuple(flow.values.shape)
     w = layer.weight.shape
     fits = True
@@ -248,7 +259,7 @@ def _check_first_fits(layer: Layer, how: str, flow: Flow, ckpt: Checkpoint,
             f"{layer.kind} with weight {shape_text(w)}"
         raise InputError(
             f"{where}: input shape {shape_text(shape)} does not fit the first quantized layer "
-            f"'{layer.name}' ({what}), which expects {_expected(layer, how)}; pass an input of "
+            f"'{layer.name}' ({what}), which expects {_expected(w, how)}; pass an input of "
             "that shape (--batch limits only the first axis)")
 
 
@@ -265,7 +276,7 @@ def _input_qparams(layer: Layer) -> tuple[float, int, str]:
         "input qparams unknown: the layer's own output qparams used"
 
 
-def _uniform(ctx: Context, act, shape: tuple[int, ...]) -> np.ndarray:
+def _uniform(ctx: Context, act: ActQuant, shape: tuple[int, ...]) -> np.ndarray:
     lo, hi = (T.QMIN - act.zero_point) * act.scale, (T.QMAX - act.zero_point) * act.scale
     return ctx.rng.uniform(lo, hi, size=shape).astype(np.float32)
 
@@ -283,7 +294,7 @@ def _synthetic_call(ctx: Context, layer: Layer, shape: tuple[int, ...]) -> tuple
 
 def _linear(ctx: Context, layer: Layer, flow: Flow | None
             ) -> tuple[LayerVerify, Flow | None]:
-    k = layer.weight.shape[1]
+    k = _weight_shape(layer)[1]
     if flow is not None and flow.quantized and flow.values.shape[-1] == k:
         call = Call(flow.values, flow.scale, flow.zero_point, flow.real)
         if flow.from_user:
@@ -298,15 +309,16 @@ def _linear(ctx: Context, layer: Layer, flow: Flow | None
         call, text = _synthetic_call(ctx, layer, (_batch(ctx), k))
         kind = InputKind.SYNTHETIC
     row, outs = V.static_row(ctx, layer, [call], kind, text)
-    if not outs:  # not verified (e.g. qparams torch cannot run): the chain stops here
-        return row, None
     out = layer.output
+    # Not verified (e.g. qparams torch cannot run): the chain stops here.
+    if not outs or out is None:
+        return row, None
     return row, Flow(layer.name, outs[0], True, out.scale, out.zero_point,
                      synthetic=kind is InputKind.SYNTHETIC)
 
 
 def _conv(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify, None]:
-    w = layer.weight.shape
+    w = _weight_shape(layer)
     nd = len(w) - 2
     if flow is not None and flow.quantized and flow.from_user and flow.values.ndim == nd + 2 \
             and flow.values.shape[1] == w[1]:
@@ -362,9 +374,9 @@ def _float_flow(flow: Flow | None) -> np.ndarray | None:
 
 
 def _dynamic(ctx: Context, layer: Layer, flow: Flow | None) -> tuple[LayerVerify, Flow | None]:
-    k = layer.weight.shape[1]
+    k = _weight_shape(layer)[1]
     x = _float_flow(flow)
-    if x is not None and x.shape[-1] == k:
+    if flow is not None and x is not None and x.shape[-1] == k:
         if flow.from_user:
             kind, text = InputKind.USER, f"user input {shape_text(x.shape)}"
         elif flow.synthetic:
@@ -391,14 +403,15 @@ def _lstm(ctx: Context, ih: Layer, hh: Layer, flow: Flow | None
           ) -> tuple[list[LayerVerify], Flow | None]:
     from qinspect.analyse.verify import kernels as K
 
-    in_size, hidden = ih.weight.shape[1], hh.weight.shape[1]
-    if ih.weight.shape[0] != 4 * hidden or hh.weight.shape[0] != 4 * hidden:
+    w_ih, w_hh = _weight_shape(ih), _weight_shape(hh)
+    in_size, hidden = w_ih[1], w_hh[1]
+    if w_ih[0] != 4 * hidden or w_hh[0] != 4 * hidden:
         return [V.not_verified(ih, "gate shapes are not an LSTM's (4 x hidden rows)"),
                 V.not_verified(hh, "gate shapes are not an LSTM's (4 x hidden rows)")], None
     x = _float_flow(flow)
     if x is not None and x.ndim == 2:
         x = x[:, None, :]
-    if x is not None and x.ndim == 3 and x.shape[-1] == in_size:
+    if flow is not None and x is not None and x.ndim == 3 and x.shape[-1] == in_size:
         kind = InputKind.USER if flow.from_user else \
             InputKind.SYNTHETIC if flow.synthetic else InputKind.CHAINED
         text = (f"user input {shape_text(x.shape)} (seq, batch, features)" if flow.from_user
@@ -426,7 +439,7 @@ def _lstm(ctx: Context, ih: Layer, hh: Layer, flow: Flow | None
 
 
 def _gate_isolated(ctx: Context, layer: Layer) -> LayerVerify:
-    k = layer.weight.shape[1]
+    k = _weight_shape(layer)[1]
     if layer.rnn is not None and not layer.rnn.input_side:
         x = ctx.rng.uniform(-1, 1, size=(_batch(ctx), k)).astype(np.float32)
         text = f"isolated, synthetic hidden state {shape_text(x.shape)} uniform over [-1, 1]"

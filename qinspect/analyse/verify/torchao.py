@@ -141,11 +141,11 @@ class _Spec:
 
 def _spec(layer: Layer) -> _Spec | str:
     w = layer.weight
-    if w is None or w.quant is None or w.quant.block_size is None:
+    q = w.quant if w is not None else None
+    if w is None or q is None or q.block_size is None:
         return "no torchao block-wise weight"
     if len(w.shape) != 2:
         return f"{len(w.shape)}-D weight: verify covers torchao Linear layers only"
-    q = w.quant
     try:
         grid = block_grid(w.shape, q.block_size)
     except ValueError as exc:
@@ -196,9 +196,9 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
     if isinstance(spec, str):
         return V.not_verified(layer, spec)
     dynamic = layer.mode is Mode.DYNAMIC
-    if dynamic and (spec.cls != "Int8Tensor" or "symmetric" not in
-                    (layer.input_source.explanation if layer.input_source else "")
-                    or "asymmetric" in layer.input_source.explanation):
+    source = layer.input_source.explanation if layer.input_source else ""
+    if dynamic and (spec.cls != "Int8Tensor" or "symmetric" not in source
+                    or "asymmetric" in source):
         return V.not_verified(layer, "dynamic activation quantization other than int8 "
                               "symmetric per row: not supported yet")
     k = spec.qdata.shape[1]

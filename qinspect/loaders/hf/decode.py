@@ -38,6 +38,14 @@ class Decoder:
     def dtype_of(self, role: str) -> str:
         return self.ts.tensors[self.keys[role]].dtype
 
+    def codes(self) -> np.ndarray:
+        """The stored codes (ints, or the element values of float formats), unpacked."""
+        raise NotImplementedError
+
+    def scales(self) -> np.ndarray:
+        """The stored scales (one per channel, group or block), as floats."""
+        raise NotImplementedError
+
     def zero_points(self) -> np.ndarray | None:
         return None
 

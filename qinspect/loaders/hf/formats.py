@@ -300,10 +300,10 @@ def _build_ct_int(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str
     strategy = wargs.get("strategy")
     gran = _ct_granularity(strategy, gs, scale_shape, shape)
     symmetric = "weight_zero_point" not in keys
-    role_keys = {"packed": keys.get("weight_packed"), "weight": keys.get("weight"),
-                 "scale": scale_key, "zero_point": keys.get("weight_zero_point"),
-                 "g_idx": keys.get("weight_g_idx")}
-    role_keys = {k: v for k, v in role_keys.items() if v}
+    present = {"packed": keys.get("weight_packed"), "weight": keys.get("weight"),
+               "scale": scale_key, "zero_point": keys.get("weight_zero_point"),
+               "g_idx": keys.get("weight_g_idx")}
+    role_keys = {k: v for k, v in present.items() if v}
     out_dtype = OUT.get(cfg.model_dtype, "BF16")
     dec = D.CTInt(ts, role_keys, tuple(shape),
                   {"bits": bits, "group_size": gs, "out_dtype": out_dtype,
@@ -526,7 +526,8 @@ def _build_gptq(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, 
     fmt_name = str(cfg.get("checkpoint_format") or cfg.get("format") or "gptq")
     v2 = fmt_name == "gptq_v2"
     gs = s["group_size"] if s["group_size"] and s["group_size"] > 0 else shape[1]
-    roles = {k: keys[k] for k in ("qweight", "qzeros", "scales", "g_idx") if k in keys}
+    roles: dict[str, str] = {k: keys[k] for k in ("qweight", "qzeros", "scales", "g_idx")
+                             if k in keys}
     dec = D.GPTQ(ts, roles, shape, {"bits": bits, "group_size": gs,
                                     "zp_offset": 0 if v2 else 1})
     gran = PerAxis(0) if gs >= shape[1] else PerGroup(gs, 1)
@@ -810,8 +811,8 @@ def _plain(ts: TensorSet, cfg: QuantConfig, module: str, leaves: dict[str, str]
     notes: list[Note] = []
     kv = [leaf for leaf in ("k_scale", "v_scale", "q_scale", "k_zero_point", "v_zero_point")
           if leaf in leaves]
-    for leaf in kv:
-        refs.append(KeyRef(leaves.pop(leaf), Role.KV_CACHE_QPARAMS))
+    for name in kv:
+        refs.append(KeyRef(leaves.pop(name), Role.KV_CACHE_QPARAMS))
     weight_key = leaves.get("weight")
     if weight_key is not None and ts.tensors[weight_key].dtype in FLOAT_DTYPES:
         leaves.pop("weight")
