@@ -218,6 +218,12 @@ def _legend(r: VerifyReport) -> RenderableType:
         "when quantized; kernel: torch's op against qinspect's integer arithmetic on the "
         "same input.",
     ]
+    pairs = sum(1 for row in r.layers if row.kernel is not None and row.kernel.int16_pairs)
+    if pairs:
+        lines.append(f"On this CPU torch's kernels add byte-product pairs in int16 with "
+                     f"saturation for {pairs} of {len(r.layers)} layers (fbgemm without "
+                     "AVX512-VNNI, or oneDNN capped below VNNI by ONEDNN_MAX_CPU_ISA); the "
+                     "reference does the same.")
     if any(row.input_kind is InputKind.SYNTHETIC for row in r.layers):
         lines.append("Dim rows ran on isolated, synthetic input: they test the arithmetic; "
                      "their SQNR and clipping are a stress case, not evidence from real data.")
@@ -305,7 +311,7 @@ def _layer_json(row: LayerVerify) -> dict[str, Any]:
         "clipped_low_fraction": row.clipped_low,
         "clipped_high_fraction": row.clipped_high,
         "kernel": None if k is None else {
-            "engine": k.engine, "arithmetic": k.arithmetic, "op": k.op,
+            "engine": k.engine, "arithmetic": k.recipe, "op": k.op,
             "elements": k.elements, "mismatches": k.mismatches, "agree": k.agree,
             "agreement": k.agreement, "max_diff": k.max_diff, "unit": k.unit},
         "notes": list(row.notes),

@@ -263,7 +263,7 @@ def _input_stats(calls: list[Call]) -> tuple[float | None, float | None]:
 
 
 def agreement(engine: str, arithmetic: str, op: str, kernel: np.ndarray, ref: np.ndarray,
-               unit: str) -> KernelAgreement:
+               unit: str, *, int16_pairs: bool = False) -> KernelAgreement:
     if unit == "LSB":
         diff = np.abs(kernel.astype(np.int64) - ref.astype(np.int64))
     else:
@@ -272,7 +272,7 @@ def agreement(engine: str, arithmetic: str, op: str, kernel: np.ndarray, ref: np
         diff = np.where(same, 0.0, diff)
     mismatches = int(np.count_nonzero(diff))
     return KernelAgreement(engine, arithmetic, op, int(diff.size), mismatches,
-                           float(diff.max()) if diff.size else 0.0, unit)
+                           float(diff.max()) if diff.size else 0.0, unit, int16_pairs)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -347,8 +347,8 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
     float_out, kq_all, rq_all = _cat(floats), _cat(kernels_q), _cat(refs)
     m = metrics_static(float_out, kq_all, out.scale, out.zero_point)
     in_clip, in_sqnr = _input_stats(calls)
-    arith_text = arith + (" depthwise (int16 pairs)" if depthwise else
-                          ", int16 pairs" if pairs else "")
+    base = "onednn" if arith == "onednn_int16" else arith
+    arith_text = base + (" depthwise (int16 pairs)" if depthwise else "")
     extra = list(notes) + list(wnotes)
     if relu and inferred:
         extra.append("ReLU assumed fused (output zero point 0, the range starts at 0.0): "
@@ -363,7 +363,8 @@ def static_row(ctx: Context, layer: Layer, calls: list[Call], kind: InputKind, t
         input_clipped=in_clip, input_sqnr_db=in_sqnr, output_scale=out.scale,
         output_zero_point=out.zero_point, float_domain=how, relu=relu,
         elements=int(float_out.size),
-        kernel=agreement(ctx.engine, arith_text, op, kq_all, rq_all, "LSB"),
+        kernel=agreement(ctx.engine, arith_text, op, kq_all, rq_all, "LSB",
+                         int16_pairs=pairs and not depthwise),
         notes=tuple(extra), **m)
     return row, outs
 
@@ -477,7 +478,8 @@ def dynamic_row(ctx: Context, layer: Layer, xs: list[np.ndarray], kind: InputKin
         elements=int(float_out.size), sqnr_db=sqnr_db(float_out, k_all),
         max_abs_error=float(err.max()) if err.size else 0.0,
         mean_abs_error=float(err.mean()) if err.size else 0.0,
-        kernel=agreement(ctx.engine, arith, "quantized::linear_dynamic", k_all, r_all, "abs"),
+        kernel=agreement(ctx.engine, arith, "quantized::linear_dynamic", k_all, r_all, "abs",
+                         int16_pairs=K.int16_gemm(arith)),
         notes=tuple(notes) + tuple(wnotes) + (
             "dynamic: the input is quantized per call from its own min/max (it never clips; "
             "its rounding is the error), the output is float (no output LSB)",))

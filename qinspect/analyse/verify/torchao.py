@@ -228,11 +228,9 @@ def _row(layer: Layer, user, ref_layer: Layer | None, rng: np.random.Generator,
         pairs = torchao_int8_pairs_saturate()
         refo, xq, sx = dynamic_linear_reference(x2, spec.qdata, spec.scale, bias,
                                                 int16_pairs=pairs)
-        arith = "int8 x int8 -> int32, rescaled in float32" + (
-            " (byte-product pairs saturated to int16)" if pairs else "")
-        agreement = V.agreement(ENGINE, arith,
+        agreement = V.agreement(ENGINE, "int8 x int8 -> int32, rescaled in float32",
                                  "torchao Int8Tensor linear (dynamic per-token int8)",
-                                 kern, refo, "abs")
+                                 kern, refo, "abs", int16_pairs=pairs)
         in_sqnr = _sqnr(x2, xq.astype(np.float64) * sx.astype(np.float64))
         in_scale = float(sx.reshape(-1)[0])
         domain = how + " on the float input (the layer quantizes it per row itself)"

@@ -85,6 +85,15 @@ class KernelAgreement:
     max_diff: float
     unit: str
     """``"LSB"`` (integer outputs) or ``"abs"`` (float outputs of dynamic layers)."""
+    int16_pairs: bool = False
+    """On this CPU the kernel adds byte-product pairs in int16 with saturation (fbgemm
+    without AVX512-VNNI, oneDNN capped below VNNI, torchao's u8s8 path there) and the
+    reference did the same: a fact about the machine, not the file."""
+
+    @property
+    def recipe(self) -> str:
+        """``arithmetic`` with the machine's int16 pairs, as JSON reports it."""
+        return self.arithmetic + (", int16 pairs" if self.int16_pairs else "")
 
     @property
     def agree(self) -> bool:

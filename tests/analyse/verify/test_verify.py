@@ -96,7 +96,7 @@ def test_unfused_mlp_chain_is_labelled_as_an_assumption(cli, samples):
     text = " ".join(r.out.split())
     assert "chain fc1 -> fc2" in text
     assert "assuming nothing runs between them" in text
-    assert "chained (assumed)" in text
+    assert "chained = the previous layer's output (assumed chain)" in text
     assert "--model FILE.py:NAME runs the real model" in text
 
 
