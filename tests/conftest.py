@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,24 @@ else:
     settings.load_profile("explore")
 
 
+def log_handlers_follow_capture() -> None:
+    """torch and transformers bind a logging handler to the ``sys.stderr`` of the test
+    that first imports them, and pytest closes that stream when the test ends; a library
+    logging later (torchao's import warns through torch's logger) would print a logging
+    error with a traceback. Called before each in-process command (the ``cli``
+    fixture), this points such handlers at the test's captured stderr, as they write to
+    the real stderr in a fresh process."""
+    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
+                handler.stream = sys.stderr     # not setStream: it flushes the closed one
+                if "flush" in vars(handler):     # transformers pins flush to the old stream
+                    handler.flush = sys.stderr.flush  # type: ignore[method-assign]
+
+
 @dataclass(frozen=True)
 class CliResult:
     code: int
@@ -56,6 +75,7 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
 
     def run(*args: str) -> CliResult:
         capsys.readouterr()
+        log_handlers_follow_capture()
         try:
             main([str(a) for a in args])
             code = 0

@@ -19,11 +19,9 @@ message of an excerpt shows the fresh output to paste from.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,27 +119,9 @@ def scratch(tmp_path_factory) -> dict[Path, Path]:
     return folders
 
 
-def log_handlers_follow_capture() -> None:
-    """torch and transformers bind a logging handler to the ``sys.stderr`` of the test
-    that first imports them, and pytest closes that stream when the test ends; a library
-    logging later (torchao's import warns through torch's logger) would print a logging
-    error with a traceback. Called in a test's body, this points such handlers at the
-    test's captured stderr, as they write to the real stderr in a fresh process."""
-    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
-                                      if isinstance(logger, logging.Logger))]
-    for logger in loggers:
-        for handler in logger.handlers:
-            stream = getattr(handler, "stream", None)
-            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
-                handler.stream = sys.stderr     # not setStream: it flushes the closed one
-                if "flush" in vars(handler):     # transformers pins flush to the old stream
-                    handler.flush = sys.stderr.flush  # type: ignore[method-assign]
-
-
 @pytest.mark.parametrize("example", all_commands(), ids=lambda example: example.id)
 def test_page_command_runs(cli, example, monkeypatch, scratch):
     monkeypatch.chdir(scratch[example.page])
-    log_handlers_follow_capture()
     argv = shlex.split(example.command)[1:]
     result = cli(*argv)
     assert result.code in (0, 1), f"{example.id}: {example.command}\n{result.err}"
@@ -219,7 +199,6 @@ def test_pages_have_pasted_outputs():
 def test_pasted_output_is_real(cli, pasted, monkeypatch, scratch):
     monkeypatch.chdir(scratch[pasted.page])
     monkeypatch.setenv("COLUMNS", str(pasted.columns))
-    log_handlers_follow_capture()
     result = cli(*shlex.split(pasted.command)[1:])
     output = [line.rstrip() for line in result.out.rstrip("\n").splitlines()]
     excerpt = [line.rstrip() for line in pasted.text.rstrip("\n").splitlines()]

@@ -206,6 +206,15 @@ def _kernel_cell(k: KernelAgreement | None) -> list[Line]:
             atom(f"max {k.max_diff:.4g} {unit}", "bold red"), how]
 
 
+KERNEL_SOURCE = {
+    "": "torch's quantized op",
+    "hf": "the producing library's own forward",
+    "torchao": "torchao's kernel",
+    "pt2": "the program's own quantized_decomposed ops",
+}
+"""What the kernel column compares, by runner (torch's quantized ops unless named)."""
+
+
 def _legend(r: VerifyReport) -> RenderableType:
     sources = [f"{short} = {meaning}" for k, (short, meaning) in SOURCE.items()
                if any(row.input_kind is k for row in r.layers)]
@@ -215,8 +224,8 @@ def _legend(r: VerifyReport) -> RenderableType:
         "error: max and mean, in output LSB (0.5 = rounding only) or, for a float output, "
         "absolute; clipped: out = outputs whose float value lies more than half a step "
         "beyond the output range (calibrated too narrow), in = inputs lost to the clamp "
-        "when quantized; kernel: torch's op against qinspect's integer arithmetic on the "
-        "same input.",
+        f"when quantized; kernel: {KERNEL_SOURCE.get(r.runner, KERNEL_SOURCE[''])} against "
+        "qinspect's reference arithmetic on the same input.",
     ]
     pairs = sum(1 for row in r.layers if row.kernel is not None and row.kernel.int16_pairs)
     if pairs:
