@@ -42,31 +42,43 @@ CLIP_BAD = 0.01
 def render_verify(report: VerifyReport) -> RenderableType:
     parts: list[RenderableType] = [_header(report), _table(report)]
     if report.scope:
-        parts.insert(0, Text.assemble(("what was checked  ", "bold"), text(report.scope)))
+        parts.insert(0, _labelled([("what was checked", text(report.scope))]))
+    summary: list[tuple[str, RenderableType]] = []
     worst = report.explanation()
     if worst is not None:
-        parts.append(Text.assemble(("\nworst  ", "bold"), text(worst)))
+        summary.append(("worst", text(worst)))
     if report.end_to_end is not None:
         e = report.end_to_end
-        parts.append(Text.assemble(
-            ("end-to-end  ", "bold"),
+        summary.append(("end-to-end", Text.assemble(
             (f"quantized model vs float model: SQNR {fmt_db(e.sqnr_db)}", _sqnr_style(e.sqnr_db)),
             f" over {e.elements} output values ({e.outputs} tensor"
-            f"{'s' if e.outputs != 1 else ''}), max abs error {e.max_abs_error:.4g}"))
+            f"{'s' if e.outputs != 1 else ''}), max abs error {e.max_abs_error:.4g}")))
         if e.top1_agreement is not None and e.mean_kl is not None:
-            parts.append(Text(
-                f"            next token over {e.positions} positions: top-1 agreement "
-                f"{100 * e.top1_agreement:.1f} %, mean KL {e.mean_kl:.3g} nats"))
+            summary.append(("", Text(
+                f"next token over {e.positions} positions: top-1 agreement "
+                f"{100 * e.top1_agreement:.1f} %, mean KL {e.mean_kl:.3g} nats")))
         if e.library is not None and e.library_max_abs_diff is not None:
-            parts.append(Text(
-                f"            {e.library}: its logits differ from qinspect's quantized "
+            summary.append(("", Text(
+                f"{e.library}: its logits differ from qinspect's quantized "
                 f"model's by at most {e.library_max_abs_diff:.3g} (SQNR "
-                f"{fmt_db(e.library_sqnr_db)})"))
-    parts.append(_legend(report))
+                f"{fmt_db(e.library_sqnr_db)})")))
+    if summary:
+        parts += [Text(""), _labelled(summary)]
+    parts += [Text(""), _legend(report)]
     notes = _notes(report)
     if notes is not None:
         parts.append(notes)
     return Group(*parts)
+
+
+def _labelled(rows: list[tuple[str, RenderableType]]) -> Table:
+    """Bold labels with their text wrapped beside them (continuation lines indented)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    for label_text, value in rows:
+        grid.add_row(label_text, value)
+    return grid
 
 
 def _header(r: VerifyReport) -> RenderableType:
