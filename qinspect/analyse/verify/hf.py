@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from qinspect.analyse.verify import hfact
+from qinspect.analyse.verify.quiet import quiet_libraries, quiet_transformers
 from qinspect.analyse.verify.types import (
     EndToEnd,
     InputKind,
@@ -66,7 +67,8 @@ class HfRunner:
 
     def run(self, ckpt: Checkpoint, options: Options, progress: Progress | None
             ) -> VerifyReport:
-        return HFRun(ckpt, options, progress).report()
+        with quiet_libraries():
+            return HFRun(ckpt, options, progress).report()
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,10 @@ class HFRun:
     # --- the model -------------------------------------------------------------------
 
     def run_model(self) -> tuple[dict[str, np.ndarray], EndToEnd | None, list[str]]:
+        with quiet_transformers():
+            return self._run_model()
+
+    def _run_model(self) -> tuple[dict[str, np.ndarray], EndToEnd | None, list[str]]:
         from qinspect.analyse.verify import hfmodel
 
         assert self.tokens is not None

@@ -111,20 +111,10 @@ class TorchaoRunner:
 def _import_torchao() -> None:
     """``import torchao`` (registers its tensor subclasses' kernels) without its import-time
     log lines (optional CUDA libraries it cannot load here, no triton, a torch deprecation)."""
-    import logging
-    import warnings
+    from qinspect.analyse.verify.quiet import quiet_libraries
 
-    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import torchao  # noqa: F401
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    with quiet_libraries():
+        import torchao  # noqa: F401
 
 
 @dataclass(frozen=True)

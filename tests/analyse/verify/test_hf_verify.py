@@ -5,6 +5,7 @@ through transformers' model directly (no qinspect code on that side)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +233,23 @@ def test_compressed_tensors_reload_agrees_with_qinspects_quantized_model(name):
     assert e.library is not None and e.library_max_abs_diff < 1e-5
     assert e.library_sqnr_db > 100
     assert ("weights only" in e.library) == (name != "ct_w4a16_group")
+
+
+def test_library_chatter_stays_off_stderr():
+    """A fresh process, as a user runs it: transformers' load report (which lists the
+    unused ``input_scale`` keys as UNEXPECTED), its deprecations and progress bar, and
+    torchao's optional-library and pytree lines never reach stderr; the report is whole."""
+    import os
+    import subprocess
+    import sys
+
+    s = "sample_checkpoints/hf"
+    env = {k: v for k, v in os.environ.items() if k != "QINSPECT_DEBUG"}
+    done = subprocess.run(
+        [sys.executable, "-m", "qinspect", "verify", f"{s}/ct_w8a8_int", "--input",
+         f"{s}/inputs/tokens.npy", "--reference", f"{s}/llama_bf16", "--layer", "*down_proj"],
+        capture_output=True, text=True, timeout=600, env=env,
+        cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""
+    assert "compressed-tensors reload" in done.stdout and "end-to-end" in done.stdout
