@@ -82,20 +82,19 @@ def _labelled(rows: list[tuple[str, RenderableType]]) -> Table:
 
 
 def _header(r: VerifyReport) -> RenderableType:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    grid.add_row("file", text(r.path))
-    grid.add_row("engine", Text.assemble((r.engine, "bold"), f" ({safe(r.engine_reason)})"))
-    grid.add_row("input", text(r.input_text))
+    rows: list[tuple[str, RenderableType]] = [
+        ("file", text(r.path)),
+        ("engine", Text.assemble((r.engine, "bold"), f" ({safe(r.engine_reason)})")),
+        ("input", text(r.input_text)),
+    ]
     if r.model is not None:
-        grid.add_row("model", text(f"{r.model} (imported and run), float weights from "
-                                   f"{r.reference}"))
-    grid.add_row("float domain", text(r.float_domain))
+        rows.append(("model", text(f"{r.model} (imported and run), float weights from "
+                                   f"{r.reference}")))
+    rows.append(("float domain", text(r.float_domain)))
     if r.chain_note is not None:
-        grid.add_row("chain", Text.assemble((" -> ".join(safe(n) for n in r.chain), "yellow"),
-                                            ": ", text(r.chain_note)))
-    return grid
+        rows.append(("chain", Text.assemble((" -> ".join(safe(n) for n in r.chain), "yellow"),
+                                            ": ", text(r.chain_note))))
+    return _labelled(rows)
 
 
 VERIFY_COLUMNS = (Column("layer"), Column("input"), Column("SQNR", "right", wraps=False),
